@@ -1,0 +1,485 @@
+/*
+ * child.c - a worker process.  Forked by the master, it loads the pool's
+ * plugin, calls init once, then serves streams one after another: a
+ * blocking loop that reads a frame, acts and replies.  The plugin API
+ * (cns_next and friends) is implemented here, since only workers run it.
+ */
+#include <sys/prctl.h>
+#include <sys/uio.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "consumersd.h"
+#include "consumers/plugin.h"
+
+#define CHILD_READ	(256u << 10)
+
+struct child {
+	int			 fd;
+	const struct pool_conf	*pc;
+	unsigned		 slot;
+	const struct cns_plugin	*pl;
+	void			*state;
+	char			*buf;		/* frames read from the master */
+	size_t			 cap, start, end;
+};
+
+struct cns_ctx {
+	struct child		*ch;
+	json_t			*params;
+	char			*error;		/* from cns_fail */
+};
+
+struct cns_items {
+	struct cns_ctx		*ctx;
+	uint64_t		 stream;
+	char			*p, *end;	/* lines left in the batch */
+	uint64_t		 next_seq, seq;
+	uint32_t		 batch_items, batch_bytes;
+	json_t			*cur;
+	int			 ended;
+	uint64_t		 consumed, rejected, skipped;
+};
+
+static _Noreturn void
+child_exit(struct child *ch, int code)
+{
+	(void)ch;
+	fflush(NULL);
+	_exit(code);
+}
+
+static _Noreturn void
+child_protocol(struct child *ch, const char *why)
+{
+	log_warnx("pool %s: worker %u: protocol error from the master: %s",
+	    ch->pc->name, ch->slot, why);
+	child_exit(ch, 2);
+}
+
+static void
+child_write(struct child *ch, uint16_t type, uint64_t stream,
+    const void *a, size_t alen, const void *b, size_t blen)
+{
+	struct frame_hdr h = {
+		.version = FRAME_VERSION, .type = type,
+		.len = (uint32_t)(alen + blen), .stream = stream
+	};
+	struct iovec iov[3] = {
+		{ &h, sizeof h }, { (void *)a, alen }, { (void *)b, blen }
+	};
+	struct iovec *v = iov;
+	int n = 3;
+
+	while (n > 0) {
+		ssize_t w = writev(ch->fd, v, n);
+		if (w == -1) {
+			if (errno == EINTR)
+				continue;
+			/* The master is gone: nothing left to serve. */
+			child_exit(ch, 0);
+		}
+		while (n > 0 && (size_t)w >= v->iov_len) {
+			w -= (ssize_t)v->iov_len;
+			v++;
+			n--;
+		}
+		if (n > 0) {
+			v->iov_base = (char *)v->iov_base + w;
+			v->iov_len -= (size_t)w;
+		}
+	}
+}
+
+/* Send a JSON payload; one too large to frame is replaced by an error. */
+static void
+child_write_json(struct child *ch, uint16_t type, uint64_t stream, json_t *v)
+{
+	char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+	size_t len;
+
+	if (s == NULL)
+		child_exit(ch, 1);
+	len = strlen(s);
+	if (len > FRAME_MAX) {
+		free(s);
+		s = NULL;
+		if (asprintf(&s, "{\"error\":\"reply of %zu bytes exceeds the "
+		    "%u-byte frame limit\"}", len, FRAME_MAX) == -1)
+			child_exit(ch, 1);
+		len = strlen(s);
+	}
+	child_write(ch, type, stream, s, len, NULL, 0);
+	free(s);
+}
+
+/* Make `want` bytes available from buf[start]; 0 on EOF before any. */
+static int
+child_fill(struct child *ch, size_t want)
+{
+	if (ch->cap - ch->start < want) {
+		memmove(ch->buf, ch->buf + ch->start, ch->end - ch->start);
+		ch->end -= ch->start;
+		ch->start = 0;
+		if (ch->cap < want) {
+			char *nb = realloc(ch->buf, want);
+			if (nb == NULL)
+				fatal("%s: realloc", __func__);
+			ch->buf = nb;
+			ch->cap = want;
+		}
+	}
+	while (ch->end - ch->start < want) {
+		ssize_t r = read(ch->fd, ch->buf + ch->end, ch->cap - ch->end);
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			if (r == 0 && ch->end == ch->start)
+				return 0;
+			child_protocol(ch, r == 0 ? "truncated frame" :
+			    strerror(errno));
+		}
+		ch->end += (size_t)r;
+	}
+	return 1;
+}
+
+/* The next frame; its payload stays valid until the next call. */
+static int
+child_read(struct child *ch, struct frame_hdr *h, char **payload)
+{
+	char why[128];
+
+	if (!child_fill(ch, FRAME_HDR_SIZE))
+		return 0;
+	memcpy(h, ch->buf + ch->start, sizeof *h);
+	if (frame_check(h, 0, why, sizeof why) == -1)
+		child_protocol(ch, why);
+	if (!child_fill(ch, FRAME_HDR_SIZE + (size_t)h->len))
+		child_protocol(ch, "truncated frame");
+	*payload = ch->buf + ch->start + FRAME_HDR_SIZE;
+	ch->start += FRAME_HDR_SIZE + (size_t)h->len;
+	return 1;
+}
+
+static json_t *
+child_parse(struct child *ch, const char *payload, size_t len)
+{
+	json_t *v = json_loadb(payload, len, 0, NULL);
+
+	if (v == NULL || !json_is_object(v))
+		child_protocol(ch, "payload is not a JSON object");
+	return v;
+}
+
+/* The next line of this consumer's items, or -1 at the end. */
+static int
+items_line(struct cns_items *it, char **line, size_t *len)
+{
+	struct child *ch = it->ctx->ch;
+	struct frame_hdr h;
+	char *payload, *nl;
+	uint32_t count;
+
+	if (it->ended)
+		return -1;
+	while (it->p == it->end) {
+		if (it->batch_items > 0) {
+			uint32_t ack[2] = { it->batch_items, it->batch_bytes };
+			child_write(ch, F_ACK, it->stream, ack, sizeof ack,
+			    NULL, 0);
+			it->batch_items = 0;
+		}
+		if (!child_read(ch, &h, &payload))
+			child_exit(ch, 0);
+		if (h.stream != it->stream)
+			child_protocol(ch, "frame for another stream");
+		if (h.type == F_END) {
+			it->ended = 1;
+			return -1;
+		}
+		if (h.type != F_ITEMS)
+			child_protocol(ch, "unexpected frame inside a stream");
+		memcpy(&it->next_seq, payload, 8);
+		memcpy(&count, payload + 8, 4);
+		it->p = payload + ITEMS_HDR_SIZE;
+		it->end = payload + h.len;
+		if (count == 0 || it->end == it->p || it->end[-1] != '\n')
+			child_protocol(ch, "malformed item batch");
+		it->batch_items = count;
+		it->batch_bytes = h.len - ITEMS_HDR_SIZE;
+	}
+	if ((nl = memchr(it->p, '\n', (size_t)(it->end - it->p))) == NULL)
+		child_protocol(ch, "item line without newline");
+	*nl = '\0';
+	*line = it->p;
+	*len = (size_t)(nl - it->p);
+	it->p = nl + 1;
+	it->seq = it->next_seq++;
+	return 0;
+}
+
+json_t *
+cns_next(cns_items *it)
+{
+	json_error_t err;
+	char *line;
+	size_t len;
+
+	json_decref(it->cur);
+	it->cur = NULL;
+	while (items_line(it, &line, &len) == 0) {
+		it->cur = json_loadb(line, len, JSON_DECODE_ANY, &err);
+		if (it->cur != NULL) {
+			it->consumed++;
+			return it->cur;
+		}
+		char why[300];
+		int n = snprintf(why, sizeof why, "invalid JSON: %s at "
+		    "column %d", err.text, err.column);
+		it->rejected++;
+		child_write(it->ctx->ch, F_REJECT, it->stream, &it->seq, 8,
+		    why, n < 0 ? 0 : (size_t)n < sizeof why ? (size_t)n :
+		    sizeof why - 1);
+	}
+	return NULL;
+}
+
+const char *
+cns_next_raw(cns_items *it, size_t *len)
+{
+	char *line;
+
+	json_decref(it->cur);
+	it->cur = NULL;
+	if (items_line(it, &line, len) == -1)
+		return NULL;
+	it->consumed++;
+	return line;
+}
+
+uint64_t
+cns_seq(const cns_items *it)
+{
+	return it->seq;
+}
+
+json_t *
+cns_args(const cns_ctx *ctx)
+{
+	return ctx->ch->pc->args;
+}
+
+json_t *
+cns_kwargs(const cns_ctx *ctx)
+{
+	return ctx->ch->pc->kwargs;
+}
+
+json_t *
+cns_params(const cns_ctx *ctx)
+{
+	static json_t *null;
+
+	if (ctx->params != NULL)
+		return ctx->params;
+	if (null == NULL)
+		null = json_null();
+	return null;
+}
+
+void *
+cns_state(const cns_ctx *ctx)
+{
+	return ctx->ch->state;
+}
+
+const char *
+cns_pool(const cns_ctx *ctx)
+{
+	return ctx->ch->pc->name;
+}
+
+unsigned
+cns_worker(const cns_ctx *ctx)
+{
+	return ctx->ch->slot;
+}
+
+void
+cns_fail(const cns_ctx *cctx, const char *fmt, ...)
+{
+	/* The context belongs to the daemon; const only keeps plugins out. */
+	struct cns_ctx *ctx = (struct cns_ctx *)cctx;
+	va_list ap;
+
+	free(ctx->error);
+	ctx->error = NULL;
+	va_start(ap, fmt);
+	if (vasprintf(&ctx->error, fmt, ap) == -1)
+		ctx->error = NULL;
+	va_end(ap);
+}
+
+static void
+child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
+{
+	struct cns_ctx ctx = { .ch = ch };
+	struct cns_items it = { .ctx = &ctx, .stream = stream };
+	json_t *begin = child_parse(ch, p, len), *result, *reply;
+
+	ctx.params = json_object_get(begin, "params");
+	result = ch->pl->consume(&it, &ctx);
+	json_decref(it.cur);
+	it.cur = NULL;
+	/* A consume that returned early leaves lines behind: count them. */
+	{
+		char *line;
+		size_t n;
+		while (items_line(&it, &line, &n) == 0)
+			it.skipped++;
+	}
+	if (it.batch_items > 0) {
+		uint32_t ack[2] = { it.batch_items, it.batch_bytes };
+		child_write(ch, F_ACK, stream, ack, sizeof ack, NULL, 0);
+	}
+	reply = json_pack("{s:o,s:s?,s:I,s:I,s:I}",
+	    "result", result != NULL ? result : json_null(),
+	    "error", ctx.error,
+	    "consumed", (json_int_t)it.consumed,
+	    "rejected", (json_int_t)it.rejected,
+	    "skipped", (json_int_t)it.skipped);
+	if (reply == NULL)
+		child_exit(ch, 1);
+	child_write_json(ch, F_RESULT, stream, reply);
+	json_decref(reply);
+	json_decref(begin);
+	free(ctx.error);
+}
+
+static void
+child_complete(struct child *ch, uint64_t stream, const char *p, size_t len)
+{
+	struct cns_ctx ctx = { .ch = ch };
+	json_t *req = child_parse(ch, p, len), *results, *completion, *reply;
+
+	ctx.params = json_object_get(req, "params");
+	results = json_object_get(req, "results");
+	if (!json_is_array(results))
+		child_protocol(ch, "complete without results");
+	completion = ch->pl->complete != NULL ?
+	    ch->pl->complete(results, &ctx) : NULL;
+	reply = json_pack("{s:o,s:s?}",
+	    "completion", completion != NULL ? completion : json_null(),
+	    "error", ctx.error);
+	if (reply == NULL)
+		child_exit(ch, 1);
+	child_write_json(ch, F_COMPLETION, stream, reply);
+	json_decref(reply);
+	json_decref(req);
+	free(ctx.error);
+}
+
+static _Noreturn void
+child_initfail(struct child *ch, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static _Noreturn void
+child_initfail(struct child *ch, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof msg)
+		n = sizeof msg - 1;
+	child_write(ch, F_INITFAIL, 0, msg, (size_t)n, NULL, 0);
+	child_exit(ch, 1);
+}
+
+static void
+child_load(struct child *ch)
+{
+	const struct cns_plugin *pl;
+	struct cns_ctx ctx = { .ch = ch };
+	void *h;
+
+	if ((h = dlopen(ch->pc->plugin, RTLD_NOW | RTLD_LOCAL)) == NULL)
+		child_initfail(ch, "cannot load plugin: %s", dlerror());
+	pl = dlsym(h, CNS_PLUGIN_SYMBOL);
+	if (pl == NULL)
+		child_initfail(ch, "plugin %s has no \"%s\" descriptor: build "
+		    "it with CONSUMERS_PLUGIN() from <consumers/plugin.h>",
+		    ch->pc->plugin, CNS_PLUGIN_SYMBOL);
+	if (pl->abi != CNS_PLUGIN_ABI)
+		child_initfail(ch, "plugin %s was built for plugin ABI %u, "
+		    "this consumersd speaks ABI %u: rebuild it against this "
+		    "version's <consumers/plugin.h>", ch->pc->plugin, pl->abi,
+		    CNS_PLUGIN_ABI);
+	if (pl->size < sizeof *pl)
+		child_initfail(ch, "plugin %s has a truncated descriptor (%zu "
+		    "bytes, expected %zu)", ch->pc->plugin, pl->size,
+		    sizeof *pl);
+	if (pl->consume == NULL)
+		child_initfail(ch, "plugin %s has no consume function",
+		    ch->pc->plugin);
+	ch->pl = pl;
+	if (pl->init != NULL && pl->init(&ctx, &ch->state) != 0)
+		child_initfail(ch, "init failed: %s", ctx.error != NULL ?
+		    ctx.error : "init returned non-zero");
+	free(ctx.error);
+}
+
+void
+child_main(int fd, const struct pool_conf *pc, unsigned slot)
+{
+	struct child ch = { .fd = fd, .pc = pc, .slot = slot };
+	struct frame_hdr h;
+	sigset_t all;
+	char *payload;
+	json_t *ready;
+	int null;
+
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if ((null = open("/dev/null", O_RDONLY | O_CLOEXEC)) != -1) {
+		dup2(null, STDIN_FILENO);
+		close(null);
+	}
+	cns_proctitle("consumersd: pool %s worker %u", pc->name, slot);
+	if ((ch.buf = malloc(CHILD_READ)) == NULL)
+		fatal("%s: malloc", __func__);
+	ch.cap = CHILD_READ;
+
+	child_load(&ch);
+	ready = json_pack("{s:b}", "complete", ch.pl->complete != NULL);
+	child_write_json(&ch, F_READY, 0, ready);
+	json_decref(ready);
+
+	while (child_read(&ch, &h, &payload)) {
+		if (h.type == F_BEGIN)
+			child_consume(&ch, h.stream, payload, h.len);
+		else if (h.type == F_COMPLETE)
+			child_complete(&ch, h.stream, payload, h.len);
+		else
+			child_protocol(&ch, "unexpected frame between streams");
+	}
+	if (ch.pl->fini != NULL)
+		ch.pl->fini(ch.state);
+	child_exit(&ch, 0);
+}

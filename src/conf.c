@@ -1,0 +1,611 @@
+/*
+ * conf.c - reads consumersd.conf and pools.d/NAME.json into a fresh struct
+ * conf.  Every problem is reported as "file:line:column: message" and the
+ * load fails as a whole: a bad file never yields a half-read configuration.
+ * Relative paths are relative to the file that holds them.
+ */
+#include <sys/stat.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "consumersd.h"
+
+#ifndef CNS_DEFAULT_SOCKET
+#define CNS_DEFAULT_SOCKET "/run/consumersd/consumersd.sock"
+#endif
+#ifndef CNS_PLUGIN_DIR
+#define CNS_PLUGIN_DIR "/usr/lib/consumersd/plugins"
+#endif
+
+#define CONF_FILE_MAX	(1u << 20)
+
+/* One file being read: its text, for positions, and where errors go. */
+struct cfile {
+	const char	*path;
+	char		*text;
+	size_t		 len;
+	json_t		*errors;
+};
+
+static void
+cfile_error(struct cfile *f, int line, int col, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void
+cfile_error(struct cfile *f, int line, int col, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	json_array_append_new(f->errors,
+	    json_sprintf("%s:%d:%d: %s", f->path, line, col, msg));
+}
+
+/* An error about `key`, placed where the key stands in the file. */
+static void
+key_error(struct cfile *f, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void
+key_error(struct cfile *f, const char *key, const char *fmt, ...)
+{
+	char msg[1024];
+	int line = 1, col = 1;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	conf_keypos(f->text, f->len, key, &line, &col);
+	cfile_error(f, line, col, "%s", msg);
+}
+
+static const char *
+skip_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+static const char *
+skip_string(const char *p, const char *end)
+{
+	for (p++; p < end && *p != '"'; p++)
+		if (*p == '\\')
+			p++;
+	return p < end ? p + 1 : end;
+}
+
+/* Skip one member's value: it ends at a ',' or '}' outside any nesting. */
+static const char *
+skip_value(const char *p, const char *end)
+{
+	int depth = 0;
+
+	while (p < end) {
+		if (*p == '"') {
+			p = skip_string(p, end);
+			continue;
+		}
+		if (*p == '{' || *p == '[')
+			depth++;
+		else if (*p == '}' || *p == ']') {
+			if (depth == 0)
+				return p;
+			depth--;
+		} else if (*p == ',' && depth == 0)
+			return p;
+		p++;
+	}
+	return p;
+}
+
+/*
+ * Find where `key` stands in a top-level JSON object: 1-based line and
+ * column of its opening quote.  Returns 0 when found, -1 when not (and the
+ * position is left alone).  Keys are compared as they are written.
+ */
+int
+conf_keypos(const char *text, size_t len, const char *key, int *line,
+    int *column)
+{
+	const char *p = text, *end = text + len, *k;
+	size_t klen = strlen(key);
+
+	p = skip_ws(p, end);
+	if (p >= end || *p != '{')
+		return -1;
+	p++;
+	for (;;) {
+		p = skip_ws(p, end);
+		if (p >= end || *p != '"')
+			return -1;
+		k = p;
+		p = skip_string(p, end);
+		if ((size_t)(p - k) == klen + 2 && memcmp(k + 1, key, klen) == 0) {
+			int l = 1, c = 1;
+			for (const char *q = text; q < k; q++) {
+				if (*q == '\n') {
+					l++;
+					c = 1;
+				} else
+					c++;
+			}
+			*line = l;
+			*column = c;
+			return 0;
+		}
+		p = skip_ws(p, end);
+		if (p >= end || *p != ':')
+			return -1;
+		p = skip_value(p + 1, end);
+		p = skip_ws(p, end);
+		if (p >= end || *p != ',')
+			return -1;
+		p++;
+	}
+}
+
+static int
+cfile_read(struct cfile *f, json_t **root)
+{
+	json_error_t jerr;
+	FILE *fp;
+	size_t n;
+
+	*root = NULL;
+	if ((fp = fopen(f->path, "re")) == NULL) {
+		cfile_error(f, 0, 0, "cannot open: %s", strerror(errno));
+		return -1;
+	}
+	f->text = malloc(CONF_FILE_MAX + 1);
+	if (f->text == NULL)
+		fatal("%s: malloc", __func__);
+	n = fread(f->text, 1, CONF_FILE_MAX + 1, fp);
+	if (ferror(fp)) {
+		cfile_error(f, 0, 0, "cannot read: %s", strerror(errno));
+		fclose(fp);
+		return -1;
+	}
+	fclose(fp);
+	if (n > CONF_FILE_MAX) {
+		cfile_error(f, 0, 0, "file is larger than %u bytes",
+		    CONF_FILE_MAX);
+		return -1;
+	}
+	f->len = n;
+	*root = json_loadb(f->text, n, JSON_REJECT_DUPLICATES, &jerr);
+	if (*root == NULL) {
+		cfile_error(f, jerr.line, jerr.column, "%s", jerr.text);
+		return -1;
+	}
+	if (!json_is_object(*root)) {
+		cfile_error(f, 1, 1, "must be a JSON object");
+		json_decref(*root);
+		*root = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void
+cfile_done(struct cfile *f)
+{
+	free(f->text);
+	f->text = NULL;
+}
+
+static int
+known_keys(struct cfile *f, json_t *root, const char *const *keys)
+{
+	const char *key;
+	json_t *v;
+	int bad = 0;
+
+	json_object_foreach(root, key, v) {
+		int ok = 0;
+		for (const char *const *k = keys; *k != NULL; k++)
+			if (strcmp(*k, key) == 0)
+				ok = 1;
+		if (!ok) {
+			char known[512] = "";
+			for (const char *const *k = keys; *k != NULL; k++) {
+				strncat(known, k == keys ? "" : ", ",
+				    sizeof known - strlen(known) - 1);
+				strncat(known, *k,
+				    sizeof known - strlen(known) - 1);
+			}
+			key_error(f, key, "unknown key \"%s\" (known keys: %s)",
+			    key, known);
+			bad = 1;
+		}
+	}
+	return bad ? -1 : 0;
+}
+
+static const char *
+type_name(json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:	return "an object";
+	case JSON_ARRAY:	return "an array";
+	case JSON_STRING:	return "a string";
+	case JSON_INTEGER:	return "an integer";
+	case JSON_REAL:		return "a number with a fraction";
+	case JSON_TRUE:
+	case JSON_FALSE:	return "a boolean";
+	default:		return "null";
+	}
+}
+
+static int
+get_string(struct cfile *f, json_t *root, const char *key, char **out)
+{
+	json_t *v = json_object_get(root, key);
+
+	if (v == NULL)
+		return 0;
+	if (!json_is_string(v) || json_string_length(v) == 0 ||
+	    strlen(json_string_value(v)) != json_string_length(v)) {
+		key_error(f, key, "\"%s\" must be a non-empty string, not %s",
+		    key, json_is_string(v) ? "an empty one" : type_name(v));
+		return -1;
+	}
+	free(*out);
+	if ((*out = strdup(json_string_value(v))) == NULL)
+		fatal("%s: strdup", __func__);
+	return 0;
+}
+
+static int
+get_uint(struct cfile *f, json_t *root, const char *key, uint64_t lo,
+    uint64_t hi, uint64_t *out)
+{
+	json_t *v = json_object_get(root, key);
+
+	if (v == NULL)
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < (json_int_t)lo ||
+	    (uint64_t)json_integer_value(v) > hi) {
+		key_error(f, key, "\"%s\" must be an integer from %llu to "
+		    "%llu, not %s", key, (unsigned long long)lo,
+		    (unsigned long long)hi, json_is_integer(v) ?
+		    "that value" : type_name(v));
+		return -1;
+	}
+	*out = (uint64_t)json_integer_value(v);
+	return 0;
+}
+
+/* Resolve `path` against the directory of the file that named it. */
+static char *
+resolve(const char *file, const char *path)
+{
+	const char *slash;
+	char *out;
+
+	if (path[0] == '/' || (slash = strrchr(file, '/')) == NULL) {
+		if ((out = strdup(path)) == NULL)
+			fatal("%s: strdup", __func__);
+		return out;
+	}
+	if (asprintf(&out, "%.*s/%s", (int)(slash - file), file, path) == -1)
+		fatal("%s: asprintf", __func__);
+	return out;
+}
+
+static int
+valid_pool_name(const char *s, size_t len)
+{
+	if (len == 0 || len > 64)
+		return 0;
+	for (size_t i = 0; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && !strchr("_-.", s[i]))
+			return 0;
+	return 1;
+}
+
+static const char *const pool_keys[] = {
+	"plugin", "workers", "stream_workers", "args", "kwargs",
+	"queue_timeout", NULL
+};
+
+static int
+pool_load(struct conf *c, const char *path, const char *name,
+    struct pool_conf *pc, json_t *errors)
+{
+	struct cfile f = { .path = path, .errors = errors };
+	json_t *root, *v;
+	char *plugin = NULL;
+	uint64_t u;
+	int bad = 0;
+
+	memset(pc, 0, sizeof *pc);
+	if ((pc->name = strdup(name)) == NULL ||
+	    (pc->file = strdup(path)) == NULL)
+		fatal("%s: strdup", __func__);
+	pc->workers = 1;
+	pc->queue_timeout = 30;
+	if (cfile_read(&f, &root) == -1) {
+		cfile_done(&f);
+		return -1;
+	}
+	bad |= known_keys(&f, root, pool_keys);
+	if (json_object_get(root, "plugin") == NULL) {
+		cfile_error(&f, 1, 1, "pool \"%s\" needs a \"plugin\" (a name "
+		    "in plugin_dir, or a path to a .so)", name);
+		bad = 1;
+	} else if (get_string(&f, root, "plugin", &plugin) == -1)
+		bad = 1;
+	u = pc->workers;
+	bad |= get_uint(&f, root, "workers", 1, CNS_MAX_WORKERS, &u);
+	pc->workers = (unsigned)u;
+	u = pc->workers;
+	bad |= get_uint(&f, root, "stream_workers", 1, CNS_MAX_WORKERS, &u);
+	pc->stream_workers = (unsigned)u;
+	if (pc->stream_workers > pc->workers) {
+		key_error(&f, "stream_workers", "\"stream_workers\" (%u) "
+		    "cannot exceed \"workers\" (%u)", pc->stream_workers,
+		    pc->workers);
+		bad = 1;
+	}
+	v = json_object_get(root, "args");
+	if (v != NULL && !json_is_array(v)) {
+		key_error(&f, "args", "\"args\" must be an array, not %s",
+		    type_name(v));
+		bad = 1;
+	}
+	pc->args = v != NULL && json_is_array(v) ? json_incref(v) :
+	    json_array();
+	v = json_object_get(root, "kwargs");
+	if (v != NULL && !json_is_object(v)) {
+		key_error(&f, "kwargs", "\"kwargs\" must be an object, not %s",
+		    type_name(v));
+		bad = 1;
+	}
+	pc->kwargs = v != NULL && json_is_object(v) ? json_incref(v) :
+	    json_object();
+	v = json_object_get(root, "queue_timeout");
+	if (v != NULL) {
+		if (!json_is_number(v) || json_number_value(v) < 0 ||
+		    json_number_value(v) > 86400) {
+			key_error(&f, "queue_timeout", "\"queue_timeout\" must "
+			    "be a number of seconds from 0 to 86400, not %s",
+			    json_is_number(v) ? "that value" : type_name(v));
+			bad = 1;
+		} else
+			pc->queue_timeout = json_number_value(v);
+	}
+	if (plugin != NULL) {
+		if (strchr(plugin, '/') != NULL)
+			pc->plugin = resolve(path, plugin);
+		else if (asprintf(&pc->plugin, "%s/%s.so", c->plugin_dir,
+		    plugin) == -1)
+			fatal("%s: asprintf", __func__);
+		if (access(pc->plugin, R_OK) == -1) {
+			key_error(&f, "plugin", "plugin \"%s\" not found: %s: "
+			    "%s (install it there, set \"plugin_dir\" in the "
+			    "daemon config, or give a path)", plugin,
+			    pc->plugin, strerror(errno));
+			bad = 1;
+		}
+	}
+	free(plugin);
+	json_decref(root);
+	cfile_done(&f);
+	return bad ? -1 : 0;
+}
+
+static void
+pool_conf_clear(struct pool_conf *pc)
+{
+	free(pc->name);
+	free(pc->file);
+	free(pc->plugin);
+	json_decref(pc->args);
+	json_decref(pc->kwargs);
+}
+
+static int
+json_file(const struct dirent *d)
+{
+	size_t n = strlen(d->d_name);
+	return d->d_name[0] != '.' && n > 5 &&
+	    strcmp(d->d_name + n - 5, ".json") == 0;
+}
+
+static int
+pools_load(struct conf *c, json_t *errors)
+{
+	struct dirent **ents;
+	int n, bad = 0;
+
+	n = scandir(c->pools_dir, &ents, json_file, alphasort);
+	if (n == -1) {
+		json_array_append_new(errors, json_sprintf("%s: cannot read "
+		    "the pools directory: %s", c->pools_dir, strerror(errno)));
+		return -1;
+	}
+	c->pools = calloc(n > 0 ? (size_t)n : 1, sizeof *c->pools);
+	if (c->pools == NULL)
+		fatal("%s: calloc", __func__);
+	for (int i = 0; i < n; i++) {
+		const char *fn = ents[i]->d_name;
+		size_t stem = strlen(fn) - 5;
+		char *path, name[128];
+
+		if (asprintf(&path, "%s/%s", c->pools_dir, fn) == -1)
+			fatal("%s: asprintf", __func__);
+		if (!valid_pool_name(fn, stem)) {
+			json_array_append_new(errors, json_sprintf("%s:0:0: "
+			    "a pool name (the file name before .json) is 1 to "
+			    "64 letters, digits, '_', '-' or '.'", path));
+			bad = 1;
+		} else {
+			snprintf(name, sizeof name, "%.*s", (int)stem, fn);
+			if (pool_load(c, path, name, &c->pools[c->npools],
+			    errors) == -1)
+				bad = 1;
+			c->npools++;
+		}
+		free(path);
+		free(ents[i]);
+	}
+	free(ents);
+	return bad ? -1 : 0;
+}
+
+static const char *const daemon_keys[] = {
+	"socket", "socket_mode", "plugin_dir", "pools_dir", "max_item_bytes",
+	"window_bytes", "window_items", "log_level", NULL
+};
+
+static int
+daemon_load(struct conf *c, struct cfile *f, json_t *root)
+{
+	char *s = NULL;
+	uint64_t u;
+	json_t *v;
+	int bad = 0;
+
+	bad |= known_keys(f, root, daemon_keys);
+	if (get_string(f, root, "socket", &s) == -1)
+		bad = 1;
+	else if (s != NULL) {
+		free(c->socket);
+		c->socket = resolve(f->path, s);
+	}
+	free(s);
+	s = NULL;
+	if (get_string(f, root, "plugin_dir", &s) == -1)
+		bad = 1;
+	else if (s != NULL) {
+		free(c->plugin_dir);
+		c->plugin_dir = resolve(f->path, s);
+	}
+	free(s);
+	s = NULL;
+	if (get_string(f, root, "pools_dir", &s) == -1)
+		bad = 1;
+	if (s != NULL) {
+		free(c->pools_dir);
+		c->pools_dir = resolve(f->path, s);
+	}
+	free(s);
+	s = NULL;
+	v = json_object_get(root, "socket_mode");
+	if (v != NULL) {
+		char *end = NULL;
+		unsigned long m = 0;
+		if (json_is_string(v))
+			m = strtoul(json_string_value(v), &end, 8);
+		if (!json_is_string(v) || *end != '\0' || end ==
+		    json_string_value(v) || m > 0777) {
+			key_error(f, "socket_mode", "\"socket_mode\" must be an "
+			    "octal string such as \"0660\"");
+			bad = 1;
+		} else
+			c->socket_mode = (mode_t)m;
+	}
+	u = c->max_item_bytes;
+	bad |= get_uint(f, root, "max_item_bytes", 16, CNS_MAX_ITEM_BYTES, &u);
+	c->max_item_bytes = u;
+	u = c->window_bytes;
+	bad |= get_uint(f, root, "window_bytes", 4096, 64u << 20, &u);
+	c->window_bytes = u;
+	u = c->window_items;
+	bad |= get_uint(f, root, "window_items", 1, 1u << 20, &u);
+	c->window_items = (unsigned)u;
+	if (get_string(f, root, "log_level", &s) == -1)
+		bad = 1;
+	else if (s != NULL && (c->log_level = log_parse_level(s)) == -1) {
+		key_error(f, "log_level", "\"log_level\" must be one of "
+		    "\"error\", \"warning\", \"info\", \"debug\"");
+		bad = 1;
+	}
+	free(s);
+	return bad ? -1 : 0;
+}
+
+struct conf *
+conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
+{
+	struct cfile f = { .path = file, .errors = errors };
+	struct conf *c;
+	json_t *root;
+	int bad = 0;
+
+	if ((c = calloc(1, sizeof *c)) == NULL)
+		fatal("%s: calloc", __func__);
+	if ((c->file = strdup(file)) == NULL ||
+	    (c->socket = strdup(CNS_DEFAULT_SOCKET)) == NULL ||
+	    (c->plugin_dir = strdup(CNS_PLUGIN_DIR)) == NULL)
+		fatal("%s: strdup", __func__);
+	c->pools_dir = resolve(file, "pools.d");
+	c->socket_mode = 0660;
+	c->max_item_bytes = 1u << 20;
+	c->window_bytes = 1u << 20;
+	c->window_items = 8192;
+	c->log_level = LOG_LVL_INFO;
+	if (cfile_read(&f, &root) == -1 || daemon_load(c, &f, root) == -1)
+		bad = 1;
+	json_decref(root);
+	cfile_done(&f);
+	if (ov != NULL && ov->socket != NULL) {
+		free(c->socket);
+		if ((c->socket = strdup(ov->socket)) == NULL)
+			fatal("%s: strdup", __func__);
+	}
+	if (ov != NULL && ov->plugin_dir != NULL) {
+		free(c->plugin_dir);
+		if ((c->plugin_dir = strdup(ov->plugin_dir)) == NULL)
+			fatal("%s: strdup", __func__);
+	}
+	if (!bad && pools_load(c, errors) == -1)
+		bad = 1;
+	if (!bad && c->npools == 0) {
+		json_array_append_new(errors, json_sprintf("%s: no pools: put "
+		    "one NAME.json file per pool in this directory",
+		    c->pools_dir));
+		bad = 1;
+	}
+	if (bad) {
+		conf_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void
+conf_free(struct conf *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < c->npools; i++)
+		pool_conf_clear(&c->pools[i]);
+	free(c->pools);
+	free(c->file);
+	free(c->socket);
+	free(c->plugin_dir);
+	free(c->pools_dir);
+	free(c);
+}
+
+struct pool_conf *
+conf_pool(struct conf *c, const char *name)
+{
+	for (size_t i = 0; i < c->npools; i++)
+		if (strcmp(c->pools[i].name, name) == 0)
+			return &c->pools[i];
+	return NULL;
+}

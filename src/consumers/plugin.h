@@ -1,0 +1,106 @@
+/*
+ * consumers/plugin.h - the contract between consumersd and a consumer plugin.
+ *
+ * A plugin is a shared object that exports one descriptor, built with the
+ * CONSUMERS_PLUGIN() macro.  consumersd loads it with dlopen() inside a worker
+ * process (never in the master), calls init() once per process, consume() once
+ * per stream leased to that process, complete() once per stream on one of the
+ * stream's workers, and fini() when the process exits.
+ *
+ * Ownership follows jansson's rules: values handed to the plugin are borrowed,
+ * values the plugin returns are new references that consumersd releases.
+ *
+ * Build a plugin with:  cc -shared -fPIC $(pkg-config --cflags --libs
+ * consumers-plugin) -o NAME.so NAME.c
+ */
+#ifndef CONSUMERS_PLUGIN_H
+#define CONSUMERS_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever struct cns_plugin or a cns_ function changes incompatibly;
+ * consumersd refuses a plugin built for another version. */
+#define CNS_PLUGIN_ABI 1
+
+/* The name of the descriptor symbol consumersd looks up. */
+#define CNS_PLUGIN_SYMBOL "consumers_plugin"
+
+typedef struct cns_items cns_items;	/* one stream's items, for one consumer */
+typedef struct cns_ctx cns_ctx;		/* pool, worker and stream context */
+
+struct cns_plugin {
+	unsigned abi;		/* CNS_PLUGIN_ABI the plugin was built with */
+	size_t size;		/* sizeof(struct cns_plugin) at build time */
+
+	/* Once per worker process, before any stream.  Store per-process
+	 * state (a connection, a buffer) in *state; cns_state() returns it
+	 * later.  Return 0, or -1 after cns_fail() to refuse to start. */
+	int (*init)(const cns_ctx *ctx, void **state);
+
+	/* Required.  Once per stream per leased worker: pull items with
+	 * cns_next() (or cns_next_raw()) until it returns NULL, then return
+	 * this consumer's result (a new reference; NULL means JSON null). */
+	json_t *(*consume)(cns_items *items, const cns_ctx *ctx);
+
+	/* The pool's completion handler: once per stream, after every consume
+	 * call returned, with the array of their results (borrowed).  Its
+	 * return value (a new reference) reaches the client as "completion". */
+	json_t *(*complete)(json_t *results, const cns_ctx *ctx);
+
+	/* Once when the worker process exits, with init's state. */
+	void (*fini)(void *state);
+};
+
+/* Define the plugin's descriptor: CONSUMERS_PLUGIN(.consume = fn, ...); */
+#define CONSUMERS_PLUGIN(...)						\
+	const struct cns_plugin consumers_plugin = {			\
+		.abi = CNS_PLUGIN_ABI,					\
+		.size = sizeof(struct cns_plugin),			\
+		__VA_ARGS__						\
+	}
+
+/* The next item as parsed JSON, borrowed: valid until the next call.  NULL
+ * when the stream's items for this consumer have ended.  Lines that are not
+ * valid JSON never reach the plugin: they are reported to the client. */
+json_t *cns_next(cns_items *items);
+
+/* The next item's line as bytes (NUL-terminated, without its newline; *len
+ * gets its length), valid until the next call; NULL at the end.  No JSON
+ * validation is done on this path: the plugin parses the bytes itself. */
+const char *cns_next_raw(cns_items *items, size_t *len);
+
+/* The sequence number (1-based, per stream) of the item last returned. */
+uint64_t cns_seq(const cns_items *items);
+
+/* The pool's "args" (an array) and "kwargs" (an object), borrowed. */
+json_t *cns_args(const cns_ctx *ctx);
+json_t *cns_kwargs(const cns_ctx *ctx);
+
+/* The stream's "params" from the client's header (borrowed; JSON null when
+ * the client gave none, and in init and fini). */
+json_t *cns_params(const cns_ctx *ctx);
+
+/* The state init stored (NULL without init). */
+void *cns_state(const cns_ctx *ctx);
+
+/* The pool's name, and this worker's slot in the pool (1-based). */
+const char *cns_pool(const cns_ctx *ctx);
+unsigned cns_worker(const cns_ctx *ctx);
+
+/* Report an error from init, consume or complete.  The message reaches the
+ * client in the stream's "errors" (and the daemon's log); the last call wins.
+ * A consume or complete that reported an error may still return a value. */
+void cns_fail(const cns_ctx *ctx, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CONSUMERS_PLUGIN_H */

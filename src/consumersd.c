@@ -1,0 +1,260 @@
+/*
+ * consumersd.c - the master: options, the configuration, the event loop,
+ * signals, and an orderly stop.  It routes bytes between clients and
+ * workers and never runs plugin code.
+ */
+#include <sys/prctl.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "consumersd.h"
+#include "consumers/plugin.h"
+
+#ifndef CNS_CONF_FILE
+#define CNS_CONF_FILE "/etc/consumersd/consumersd.conf"
+#endif
+#define STOP_GRACE	5	/* seconds before workers are killed */
+
+struct event_base	*cns_base;
+struct conf		*cns_conf;
+
+static int		 stopping;
+static struct event	*stop_timer;
+static char		*title_base;	/* argv's storage, for the title */
+static size_t		 title_len;
+
+static _Noreturn void
+usage(void)
+{
+	fprintf(stderr, "usage: consumersd [-dtV] [-c file] [-s socket] "
+	    "[-P plugin_dir]\n");
+	exit(2);
+}
+
+/* Show what this process is in ps: argv's storage is rewritten. */
+void
+cns_proctitle(const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	prctl(PR_SET_NAME, buf + (strncmp(buf, "consumersd: ", 12) == 0 ?
+	    12 : 0));
+	if (title_base == NULL || title_len < 2)
+		return;
+	memset(title_base, 0, title_len);
+	snprintf(title_base, title_len, "%s", buf);
+}
+
+static void
+proctitle_init(int argc, char **argv)
+{
+	char *end = argv[0] + strlen(argv[0]);
+
+	for (int i = 1; i < argc; i++)
+		if (argv[i] == end + 1)
+			end = argv[i] + strlen(argv[i]);
+	title_base = argv[0];
+	title_len = (size_t)(end - argv[0]) + 1;
+}
+
+static void
+on_stop_timer(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	log_warnx("%u worker%s still running after %d s; killing them",
+	    worker_count(), worker_count() == 1 ? "" : "s", STOP_GRACE);
+	worker_kill_all();
+}
+
+void
+cns_maybe_exit(void)
+{
+	if (stopping && worker_count() == 0)
+		event_base_loopexit(cns_base, NULL);
+}
+
+static void
+on_signal(evutil_socket_t sig, short ev, void *arg)
+{
+	struct timeval tv = { STOP_GRACE, 0 };
+
+	(void)ev;
+	(void)arg;
+	switch (sig) {
+	case SIGCHLD:
+		worker_reap();
+		return;
+	case SIGHUP:
+		log_warnx("SIGHUP: configuration reload is not supported by "
+		    "this version; restart the daemon to apply changes");
+		return;
+	}
+	if (stopping)
+		return;
+	log_info("%s: stopping", strsignal((int)sig));
+#ifdef HAVE_SYSTEMD
+	sd_notify(0, "STOPPING=1");
+#endif
+	stopping = 1;
+	client_close_listener();
+	pool_stop_all();
+	client_abort_all("consumersd is shutting down");
+	worker_stop_all();
+	stop_timer = evtimer_new(cns_base, on_stop_timer, NULL);
+	evtimer_add(stop_timer, &tv);
+	cns_maybe_exit();
+}
+
+static int
+check_config(const char *file, const struct conf_overrides *ov, int quiet)
+{
+	json_t *errors = json_array();
+	struct conf *c = conf_load(file, ov, errors);
+	size_t i;
+	json_t *e;
+
+	json_array_foreach(errors, i, e)
+		fprintf(stderr, "%s\n", json_string_value(e));
+	json_decref(errors);
+	if (c == NULL) {
+		fprintf(stderr, "consumersd: %s: configuration is not valid\n",
+		    file);
+		return 1;
+	}
+	if (!quiet)
+		printf("consumersd: %s: configuration is valid (%zu pool%s)\n",
+		    file, c->npools, c->npools == 1 ? "" : "s");
+	conf_free(c);
+	return 0;
+}
+
+/* The listening socket handed over by systemd, or -1. */
+static int
+inherited_socket(void)
+{
+#ifdef HAVE_SYSTEMD
+	int n = sd_listen_fds(1);
+
+	if (n > 1)
+		fatalx("systemd passed %d sockets; consumersd takes one", n);
+	if (n == 1) {
+		if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1,
+		    NULL, 0) <= 0)
+			fatalx("the socket passed by systemd is not a "
+			    "listening Unix stream socket");
+		return SD_LISTEN_FDS_START;
+	}
+#endif
+	return -1;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct conf_overrides ov = { 0 };
+	const char *file = CNS_CONF_FILE;
+	struct event *sigs[5];
+	const int signums[5] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP, 0 };
+	json_t *errors;
+	int ch, test = 0, debug = 0, lfd;
+
+	while ((ch = getopt(argc, argv, "c:dP:s:tV")) != -1) {
+		switch (ch) {
+		case 'c':
+			file = optarg;
+			break;
+		case 'd':
+			debug = 1;
+			break;
+		case 'P':
+			ov.plugin_dir = optarg;
+			break;
+		case 's':
+			ov.socket = optarg;
+			break;
+		case 't':
+			test = 1;
+			break;
+		case 'V':
+			printf("consumersd %s (plugin ABI %d)\n", PACKAGE_VERSION,
+			    CNS_PLUGIN_ABI);
+			return 0;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	log_init(LOG_LVL_INFO, "consumersd");
+	if (test)
+		return check_config(file, &ov, 0);
+
+	errors = json_array();
+	cns_conf = conf_load(file, &ov, errors);
+	if (cns_conf == NULL) {
+		size_t i;
+		json_t *e;
+		json_array_foreach(errors, i, e)
+			fprintf(stderr, "%s\n", json_string_value(e));
+		fprintf(stderr, "consumersd: %s: configuration is not valid; "
+		    "not starting\n", file);
+		json_decref(errors);
+		return 1;
+	}
+	json_decref(errors);
+	log_setlevel(debug ? LOG_LVL_DEBUG : cns_conf->log_level);
+	proctitle_init(argc, argv);
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((cns_base = event_base_new()) == NULL)
+		fatalx("event_base_new");
+	lfd = inherited_socket();
+	if (client_listen(cns_base, cns_conf, lfd) == -1)
+		fatalx("cannot listen on %s", cns_conf->socket);
+	for (int i = 0; signums[i] != 0; i++) {
+		sigs[i] = evsignal_new(cns_base, signums[i], on_signal, NULL);
+		evsignal_add(sigs[i], NULL);
+	}
+	for (size_t i = 0; i < cns_conf->npools; i++) {
+		struct pool *p = pool_new(&cns_conf->pools[i]);
+		pool_add(p);
+		pool_start(p);
+	}
+	cns_proctitle("consumersd: master");
+	log_info("listening on %s; %zu pool%s", lfd >= 0 ?
+	    "the socket from systemd" : cns_conf->socket, cns_conf->npools,
+	    cns_conf->npools == 1 ? "" : "s");
+#ifdef HAVE_SYSTEMD
+	sd_notify(0, "READY=1");
+#endif
+	event_base_dispatch(cns_base);
+
+	log_info("stopped");
+	client_free_all();
+	pool_free_all();
+	for (int i = 0; signums[i] != 0; i++)
+		event_free(sigs[i]);
+	if (stop_timer != NULL)
+		event_free(stop_timer);
+	event_base_free(cns_base);
+	conf_free(cns_conf);
+	return 0;
+}

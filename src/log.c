@@ -1,0 +1,118 @@
+/*
+ * log.c - one-line logs to stderr: warn (with errno), warnx, info, debug,
+ * fatal.  Under the journal (JOURNAL_STREAM set) each line carries its
+ * sd-daemon priority prefix so the journal files it at the right level.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "consumersd.h"
+
+static int	 log_level = LOG_LVL_INFO;
+static int	 log_journal;
+static char	 log_tag[64] = "consumersd";
+
+void
+log_init(int level, const char *tag)
+{
+	log_level = level;
+	log_journal = getenv("JOURNAL_STREAM") != NULL;
+	if (tag != NULL)
+		snprintf(log_tag, sizeof log_tag, "%s", tag);
+}
+
+void
+log_setlevel(int level)
+{
+	log_level = level;
+}
+
+int
+log_parse_level(const char *s)
+{
+	static const char *names[] = { "error", "warning", "info", "debug" };
+	for (int i = 0; i < 4; i++)
+		if (strcmp(s, names[i]) == 0)
+			return i;
+	return -1;
+}
+
+static void
+log_vline(int level, int with_errno, const char *fmt, va_list ap)
+{
+	/* syslog priorities: err 3, warning 4, info 6, debug 7 */
+	static const int prio[] = { 3, 4, 6, 7 };
+	int saved = errno;
+	char msg[2048];
+
+	if (level > log_level)
+		return;
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	if (log_journal)
+		fprintf(stderr, "<%d>%s: %s%s%s\n", prio[level], log_tag, msg,
+		    with_errno ? ": " : "", with_errno ? strerror(saved) : "");
+	else
+		fprintf(stderr, "%s[%ld]: %s%s%s\n", log_tag, (long)getpid(),
+		    msg, with_errno ? ": " : "",
+		    with_errno ? strerror(saved) : "");
+	errno = saved;
+}
+
+void
+log_warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vline(LOG_LVL_WARN, 1, fmt, ap);
+	va_end(ap);
+}
+
+void
+log_warnx(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vline(LOG_LVL_WARN, 0, fmt, ap);
+	va_end(ap);
+}
+
+void
+log_info(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vline(LOG_LVL_INFO, 0, fmt, ap);
+	va_end(ap);
+}
+
+void
+log_debug(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vline(LOG_LVL_DEBUG, 0, fmt, ap);
+	va_end(ap);
+}
+
+void
+fatal(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vline(LOG_LVL_ERR, 1, fmt, ap);
+	va_end(ap);
+	exit(1);
+}
+
+void
+fatalx(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	log_vline(LOG_LVL_ERR, 0, fmt, ap);
+	va_end(ap);
+	exit(1);
+}

@@ -1,0 +1,231 @@
+/*
+ * pool.c - the pool table: keeping each pool's workers alive, leasing idle
+ * workers to streams, and the FIFO of streams waiting for a worker.
+ * Respawns after failed starts back off exponentially.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "consumersd.h"
+
+#define RESPAWN_MIN_MS	100
+#define RESPAWN_MAX_MS	30000
+
+static struct poolq	pools = TAILQ_HEAD_INITIALIZER(pools);
+static int		pools_stopping;
+
+struct poolq *
+pool_all(void)
+{
+	return &pools;
+}
+
+struct pool *
+pool_find(const char *name)
+{
+	struct pool *p;
+
+	TAILQ_FOREACH(p, &pools, entry)
+		if (strcmp(p->pc->name, name) == 0)
+			return p;
+	return NULL;
+}
+
+static void
+pool_respawn(evutil_socket_t fd, short ev, void *arg)
+{
+	struct pool *p = arg;
+
+	(void)fd;
+	(void)ev;
+	pool_start(p);
+}
+
+struct pool *
+pool_new(struct pool_conf *pc)
+{
+	struct pool *p;
+
+	if ((p = calloc(1, sizeof *p)) == NULL)
+		fatal("%s: calloc", __func__);
+	p->pc = pc;
+	TAILQ_INIT(&p->workers);
+	TAILQ_INIT(&p->queue);
+	if (cns_base != NULL)
+		p->respawn_ev = evtimer_new(cns_base, pool_respawn, p);
+	return p;
+}
+
+void
+pool_add(struct pool *p)
+{
+	TAILQ_INSERT_TAIL(&pools, p, entry);
+}
+
+void
+pool_free(struct pool *p)
+{
+	if (p->respawn_ev != NULL)
+		event_free(p->respawn_ev);
+	free(p->last_error);
+	free(p);
+}
+
+/* The lowest slot number no live worker of the pool uses. */
+unsigned
+pool_slot(struct pool *p)
+{
+	for (unsigned slot = 1;; slot++) {
+		struct worker *w;
+		int used = 0;
+		TAILQ_FOREACH(w, &p->workers, entry)
+			if (w->slot == slot && w->state != W_EXITING)
+				used = 1;
+		if (!used)
+			return slot;
+	}
+}
+
+/* Bring the pool up to its size. */
+void
+pool_start(struct pool *p)
+{
+	struct worker *w;
+	unsigned live = 0;
+
+	if (pools_stopping)
+		return;
+	TAILQ_FOREACH(w, &p->workers, entry)
+		if (w->state != W_EXITING)
+			live++;
+	while (live < p->pc->workers) {
+		if (worker_spawn(p, pool_slot(p)) == NULL)
+			break;
+		live++;
+	}
+}
+
+/* Take up to `want` idle workers for a stream; returns how many. */
+unsigned
+pool_lease(struct pool *p, unsigned want, struct worker **out)
+{
+	struct worker *w;
+	unsigned n = 0;
+
+	TAILQ_FOREACH(w, &p->workers, entry) {
+		if (n == want)
+			break;
+		if (w->state != W_IDLE)
+			continue;
+		w->state = W_LEASED;
+		p->nidle--;
+		out[n++] = w;
+	}
+	return n;
+}
+
+/* A worker is free: give it to the stream that waited longest. */
+void
+pool_idle(struct pool *p, struct worker *w)
+{
+	w->state = W_IDLE;
+	w->stream = NULL;
+	p->nidle++;
+	pool_dispatch(p);
+}
+
+/*
+ * Why the pool cannot take streams now, or NULL: its workers keep failing
+ * to start and none is up, so waiting would only end in a timeout.
+ */
+const char *
+pool_unavailable(struct pool *p)
+{
+	struct worker *w;
+
+	if (p->init_failures == 0)
+		return NULL;
+	TAILQ_FOREACH(w, &p->workers, entry)
+		if (w->state == W_IDLE || w->state == W_LEASED)
+			return NULL;
+	return p->last_error != NULL ? p->last_error :
+	    "its workers fail to start";
+}
+
+void
+pool_dispatch(struct pool *p)
+{
+	struct worker **ws;
+	struct stream *s;
+	const char *why;
+
+	if ((why = pool_unavailable(p)) != NULL) {
+		while ((s = TAILQ_FIRST(&p->queue)) != NULL) {
+			char msg[1200];
+			snprintf(msg, sizeof msg, "pool %s cannot start its "
+			    "workers: %s", p->pc->name, why);
+			stream_refuse(s, msg);
+		}
+		return;
+	}
+	while (p->nidle > 0 && (s = TAILQ_FIRST(&p->queue)) != NULL) {
+		unsigned n;
+		TAILQ_REMOVE(&p->queue, s, qentry);
+		s->state = S_RUNNING;
+		if ((ws = calloc(s->want, sizeof *ws)) == NULL)
+			fatal("%s: calloc", __func__);
+		n = pool_lease(p, s->want, ws);
+		stream_leased(s, ws, n);
+	}
+}
+
+/* After a worker is gone: replace it, at once or after a backoff. */
+void
+pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
+{
+	struct timeval tv = { 0, 0 };
+
+	(void)w;
+	if (pools_stopping)
+		return;
+	if (init_failed) {
+		unsigned shift = p->init_failures < 9 ? p->init_failures : 9;
+		unsigned ms = RESPAWN_MIN_MS << shift;
+		if (ms > RESPAWN_MAX_MS)
+			ms = RESPAWN_MAX_MS;
+		p->init_failures++;
+		tv.tv_sec = ms / 1000;
+		tv.tv_usec = (ms % 1000) * 1000;
+		log_warnx("pool %s: %u failed start%s in a row; next try in "
+		    "%u ms", p->pc->name, p->init_failures,
+		    p->init_failures == 1 ? "" : "s", ms);
+	}
+	if (p->respawn_ev != NULL && !evtimer_pending(p->respawn_ev, NULL))
+		evtimer_add(p->respawn_ev, &tv);
+	pool_dispatch(p);
+}
+
+void
+pool_stop_all(void)
+{
+	struct pool *p;
+
+	pools_stopping = 1;
+	TAILQ_FOREACH(p, &pools, entry)
+		if (p->respawn_ev != NULL)
+			evtimer_del(p->respawn_ev);
+}
+
+void
+pool_free_all(void)
+{
+	struct pool *p;
+
+	while ((p = TAILQ_FIRST(&pools)) != NULL) {
+		TAILQ_REMOVE(&pools, p, entry);
+		pool_free(p);
+	}
+}

@@ -1,0 +1,404 @@
+/*
+ * worker.c - the master's side of worker processes: spawning, the table
+ * keyed by pid, reading their frames, and the one path for "a worker is
+ * gone", whether it exited, crashed, was killed or broke the protocol.
+ */
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "consumersd.h"
+
+#define WORKER_HASH	64
+#define WORKER_FD	3	/* the socket's number in the child */
+
+static struct worker	*worker_table[WORKER_HASH];
+static unsigned		 worker_total;
+
+static void	worker_gone(struct worker *);
+static void	worker_readcb(struct bufferevent *, void *);
+
+struct worker *
+worker_find(pid_t pid)
+{
+	struct worker *w = worker_table[(unsigned)pid % WORKER_HASH];
+
+	while (w != NULL && w->pid != pid)
+		w = w->hnext;
+	return w;
+}
+
+static void
+worker_unhash(struct worker *w)
+{
+	struct worker **pp = &worker_table[(unsigned)w->pid % WORKER_HASH];
+
+	while (*pp != NULL && *pp != w)
+		pp = &(*pp)->hnext;
+	if (*pp == w)
+		*pp = w->hnext;
+	worker_total--;
+}
+
+unsigned
+worker_count(void)
+{
+	return worker_total;
+}
+
+char *
+worker_describe_exit(int status)
+{
+	char *s = NULL;
+	int r;
+
+	if (WIFSIGNALED(status))
+		r = asprintf(&s, "killed by signal %d (%s)%s", WTERMSIG(status),
+		    strsignal(WTERMSIG(status)),
+		    WCOREDUMP(status) ? ", core dumped" : "");
+	else
+		r = asprintf(&s, "exited with status %d", WEXITSTATUS(status));
+	if (r == -1)
+		fatal("%s: asprintf", __func__);
+	return s;
+}
+
+/* A worker that breaks the protocol is killed; worker_gone follows. */
+static void
+worker_protocol(struct worker *w, const char *why)
+{
+	log_warnx("pool %s: worker %u (pid %ld): protocol error: %s; "
+	    "killing it", w->pool->pc->name, w->slot, (long)w->pid, why);
+	kill(w->pid, SIGKILL);
+	if (w->bev != NULL) {
+		bufferevent_free(w->bev);
+		w->bev = NULL;
+	}
+	w->closed = 1;
+	if (w->reaped)
+		worker_gone(w);
+}
+
+static json_t *
+worker_json(struct worker *w, struct evbuffer *in, size_t len)
+{
+	json_t *v = json_loadb((const char *)evbuffer_pullup(in,
+	    (ev_ssize_t)len), len, JSON_DECODE_ANY, NULL);
+
+	evbuffer_drain(in, len);
+	if (v == NULL || !json_is_object(v)) {
+		json_decref(v);
+		worker_protocol(w, "payload is not a JSON object");
+		return NULL;
+	}
+	return v;
+}
+
+/* Handle one frame; returns -1 when the worker was dropped. */
+static int
+worker_dispatch(struct worker *w, const struct frame_hdr *h,
+    struct evbuffer *in)
+{
+	struct stream *s = w->stream;
+	uint32_t ack[2];
+	uint64_t seq;
+	json_t *v;
+	int r;
+
+	if (h->type != F_READY && h->type != F_INITFAIL &&
+	    (s == NULL || h->stream != s->id)) {
+		worker_protocol(w, "frame for a stream it does not hold");
+		return -1;
+	}
+	switch (h->type) {
+	case F_READY:
+		if (w->state != W_STARTING) {
+			worker_protocol(w, "READY twice");
+			return -1;
+		}
+		if ((v = worker_json(w, in, h->len)) == NULL)
+			return -1;
+		w->pool->has_complete = json_is_true(json_object_get(v,
+		    "complete"));
+		json_decref(v);
+		log_debug("pool %s: worker %u (pid %ld) ready",
+		    w->pool->pc->name, w->slot, (long)w->pid);
+		w->pool->init_failures = 0;
+		pool_idle(w->pool, w);
+		break;
+	case F_INITFAIL: {
+		char *msg = malloc((size_t)h->len + 1);
+		if (msg == NULL)
+			fatal("%s: malloc", __func__);
+		evbuffer_remove(in, msg, h->len);
+		msg[h->len] = '\0';
+		log_warnx("pool %s: worker %u (pid %ld) failed to start: %s",
+		    w->pool->pc->name, w->slot, (long)w->pid, msg);
+		free(w->pool->last_error);
+		w->pool->last_error = msg;
+		w->init_failed = 1;
+		break;
+	}
+	case F_ACK:
+		evbuffer_remove(in, ack, sizeof ack);
+		if (stream_ack(s, w, ack[0], ack[1]) == -1) {
+			worker_protocol(w, "acknowledged more than it was sent");
+			return -1;
+		}
+		break;
+	case F_REJECT: {
+		size_t tlen = h->len - 8;
+		char *why = malloc(tlen + 1);
+		if (why == NULL)
+			fatal("%s: malloc", __func__);
+		evbuffer_remove(in, &seq, 8);
+		evbuffer_remove(in, why, tlen);
+		why[tlen] = '\0';
+		stream_reject(s, w, seq, why);
+		free(why);
+		break;
+	}
+	case F_RESULT:
+		if ((v = worker_json(w, in, h->len)) == NULL)
+			return -1;
+		r = stream_result(s, w, v);
+		json_decref(v);
+		if (r == -1) {
+			worker_protocol(w, "a result that does not add up");
+			return -1;
+		}
+		break;
+	case F_COMPLETION:
+		if ((v = worker_json(w, in, h->len)) == NULL)
+			return -1;
+		stream_completion(s, w, v);
+		json_decref(v);
+		break;
+	}
+	return 0;
+}
+
+static void
+worker_readcb(struct bufferevent *bev, void *arg)
+{
+	struct worker *w = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct frame_hdr h;
+	char why[128];
+	int r;
+
+	while ((r = frame_pull(in, &h, why, sizeof why)) == 1)
+		if (worker_dispatch(w, &h, in) == -1)
+			return;
+	if (r == -1)
+		worker_protocol(w, why);
+}
+
+static void
+worker_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)bev;
+	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+		return;
+	bufferevent_free(w->bev);
+	w->bev = NULL;
+	w->closed = 1;
+	if (w->reaped)
+		worker_gone(w);
+	else if (w->state != W_EXITING)
+		kill(w->pid, SIGKILL);	/* closed its socket but lives on */
+}
+
+struct worker *
+worker_spawn(struct pool *p, unsigned slot)
+{
+	struct worker *w;
+	int sv[2];
+	pid_t pid;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
+		log_warn("pool %s: socketpair", p->pc->name);
+		return NULL;
+	}
+	fflush(NULL);
+	if ((pid = fork()) == -1) {
+		log_warn("pool %s: fork", p->pc->name);
+		close(sv[0]);
+		close(sv[1]);
+		return NULL;
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		if (dup2(sv[1], WORKER_FD) == -1)
+			_exit(1);
+		close_range(WORKER_FD + 1, ~0U, 0);
+		child_main(WORKER_FD, p->pc, slot);
+	}
+	close(sv[1]);
+	if ((w = calloc(1, sizeof *w)) == NULL)
+		fatal("%s: calloc", __func__);
+	w->pid = pid;
+	w->pool = p;
+	w->slot = slot;
+	w->state = W_STARTING;
+	evutil_make_socket_nonblocking(sv[0]);
+	w->bev = bufferevent_socket_new(cns_base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+	if (w->bev == NULL)
+		fatalx("%s: bufferevent_socket_new", __func__);
+	bufferevent_setcb(w->bev, worker_readcb, NULL, worker_eventcb, w);
+	bufferevent_set_max_single_read(w->bev, 256u << 10);
+	bufferevent_enable(w->bev, EV_READ);
+	w->hnext = worker_table[(unsigned)pid % WORKER_HASH];
+	worker_table[(unsigned)pid % WORKER_HASH] = w;
+	worker_total++;
+	TAILQ_INSERT_TAIL(&p->workers, w, entry);
+	p->nworkers++;
+	log_debug("pool %s: worker %u started, pid %ld", p->pc->name, slot,
+	    (long)pid);
+	return w;
+}
+
+/*
+ * SIGCHLD: reap every child.  A dead worker's last frames may still sit in
+ * its socket, so they are read before it is declared gone.
+ */
+void
+worker_reap(void)
+{
+	struct worker *w;
+	int status;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if ((w = worker_find(pid)) == NULL)
+			continue;
+		w->status = status;
+		w->reaped = 1;
+		if (w->bev != NULL) {
+			struct evbuffer *in = bufferevent_get_input(w->bev);
+			int fd = bufferevent_getfd(w->bev);
+			while (evbuffer_read(in, fd, 256u << 10) > 0)
+				;
+			worker_readcb(w->bev, w);
+			if (worker_find(pid) != w)
+				continue;	/* already dropped */
+			if (w->bev != NULL) {
+				bufferevent_free(w->bev);
+				w->bev = NULL;
+			}
+			w->closed = 1;
+		}
+		if (w->closed)
+			worker_gone(w);
+	}
+}
+
+static void
+worker_gone(struct worker *w)
+{
+	struct pool *p = w->pool;
+	char *how = worker_describe_exit(w->status);
+
+	worker_unhash(w);
+	TAILQ_REMOVE(&p->workers, w, entry);
+	p->nworkers--;
+	if (w->state == W_IDLE)
+		p->nidle--;
+	if (w->state == W_EXITING && WIFEXITED(w->status) &&
+	    WEXITSTATUS(w->status) == 0)
+		log_debug("pool %s: worker %u (pid %ld) exited", p->pc->name,
+		    w->slot, (long)w->pid);
+	else if (!w->init_failed)
+		log_warnx("pool %s: worker %u (pid %ld) %s%s", p->pc->name,
+		    w->slot, (long)w->pid, how, w->stream != NULL ?
+		    " during a stream" : "");
+	if (w->stream != NULL)
+		stream_worker_gone(w->stream, w, how);
+	pool_worker_gone(p, w, w->init_failed ||
+	    (w->state == W_STARTING && w->stream == NULL));
+	free(how);
+	free(w->ranges);
+	free(w);
+	cns_maybe_exit();
+}
+
+void
+worker_send(struct worker *w, uint16_t type, uint64_t stream,
+    const void *p, size_t len)
+{
+	if (w->bev != NULL)
+		frame_put(bufferevent_get_output(w->bev), type, stream, p, len);
+}
+
+void
+worker_send_json(struct worker *w, uint16_t type, uint64_t stream, json_t *v)
+{
+	if (w->bev != NULL)
+		frame_put_json(bufferevent_get_output(w->bev), type, stream, v);
+}
+
+struct evbuffer *
+worker_output(struct worker *w)
+{
+	return w->bev != NULL ? bufferevent_get_output(w->bev) : NULL;
+}
+
+/* Remember the seqs a worker took; adjacent batches merge into one range. */
+void
+worker_add_range(struct worker *w, uint64_t first, uint64_t last)
+{
+	if (w->nranges > 0 && w->ranges[w->nranges - 1].last + 1 == first) {
+		w->ranges[w->nranges - 1].last = last;
+		return;
+	}
+	if (w->nranges == w->caprange) {
+		size_t cap = w->caprange ? w->caprange * 2 : 16;
+		struct range *r = reallocarray(w->ranges, cap, sizeof *r);
+		if (r == NULL)
+			fatal("%s: reallocarray", __func__);
+		w->ranges = r;
+		w->caprange = cap;
+	}
+	w->ranges[w->nranges].first = first;
+	w->ranges[w->nranges].last = last;
+	w->nranges++;
+}
+
+/* Ask a worker to exit: it sees EOF on its socket, runs fini and exits. */
+void
+worker_stop(struct worker *w)
+{
+	if (w->state == W_IDLE)
+		w->pool->nidle--;
+	w->state = W_EXITING;
+	if (w->bev != NULL)
+		shutdown(bufferevent_getfd(w->bev), SHUT_WR);
+}
+
+void
+worker_stop_all(void)
+{
+	for (unsigned i = 0; i < WORKER_HASH; i++)
+		for (struct worker *w = worker_table[i]; w; w = w->hnext)
+			worker_stop(w);
+}
+
+void
+worker_kill_all(void)
+{
+	for (unsigned i = 0; i < WORKER_HASH; i++)
+		for (struct worker *w = worker_table[i]; w; w = w->hnext)
+			kill(w->pid, SIGKILL);
+}
