@@ -23,6 +23,9 @@
 
 #define CLIENT_OUT_MAX	(1u << 20)	/* replies queued before we pause */
 #define HEADER_TIMEOUT	30		/* seconds to send the header */
+#define LINGER_TIMEOUT	2		/* seconds to discard input after
+					   the last line, so it is not lost
+					   to a reset */
 
 struct client {
 	struct bufferevent	*bev;
@@ -30,6 +33,7 @@ struct client {
 	int			 eof;		/* its write side is closed */
 	int			 gone;		/* nothing can reach it */
 	int			 closing;	/* free once output drains */
+	int			 lingering;	/* last line sent, discarding */
 	TAILQ_ENTRY(client)	 entry;
 };
 
@@ -227,6 +231,12 @@ client_header(struct client *c)
 		    "column %d", jerr.text, jerr.column);
 		return 1;
 	}
+	if (!json_is_object(h)) {
+		client_refuse(c, "the header is not a JSON object: it must be "
+		    "like {\"op\":\"submit\",\"pool\":\"NAME\"}");
+		json_decref(h);
+		return 1;
+	}
 	op = json_object_get(h, "op");
 	if (!json_is_string(op))
 		client_refuse(c, "the header needs \"op\": \"submit\"");
@@ -245,6 +255,11 @@ client_readcb(struct bufferevent *bev, void *arg)
 	struct client *c = arg;
 
 	(void)bev;
+	if (c->lingering) {
+		struct evbuffer *in = bufferevent_get_input(c->bev);
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
 	if (c->closing)
 		return;
 	if (c->stream == NULL) {
@@ -256,6 +271,24 @@ client_readcb(struct bufferevent *bev, void *arg)
 		stream_input(c->stream);
 }
 
+/*
+ * The last line is out but the client is still sending: close our side
+ * and discard its input for a while, since closing a socket with unread
+ * input resets it and the client could lose the line it has not read.
+ */
+static void
+client_linger(struct client *c)
+{
+	struct timeval tv = { LINGER_TIMEOUT, 0 };
+
+	c->lingering = 1;
+	shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+	bufferevent_disable(c->bev, EV_WRITE);
+	bufferevent_set_timeouts(c->bev, &tv, NULL);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+	bufferevent_enable(c->bev, EV_READ);
+}
+
 static void
 client_writecb(struct bufferevent *bev, void *arg)
 {
@@ -263,9 +296,15 @@ client_writecb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	if (c->closing) {
-		if (c->gone || evbuffer_get_length(
-		    bufferevent_get_output(c->bev)) == 0)
+		if (c->gone)
 			client_free(c);
+		else if (evbuffer_get_length(
+		    bufferevent_get_output(c->bev)) > 0 || c->lingering)
+			return;
+		else if (c->eof)
+			client_free(c);
+		else
+			client_linger(c);
 		return;
 	}
 	/* Replies drained: the stream may read again. */
@@ -279,6 +318,10 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 	struct client *c = arg;
 
 	(void)bev;
+	if (c->lingering) {
+		client_free(c);		/* EOF, error or linger timeout */
+		return;
+	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		client_refuse(c, "no header line within %d s", HEADER_TIMEOUT);
 		return;

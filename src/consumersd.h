@@ -174,6 +174,7 @@ struct worker {
 	uint64_t	 rejected;	/* of those, rejected by the worker */
 	struct range	*ranges;	/* seqs sent this stream */
 	size_t		 nranges, caprange;
+	int		 ranges_inexact; /* merged across gaps */
 	int		 returned;	/* its consume call returned */
 	unsigned	 streams_served;
 	TAILQ_ENTRY(worker) entry;	/* pool->workers */

@@ -94,6 +94,7 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 		memset(&w->credit, 0, sizeof w->credit);
 		w->sent = w->rejected = 0;
 		w->nranges = 0;
+		w->ranges_inexact = 0;
 		w->returned = 0;
 		json_array_append_new(s->results, json_null());
 		worker_send_json(w, F_BEGIN, s->id, begin);
@@ -421,6 +422,8 @@ stream_worker_gone(struct stream *s, struct worker *w, const char *how)
 		stream_error(s, "consume", w, msg);
 		e = json_array_get(s->errors, json_array_size(s->errors) - 1);
 		json_object_set_new(e, "seqs", seqs);
+		if (w->ranges_inexact)
+			json_object_set_new(e, "seqs_inexact", json_true());
 		s->unconsumed += lost;
 	}
 	if (s->nlive == 0) {

@@ -21,6 +21,7 @@
 
 #define WORKER_HASH	64
 #define WORKER_FD	3	/* the socket's number in the child */
+#define RANGES_MAX	65536	/* seq ranges kept per worker and stream */
 
 static struct worker	*worker_table[WORKER_HASH];
 static unsigned		 worker_total;
@@ -355,11 +356,17 @@ worker_output(struct worker *w)
 	return w->bev != NULL ? bufferevent_get_output(w->bev) : NULL;
 }
 
-/* Remember the seqs a worker took; adjacent batches merge into one range. */
+/*
+ * Remember the seqs a worker took; adjacent batches merge into one range.
+ * The list is bounded: past RANGES_MAX the last range grows to cover the
+ * new one (gaps included) and the report says the ranges are inexact.
+ */
 void
 worker_add_range(struct worker *w, uint64_t first, uint64_t last)
 {
-	if (w->nranges > 0 && w->ranges[w->nranges - 1].last + 1 == first) {
+	if (w->nranges > 0 && (w->ranges[w->nranges - 1].last + 1 == first ||
+	    w->nranges == RANGES_MAX)) {
+		w->ranges_inexact |= w->ranges[w->nranges - 1].last + 1 != first;
 		w->ranges[w->nranges - 1].last = last;
 		return;
 	}

@@ -1,0 +1,104 @@
+"""Configuration checks through the real binary: consumersd -t, errors as
+file:line:column, a daemon that refuses a bad config or a live socket."""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Daemon, DAEMON, PLUGIN_DIR, TOP_SRCDIR, main  # noqa
+
+
+def run(*args):
+    p = subprocess.run([DAEMON] + list(args), capture_output=True,
+                       text=True, timeout=30)
+    return p.returncode, p.stdout, p.stderr
+
+
+class Config(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="cnsd-conf-")
+        os.mkdir(os.path.join(self.dir, "pools.d"))
+        self.conf = os.path.join(self.dir, "consumersd.conf")
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_bundled_config_is_valid(self):
+        rc, out, err = run("-t", "-c", os.path.join(TOP_SRCDIR, "conf",
+                                                    "consumersd.conf"),
+                           "-P", PLUGIN_DIR)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("configuration is valid (3 pools)", out)
+
+    def test_errors_carry_positions(self):
+        self.write("consumersd.conf",
+                   '{\n  "socket_mode": "0660",\n  "colour": 1,\n'
+                   '  "max_item_bytes": "big"\n}\n')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(self.conf + ':3:3: unknown key "colour"', err)
+        self.assertIn(self.conf + ':4:3: "max_item_bytes" must be an '
+                      'integer', err)
+        self.assertIn("configuration is not valid", err)
+
+    def test_pool_errors(self):
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        pool = self.write("pools.d/p.json",
+                          '{"plugin": "sum",\n "workers": "two",\n'
+                          ' "stream_workers": 3}\n')
+        missing = self.write("pools.d/q.json", '{"plugin": "nothere"}')
+        broken = self.write("pools.d/r.json", '{"plugin": "sum",\n  oops}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(pool + ':2:2: "workers" must be an integer from 1 to '
+                      '1024, not a string', err)
+        self.assertIn(pool + ':3:2: "stream_workers" (3) cannot exceed '
+                      '"workers" (1)', err)
+        self.assertIn(missing + ':1:2: plugin "nothere" not found', err)
+        self.assertIn(broken + ":2:", err)
+
+    def test_relative_paths_follow_the_file(self):
+        os.mkdir(os.path.join(self.dir, "elsewhere"))
+        self.write("consumersd.conf", '{"pools_dir": "elsewhere", '
+                   '"plugin_dir": "%s"}' % PLUGIN_DIR)
+        self.write("elsewhere/a.json", '{"plugin": "collect"}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("(1 pool)", out)
+
+    def test_daemon_refuses_bad_config(self):
+        self.write("consumersd.conf", '{"log_level": "loud"}')
+        rc, out, err = run("-c", self.conf, "-s",
+                           os.path.join(self.dir, "s.sock"))
+        self.assertEqual(rc, 1)
+        self.assertIn('"log_level" must be one of', err)
+        self.assertIn("not starting", err)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "s.sock")))
+
+    def test_live_socket_is_not_stolen_stale_one_is_replaced(self):
+        with Daemon({"sum": {"plugin": "sum"}}) as d:
+            rc, out, err = run("-c", d.conf, "-s", d.socket,
+                               "-P", PLUGIN_DIR)
+            self.assertEqual(rc, 1)
+            self.assertIn("another daemon is listening on " + d.socket, err)
+            rc, final, err = d.cli("submit", "sum", input=b"1\n")
+            self.assertEqual(rc, 0, err)
+        # A socket file left behind by a dead process is replaced.
+        d2 = Daemon({"sum": {"plugin": "sum"}})
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(d2.socket)
+        stale.close()
+        with d2:
+            rc, final, err = d2.cli("submit", "sum", input=b"2\n")
+            self.assertEqual((rc, final["completion"]), (0, 2), err)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+#!/bin/sh
+# Install into a staging directory, then do what a plugin author does:
+# build a plugin against the installed <consumers/plugin.h> found through
+# `pkg-config consumers-plugin`, name it in a pool file, start the
+# installed daemon and stream items to it with the installed CLI.
+set -eu
+top_builddir=${top_builddir:-$(pwd)}
+stage=$(mktemp -d "${TMPDIR:-/tmp}/cnsd-install.XXXXXX")
+pid=
+cleanup() {
+	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	rm -rf "$stage"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; [ -f "$stage/log" ] && cat "$stage/log" >&2; exit 1; }
+
+make -s -C "$top_builddir" install DESTDIR="$stage/root" >/dev/null
+pc=$(find "$stage/root" -name consumers-plugin.pc)
+[ -n "$pc" ] || fail "consumers-plugin.pc was not installed"
+header=$(find "$stage/root" -path '*/consumers/plugin.h')
+[ -n "$header" ] || fail "consumers/plugin.h was not installed"
+daemon=$(find "$stage/root" -type f -name consumersd)
+cli=$(find "$stage/root" -type f -name consumers)
+plugins=$(dirname "$(find "$stage/root" -name concat.so)")
+for page in consumersd.8 consumers.1 consumersd.conf.5 consumers-plugin.3; do
+	find "$stage/root" -name "$page" | grep -q . || fail "man page $page missing"
+done
+
+export PKG_CONFIG_PATH="$(dirname "$pc")"
+export PKG_CONFIG_SYSROOT_DIR="$stage/root"
+cflags=$(pkg-config --cflags consumers-plugin)
+case "$cflags" in *"$stage/root"*) ;; *) fail "cflags do not point at the install: $cflags" ;; esac
+
+cat > "$stage/upper.c" <<'PLUGIN'
+#include <ctype.h>
+#include <string.h>
+#include <consumers/plugin.h>
+
+/* Upper-cases string items and joins them; complete counts the results. */
+static json_t *upper(cns_items *items, const cns_ctx *ctx)
+{
+	char buf[256] = "";
+	json_t *item;
+	(void)ctx;
+	while ((item = cns_next(items)) != NULL) {
+		const char *s = json_string_value(item);
+		size_t n = strlen(buf);
+		for (; s && *s && n + 1 < sizeof buf; s++)
+			buf[n++] = (char)toupper((unsigned char)*s);
+		buf[n] = '\0';
+	}
+	return json_string(buf);
+}
+
+static json_t *count(json_t *results, const cns_ctx *ctx)
+{
+	(void)ctx;
+	return json_integer((json_int_t)json_array_size(results));
+}
+
+CONSUMERS_PLUGIN(.consume = upper, .complete = count);
+PLUGIN
+# shellcheck disable=SC2086
+${CC:-cc} -shared -fPIC -Wall -Werror $cflags -o "$stage/upper.so" \
+	"$stage/upper.c" $(pkg-config --libs consumers-plugin) \
+	|| fail "the plugin does not build against the installed header"
+
+mkdir "$stage/pools.d"
+echo '{}' > "$stage/consumersd.conf"
+echo '{"plugin": "../upper.so", "workers": 1}' > "$stage/pools.d/upper.json"
+"$daemon" -t -c "$stage/consumersd.conf" -P "$plugins" >/dev/null \
+	|| fail "consumersd -t rejects the config"
+"$daemon" -c "$stage/consumersd.conf" -s "$stage/s.sock" -P "$plugins" \
+	2>"$stage/log" &
+pid=$!
+i=0
+while [ ! -S "$stage/s.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+out=$(printf '"ab"\n"c"\n' | "$cli" -s "$stage/s.sock" submit upper) \
+	|| fail "submit failed: $out"
+echo "$out" | grep -q '"results":\["ABC"\]' || fail "unexpected final line: $out"
+echo "$out" | grep -q '"completion":1' || fail "no completion: $out"
+kill -TERM "$pid"
+wait "$pid" || fail "the daemon did not exit 0 on SIGTERM"
+pid=
+echo "PASS: installed header, pkg-config file, daemon and CLI work together"
