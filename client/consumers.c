@@ -157,28 +157,24 @@ read_replies(int fd, struct replies *r)
 /* The item source: the files in turn, each ending in a newline. */
 struct source {
 	char	**files;
+	int	*fds;		/* all opened before anything is sent */
 	int	 nfiles, cur;
-	int	 fd;
 	char	 last;		/* last byte read from the current file */
-	int	 done;
 };
 
-static int
-source_open(struct source *s)
+static void
+source_open_all(struct source *s)
 {
-	const char *f;
-
-	if (s->cur >= s->nfiles) {
-		s->done = 1;
-		return -1;
+	if ((s->fds = calloc((size_t)s->nfiles, sizeof *s->fds)) == NULL)
+		die("out of memory");
+	for (int i = 0; i < s->nfiles; i++) {
+		const char *f = s->files[i];
+		if (strcmp(f, "-") == 0)
+			s->fds[i] = STDIN_FILENO;
+		else if ((s->fds[i] = open(f, O_RDONLY | O_CLOEXEC)) == -1)
+			die("%s: %s", f, strerror(errno));
 	}
-	f = s->files[s->cur];
-	if (strcmp(f, "-") == 0)
-		s->fd = STDIN_FILENO;
-	else if ((s->fd = open(f, O_RDONLY | O_CLOEXEC)) == -1)
-		die("%s: %s", f, strerror(errno));
 	s->last = '\n';
-	return 0;
 }
 
 /* Fill `buf` with up to `cap` bytes of items; 0 when all are sent. */
@@ -188,11 +184,9 @@ source_read(struct source *s, char *buf, size_t cap)
 	for (;;) {
 		ssize_t n;
 
-		if (s->done)
+		if (s->cur >= s->nfiles)
 			return 0;
-		if (s->fd == -1 && source_open(s) == -1)
-			return 0;
-		n = read(s->fd, buf, cap);
+		n = read(s->fds[s->cur], buf, cap);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1)
@@ -201,9 +195,8 @@ source_read(struct source *s, char *buf, size_t cap)
 			s->last = buf[n - 1];
 			return (size_t)n;
 		}
-		if (s->fd != STDIN_FILENO)
-			close(s->fd);
-		s->fd = -1;
+		if (s->fds[s->cur] != STDIN_FILENO)
+			close(s->fds[s->cur]);
 		s->cur++;
 		if (s->last != '\n') {
 			/* Files are joined line by line, never mid-line. */
@@ -218,7 +211,7 @@ static int
 submit(const char *sockpath, int argc, char **argv)
 {
 	static char *stdin_only[] = { "-" };
-	struct source src = { .fd = -1 };
+	struct source src = { 0 };
 	struct replies r = { 0 };
 	json_t *header, *params = NULL, *rejected, *errors;
 	const char *pool;
@@ -239,11 +232,16 @@ submit(const char *sockpath, int argc, char **argv)
 				die("-p: params must be JSON: %s", err.text);
 			break;
 		}
-		case 'w':
-			workers = atoi(optarg);
-			if (workers < 1)
-				die("-w: workers must be a positive integer");
+		case 'w': {
+			char *end;
+			long w = strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || w < 1 ||
+			    w > 1000000)
+				die("-w: workers must be a positive integer, "
+				    "not \"%s\"", optarg);
+			workers = (int)w;
 			break;
+		}
 		default:
 			usage();
 		}
@@ -255,6 +253,7 @@ submit(const char *sockpath, int argc, char **argv)
 	pool = argv[0];
 	src.files = argc > 1 ? argv + 1 : stdin_only;
 	src.nfiles = argc > 1 ? argc - 1 : 1;
+	source_open_all(&src);
 
 	header = json_pack("{s:s,s:s}", "op", "submit", "pool", pool);
 	if (workers > 0)
@@ -319,6 +318,7 @@ submit(const char *sockpath, int argc, char **argv)
 	close(fd);
 	free(out);
 	free(r.buf);
+	free(src.fds);
 	if (r.final == NULL)
 		die("the daemon closed the connection without a final line");
 	hs = json_dumps(r.final, JSON_COMPACT);
@@ -339,12 +339,16 @@ submit(const char *sockpath, int argc, char **argv)
 	if (json_array_size(errors) != 0) {
 		size_t i;
 		json_t *e;
-		json_array_foreach(errors, i, e)
-			fprintf(stderr, "%s: %s error (worker %lld): %s\n",
-			    prog, json_string_value(json_object_get(e,
-			    "stage")), (long long)json_integer_value(
-			    json_object_get(e, "worker")),
-			    json_string_value(json_object_get(e, "error")));
+		json_array_foreach(errors, i, e) {
+			json_t *w = json_object_get(e, "worker");
+			fprintf(stderr, "%s: %s error", prog, json_string_value(
+			    json_object_get(e, "stage")));
+			if (json_is_integer(w))
+				fprintf(stderr, " (worker %lld)",
+				    (long long)json_integer_value(w));
+			fprintf(stderr, ": %s\n", json_string_value(
+			    json_object_get(e, "error")));
+		}
 	}
 	json_decref(r.final);
 	return status;

@@ -6,6 +6,7 @@
  */
 #include <sys/prctl.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -98,9 +99,13 @@ child_write(struct child *ch, uint16_t type, uint64_t stream,
 	}
 }
 
-/* Send a JSON payload; one too large to frame is replaced by an error. */
+/*
+ * Send a reply object.  One too large to frame loses its `big` member
+ * (the plugin's return value) to an error that says so; the counts stay.
+ */
 static void
-child_write_json(struct child *ch, uint16_t type, uint64_t stream, json_t *v)
+child_write_json(struct child *ch, uint16_t type, uint64_t stream,
+    json_t *v, const char *big)
 {
 	char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
 	size_t len;
@@ -108,11 +113,13 @@ child_write_json(struct child *ch, uint16_t type, uint64_t stream, json_t *v)
 	if (s == NULL)
 		child_exit(ch, 1);
 	len = strlen(s);
-	if (len > FRAME_MAX) {
+	if (len > FRAME_MAX && big != NULL) {
 		free(s);
-		s = NULL;
-		if (asprintf(&s, "{\"error\":\"reply of %zu bytes exceeds the "
-		    "%u-byte frame limit\"}", len, FRAME_MAX) == -1)
+		json_object_set_new(v, big, json_null());
+		json_object_set_new(v, "error", json_sprintf("the %s is %zu "
+		    "bytes of JSON, more than the %u-byte limit", big, len,
+		    FRAME_MAX));
+		if ((s = json_dumps(v, JSON_COMPACT)) == NULL)
 			child_exit(ch, 1);
 		len = strlen(s);
 	}
@@ -358,7 +365,7 @@ child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
 	    "skipped", (json_int_t)it.skipped);
 	if (reply == NULL)
 		child_exit(ch, 1);
-	child_write_json(ch, F_RESULT, stream, reply);
+	child_write_json(ch, F_RESULT, stream, reply, "result");
 	json_decref(reply);
 	json_decref(begin);
 	free(ctx.error);
@@ -381,7 +388,7 @@ child_complete(struct child *ch, uint64_t stream, const char *p, size_t len)
 	    "error", ctx.error);
 	if (reply == NULL)
 		child_exit(ch, 1);
-	child_write_json(ch, F_COMPLETION, stream, reply);
+	child_write_json(ch, F_COMPLETION, stream, reply, "completion");
 	json_decref(reply);
 	json_decref(req);
 	free(ctx.error);
@@ -409,37 +416,103 @@ child_initfail(struct child *ch, const char *fmt, ...)
 	child_exit(ch, 1);
 }
 
+/* dlopen a plugin and check its descriptor; -1 with why on a problem. */
+static int
+plugin_open(const char *path, const struct cns_plugin **out, char *why,
+    size_t whylen)
+{
+	const struct cns_plugin *pl;
+	void *h;
+
+	if ((h = dlopen(path, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+		snprintf(why, whylen, "cannot load plugin: %s", dlerror());
+		return -1;
+	}
+	if ((pl = dlsym(h, CNS_PLUGIN_SYMBOL)) == NULL)
+		snprintf(why, whylen, "plugin %s has no \"%s\" descriptor: "
+		    "build it with CONSUMERS_PLUGIN() from <consumers/plugin.h>",
+		    path, CNS_PLUGIN_SYMBOL);
+	else if (pl->abi != CNS_PLUGIN_ABI)
+		snprintf(why, whylen, "plugin %s was built for plugin ABI %u, "
+		    "this consumersd speaks ABI %u: rebuild it against this "
+		    "version's <consumers/plugin.h>", path, pl->abi,
+		    CNS_PLUGIN_ABI);
+	else if (pl->size < sizeof *pl)
+		snprintf(why, whylen, "plugin %s has a truncated descriptor "
+		    "(%zu bytes, expected %zu)", path, pl->size, sizeof *pl);
+	else if (pl->consume == NULL)
+		snprintf(why, whylen, "plugin %s has no consume function",
+		    path);
+	else {
+		*out = pl;
+		return 0;
+	}
+	dlclose(h);
+	return -1;
+}
+
 static void
 child_load(struct child *ch)
 {
-	const struct cns_plugin *pl;
 	struct cns_ctx ctx = { .ch = ch };
-	void *h;
+	char why[1024];
 
-	if ((h = dlopen(ch->pc->plugin, RTLD_NOW | RTLD_LOCAL)) == NULL)
-		child_initfail(ch, "cannot load plugin: %s", dlerror());
-	pl = dlsym(h, CNS_PLUGIN_SYMBOL);
-	if (pl == NULL)
-		child_initfail(ch, "plugin %s has no \"%s\" descriptor: build "
-		    "it with CONSUMERS_PLUGIN() from <consumers/plugin.h>",
-		    ch->pc->plugin, CNS_PLUGIN_SYMBOL);
-	if (pl->abi != CNS_PLUGIN_ABI)
-		child_initfail(ch, "plugin %s was built for plugin ABI %u, "
-		    "this consumersd speaks ABI %u: rebuild it against this "
-		    "version's <consumers/plugin.h>", ch->pc->plugin, pl->abi,
-		    CNS_PLUGIN_ABI);
-	if (pl->size < sizeof *pl)
-		child_initfail(ch, "plugin %s has a truncated descriptor (%zu "
-		    "bytes, expected %zu)", ch->pc->plugin, pl->size,
-		    sizeof *pl);
-	if (pl->consume == NULL)
-		child_initfail(ch, "plugin %s has no consume function",
-		    ch->pc->plugin);
-	ch->pl = pl;
-	if (pl->init != NULL && pl->init(&ctx, &ch->state) != 0)
+	if (plugin_open(ch->pc->plugin, &ch->pl, why, sizeof why) == -1)
+		child_initfail(ch, "%s", why);
+	if (ch->pl->init != NULL && ch->pl->init(&ctx, &ch->state) != 0)
 		child_initfail(ch, "init failed: %s", ctx.error != NULL ?
 		    ctx.error : "init returned non-zero");
 	free(ctx.error);
+}
+
+/*
+ * For consumersd -t: load a pool's plugin in a child process (loading
+ * runs the plugin's constructors, which the master never does) and check
+ * its descriptor.  Returns 0, or -1 with why.
+ */
+int
+child_probe(const struct pool_conf *pc, char *why, size_t whylen)
+{
+	const struct cns_plugin *pl;
+	int fds[2], status;
+	ssize_t n;
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) == -1) {
+		snprintf(why, whylen, "pipe: %s", strerror(errno));
+		return -1;
+	}
+	fflush(NULL);
+	if ((pid = fork()) == -1) {
+		snprintf(why, whylen, "fork: %s", strerror(errno));
+		close(fds[0]);
+		close(fds[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		close(fds[0]);
+		if (plugin_open(pc->plugin, &pl, why, whylen) == -1 &&
+		    write(fds[1], why, strlen(why)) == -1)
+			_exit(2);
+		_exit(0);
+	}
+	close(fds[1]);
+	n = read(fds[0], why, whylen - 1);
+	close(fds[0]);
+	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+		;
+	if (n > 0) {
+		why[n] = '\0';
+		return -1;
+	}
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		char *how = worker_describe_exit(status);
+		snprintf(why, whylen, "loading plugin %s: the process %s",
+		    pc->plugin, how);
+		free(how);
+		return -1;
+	}
+	return 0;
 }
 
 void
@@ -468,7 +541,7 @@ child_main(int fd, const struct pool_conf *pc, unsigned slot)
 
 	child_load(&ch);
 	ready = json_pack("{s:b}", "complete", ch.pl->complete != NULL);
-	child_write_json(&ch, F_READY, 0, ready);
+	child_write_json(&ch, F_READY, 0, ready, NULL);
 	json_decref(ready);
 
 	while (child_read(&ch, &h, &payload)) {

@@ -23,6 +23,7 @@
 
 #define CLIENT_OUT_MAX	(1u << 20)	/* replies queued before we pause */
 #define HEADER_TIMEOUT	30		/* seconds to send the header */
+#define WRITE_TIMEOUT	60		/* seconds replies may stay unread */
 #define LINGER_TIMEOUT	2		/* seconds to discard input after
 					   the last line, so it is not lost
 					   to a reset */
@@ -41,6 +42,7 @@ static TAILQ_HEAD(, client) clients = TAILQ_HEAD_INITIALIZER(clients);
 static struct evconnlistener	*listener;
 static struct event		*accept_retry;
 static char			*listen_path;
+static int			 accepting;
 
 static void
 client_free(struct client *c)
@@ -70,8 +72,8 @@ client_read(struct client *c, int on)
 int
 client_output_full(struct client *c)
 {
-	return evbuffer_get_length(bufferevent_get_output(c->bev)) >
-	    CLIENT_OUT_MAX;
+	return !c->gone && evbuffer_get_length(bufferevent_get_output(
+	    c->bev)) > CLIENT_OUT_MAX;
 }
 
 void
@@ -252,6 +254,7 @@ client_header(struct client *c)
 static void
 client_readcb(struct bufferevent *bev, void *arg)
 {
+	struct timeval write_tv = { WRITE_TIMEOUT, 0 };
 	struct client *c = arg;
 
 	(void)bev;
@@ -265,7 +268,7 @@ client_readcb(struct bufferevent *bev, void *arg)
 	if (c->stream == NULL) {
 		if (!client_header(c) || c->closing)
 			return;
-		bufferevent_set_timeouts(c->bev, NULL, NULL);
+		bufferevent_set_timeouts(c->bev, NULL, &write_tv);
 	}
 	if (c->stream != NULL)
 		stream_input(c->stream);
@@ -322,12 +325,21 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 		client_free(c);		/* EOF, error or linger timeout */
 		return;
 	}
-	if (what & BEV_EVENT_TIMEOUT) {
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {
 		client_refuse(c, "no header line within %d s", HEADER_TIMEOUT);
 		return;
 	}
-	if (what & BEV_EVENT_ERROR)
+	if (what & BEV_EVENT_TIMEOUT) {
+		log_warnx("a client has not read its replies for %d s; "
+		    "dropping it", WRITE_TIMEOUT);
+		what |= BEV_EVENT_ERROR;
+	}
+	if (what & BEV_EVENT_ERROR) {
+		/* Nothing more reaches it: drop what was queued for it. */
+		struct evbuffer *out = bufferevent_get_output(c->bev);
 		c->gone = 1;
+		evbuffer_drain(out, evbuffer_get_length(out));
+	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
 		c->eof = 1;
 	if (c->closing) {
@@ -382,6 +394,14 @@ client_accept_again(evutil_socket_t fd, short ev, void *arg)
 	(void)fd;
 	(void)ev;
 	(void)arg;
+	if (listener != NULL && accepting)
+		evconnlistener_enable(listener);
+}
+
+void
+client_accepting(void)
+{
+	accepting = 1;
 	if (listener != NULL)
 		evconnlistener_enable(listener);
 }
@@ -455,8 +475,11 @@ client_listen(struct event_base *base, const struct conf *conf, int fd)
 {
 	if (fd < 0 && (fd = client_bind(conf)) == -1)
 		return -1;
+	/* Listening at once lets early clients queue in the backlog; they
+	 * are accepted once the pools are up (client_accepting). */
 	listener = evconnlistener_new(base, client_accept, NULL,
-	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 128, fd);
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
+	    128, fd);
 	if (listener == NULL) {
 		log_warn("listen");
 		close(fd);

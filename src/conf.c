@@ -110,6 +110,49 @@ skip_value(const char *p, const char *end)
 	return p;
 }
 
+static int
+line_of(const char *text, size_t at)
+{
+	int line = 1;
+
+	for (size_t i = 0; i < at; i++)
+		line += text[i] == '\n';
+	return line;
+}
+
+/* 1-based, in bytes, like conf_keypos. */
+static int
+column_of(const char *text, size_t at)
+{
+	size_t i = at;
+
+	while (i > 0 && text[i - 1] != '\n')
+		i--;
+	return (int)(at - i) + 1;
+}
+
+/* The opening quote of the last string that closes at or before `end`. */
+static size_t
+key_start(const char *text, size_t end)
+{
+	size_t i = end;
+
+	while (i > 0 && text[i - 1] != '"')
+		i--;
+	if (i == 0)
+		return 0;
+	for (i = i - 1; i > 0; i--) {
+		size_t bs = 0;
+		if (text[i - 1] != '"')
+			continue;
+		while (i >= bs + 2 && text[i - 2 - bs] == '\\')
+			bs++;
+		if (bs % 2 == 0)
+			return i - 1;
+	}
+	return 0;
+}
+
 /*
  * Find where `key` stands in a top-level JSON object: 1-based line and
  * column of its opening quote.  Returns 0 when found, -1 when not (and the
@@ -133,16 +176,8 @@ conf_keypos(const char *text, size_t len, const char *key, int *line,
 		k = p;
 		p = skip_string(p, end);
 		if ((size_t)(p - k) == klen + 2 && memcmp(k + 1, key, klen) == 0) {
-			int l = 1, c = 1;
-			for (const char *q = text; q < k; q++) {
-				if (*q == '\n') {
-					l++;
-					c = 1;
-				} else
-					c++;
-			}
-			*line = l;
-			*column = c;
+			*line = line_of(text, (size_t)(k - text));
+			*column = column_of(text, (size_t)(k - text));
 			return 0;
 		}
 		p = skip_ws(p, end);
@@ -186,11 +221,19 @@ cfile_read(struct cfile *f, json_t **root)
 	f->len = n;
 	*root = json_loadb(f->text, n, JSON_REJECT_DUPLICATES, &jerr);
 	if (*root == NULL) {
-		cfile_error(f, jerr.line, jerr.column, "%s", jerr.text);
+		if (json_error_code(&jerr) == json_error_duplicate_key) {
+			/* jansson points past the key; point at its start. */
+			size_t at = key_start(f->text, (size_t)jerr.position);
+			cfile_error(f, line_of(f->text, at),
+			    column_of(f->text, at), "%s", jerr.text);
+		} else
+			cfile_error(f, jerr.line, jerr.column, "%s", jerr.text);
 		return -1;
 	}
 	if (!json_is_object(*root)) {
-		cfile_error(f, 1, 1, "must be a JSON object");
+		size_t at = (size_t)(skip_ws(f->text, f->text + n) - f->text);
+		cfile_error(f, line_of(f->text, at), column_of(f->text, at),
+		    "must be a JSON object");
 		json_decref(*root);
 		*root = NULL;
 		return -1;
@@ -387,6 +430,9 @@ pool_load(struct conf *c, const char *path, const char *name,
 			pc->queue_timeout = json_number_value(v);
 	}
 	if (plugin != NULL) {
+		pc->plugin_line = pc->plugin_column = 1;
+		conf_keypos(f.text, f.len, "plugin", &pc->plugin_line,
+		    &pc->plugin_column);
 		if (strchr(plugin, '/') != NULL)
 			pc->plugin = resolve(path, plugin);
 		else if (asprintf(&pc->plugin, "%s/%s.so", c->plugin_dir,

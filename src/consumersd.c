@@ -26,10 +26,14 @@
 #define CNS_CONF_FILE "/etc/consumersd/consumersd.conf"
 #endif
 #define STOP_GRACE	5	/* seconds before workers are killed */
+#define STARTUP_WAIT	10	/* seconds the first workers may take */
 
 struct event_base	*cns_base;
 struct conf		*cns_conf;
 
+int			 cns_startup;
+static unsigned		 startup_pending;
+static struct event	*startup_timer;
 static int		 stopping;
 static struct event	*stop_timer;
 static char		*title_base;	/* argv's storage, for the title */
@@ -71,6 +75,42 @@ proctitle_init(int argc, char **argv)
 			end = argv[i] + strlen(argv[i]);
 	title_base = argv[0];
 	title_len = (size_t)(end - argv[0]) + 1;
+}
+
+/* Clients are accepted once every first worker is ready or has failed,
+ * so the first streams get the pool's full width. */
+static void
+accept_clients(void)
+{
+	if (startup_timer != NULL) {
+		event_free(startup_timer);
+		startup_timer = NULL;
+	}
+	client_accepting();
+	log_info("ready: accepting clients on %s", cns_conf->socket);
+#ifdef HAVE_SYSTEMD
+	sd_notify(0, "READY=1");
+#endif
+}
+
+void
+cns_worker_settled(void)
+{
+	if (startup_pending > 0 && --startup_pending == 0 && !stopping)
+		accept_clients();
+}
+
+static void
+on_startup_timer(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	log_warnx("%u worker%s still starting after %d s; accepting clients "
+	    "anyway", startup_pending, startup_pending == 1 ? "" : "s",
+	    STARTUP_WAIT);
+	startup_pending = 0;
+	accept_clients();
 }
 
 static void
@@ -130,6 +170,7 @@ check_config(const char *file, const struct conf_overrides *ov, int quiet)
 	struct conf *c = conf_load(file, ov, errors);
 	size_t i;
 	json_t *e;
+	int bad = 0;
 
 	json_array_foreach(errors, i, e)
 		fprintf(stderr, "%s\n", json_string_value(e));
@@ -139,11 +180,24 @@ check_config(const char *file, const struct conf_overrides *ov, int quiet)
 		    file);
 		return 1;
 	}
-	if (!quiet)
+	/* Each plugin is loaded and checked in a child process. */
+	for (i = 0; i < c->npools; i++) {
+		const struct pool_conf *pc = &c->pools[i];
+		char why[1024];
+		if (child_probe(pc, why, sizeof why) == -1) {
+			fprintf(stderr, "%s:%d:%d: %s\n", pc->file,
+			    pc->plugin_line, pc->plugin_column, why);
+			bad = 1;
+		}
+	}
+	if (bad)
+		fprintf(stderr, "consumersd: %s: configuration is not valid\n",
+		    file);
+	else if (!quiet)
 		printf("consumersd: %s: configuration is valid (%zu pool%s)\n",
 		    file, c->npools, c->npools == 1 ? "" : "s");
 	conf_free(c);
-	return 0;
+	return bad;
 }
 
 /* The listening socket handed over by systemd, or -1. */
@@ -233,18 +287,25 @@ main(int argc, char **argv)
 		sigs[i] = evsignal_new(cns_base, signums[i], on_signal, NULL);
 		evsignal_add(sigs[i], NULL);
 	}
+	cns_proctitle("consumersd: master");
+	log_info("listening on %s; starting %zu pool%s", lfd >= 0 ?
+	    "the socket from systemd" : cns_conf->socket, cns_conf->npools,
+	    cns_conf->npools == 1 ? "" : "s");
+	cns_startup = 1;
 	for (size_t i = 0; i < cns_conf->npools; i++) {
 		struct pool *p = pool_new(&cns_conf->pools[i]);
 		pool_add(p);
 		pool_start(p);
 	}
-	cns_proctitle("consumersd: master");
-	log_info("listening on %s; %zu pool%s", lfd >= 0 ?
-	    "the socket from systemd" : cns_conf->socket, cns_conf->npools,
-	    cns_conf->npools == 1 ? "" : "s");
-#ifdef HAVE_SYSTEMD
-	sd_notify(0, "READY=1");
-#endif
+	cns_startup = 0;
+	startup_pending = worker_count();
+	if (startup_pending == 0)
+		accept_clients();
+	else {
+		struct timeval tv = { STARTUP_WAIT, 0 };
+		startup_timer = evtimer_new(cns_base, on_startup_timer, NULL);
+		evtimer_add(startup_timer, &tv);
+	}
 	event_base_dispatch(cns_base);
 
 	log_info("stopped");
@@ -254,6 +315,8 @@ main(int argc, char **argv)
 		event_free(sigs[i]);
 	if (stop_timer != NULL)
 		event_free(stop_timer);
+	if (startup_timer != NULL)
+		event_free(startup_timer);
 	event_base_free(cns_base);
 	conf_free(cns_conf);
 	return 0;

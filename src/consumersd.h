@@ -28,6 +28,8 @@ struct pool_conf {
 	char		*name;		/* the pool file's stem */
 	char		*file;		/* the pool file, for messages */
 	char		*plugin;	/* resolved path of the .so */
+	int		 plugin_line;	/* where "plugin" stands in file */
+	int		 plugin_column;
 	unsigned	 workers;
 	unsigned	 stream_workers;
 	json_t		*args;		/* array */
@@ -166,6 +168,7 @@ struct worker {
 	int		 reaped;
 	int		 closed;	/* its socket hit EOF */
 	int		 init_failed;	/* it sent INITFAIL */
+	int		 startup;	/* one of the first, not settled yet */
 	/* while leased */
 	struct stream	*stream;
 	unsigned	 index;		/* in stream->w[] */
@@ -215,6 +218,7 @@ struct stream {
 	int		 eof;		/* the client closed its side */
 	int		 skipping;	/* dropping an over-long line */
 	int		 ended;		/* END sent to every worker */
+	uint64_t	 orphan_from;	/* first seq read with no worker left */
 	json_t		*results;	/* one slot per leased worker */
 	json_t		*errors;
 	json_t		*completion;
@@ -245,6 +249,7 @@ struct client;
 int		 client_listen(struct event_base *, const struct conf *, int fd);
 void		 client_abort_all(const char *why);
 void		 client_free_all(void);
+void		 client_accepting(void);
 void		 client_close_listener(void);
 void		 client_send_json(struct client *, json_t *);
 struct evbuffer	*client_input(struct client *);
@@ -258,8 +263,11 @@ extern struct conf	*cns_conf;
 void		 cns_proctitle(const char *fmt, ...)
 		    __attribute__((format(printf, 1, 2)));
 void		 cns_maybe_exit(void);
+extern int	 cns_startup;	/* spawning the first workers */
+void		 cns_worker_settled(void);
 
 /* child.c: the worker process, never returns */
 _Noreturn void	 child_main(int fd, const struct pool_conf *, unsigned slot);
+int		 child_probe(const struct pool_conf *, char *why, size_t);
 
 #endif /* CONSUMERSD_H */

@@ -38,7 +38,7 @@ enum frame_type {
 	F_ACK,		/* u32 items, u32 bytes consumed from the window */
 	F_REJECT,	/* u64 seq, then text: why that line was rejected */
 	F_RESULT,	/* JSON {"result":R,"error":E,"consumed":n,
-			   "skipped":n}: consume returned */
+			   "rejected":n,"skipped":n}: consume returned */
 	F_COMPLETION,	/* JSON {"completion":C,"error":E} */
 	F_WORKER_LAST = F_COMPLETION
 };

@@ -6,6 +6,8 @@
  * parses an item; workers report rejected lines and their results.
  */
 #include <inttypes.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 static uint64_t	stream_next_id = 1;
 
 static void	stream_finish(struct stream *);
+static void	stream_orphaned(struct stream *);
 
 static void
 stream_timeout(evutil_socket_t fd, short ev, void *arg)
@@ -203,6 +206,7 @@ stream_input(struct stream *s)
 		unsigned tried = 0;
 		size_t share;
 
+
 		if (s->skipping) {
 			struct evbuffer_ptr e = evbuffer_search(in, "\n", 1,
 			    NULL);
@@ -219,28 +223,43 @@ stream_input(struct stream *s)
 			client_read(s->client, 0);
 			return;
 		}
-		/* Spread what is buffered over the workers: small streams
-		 * reach every consumer, large ones move in big batches. */
-		share = evbuffer_get_length(in) / (s->nlive ? s->nlive : 1);
-		for (;;) {
-			if ((w = stream_pick(s, &room, &tried)) == NULL)
-				break;
-			if (room.soft_bytes > share)
-				room.soft_bytes = share;
-			if (room.soft_bytes > BATCH_MAX)
-				room.soft_bytes = BATCH_MAX;
-			flow_cut(in, &room, &cut);
-			if (cut.kind != CUT_FULL)
-				break;
-		}
-		if (w == NULL) {
-			/* Every window is full: wait for acks. */
-			client_read(s->client, 0);
-			return;
+		if (s->nlive == 0) {
+			/* No worker left: count the rest, to report it. */
+			struct flow_room all = { max_item, SIZE_MAX, SIZE_MAX,
+			    UINT_MAX };
+			w = NULL;
+			flow_cut(in, &all, &cut);
+		} else {
+			/* Spread what is buffered over the workers: small
+			 * streams reach every consumer, large ones move in
+			 * big batches. */
+			share = evbuffer_get_length(in) / s->nlive;
+			for (;;) {
+				if ((w = stream_pick(s, &room, &tried)) == NULL)
+					break;
+				if (room.soft_bytes > share)
+					room.soft_bytes = share;
+				if (room.soft_bytes > BATCH_MAX)
+					room.soft_bytes = BATCH_MAX;
+				flow_cut(in, &room, &cut);
+				if (cut.kind != CUT_FULL)
+					break;
+			}
+			if (w == NULL) {
+				/* Every window is full: wait for acks. */
+				client_read(s->client, 0);
+				return;
+			}
 		}
 		switch (cut.kind) {
 		case CUT_BATCH:
-			stream_send_batch(s, w, in, &cut);
+			if (w != NULL)
+				stream_send_batch(s, w, in, &cut);
+			else {
+				s->seq += cut.n;
+				s->unconsumed += cut.n;
+				evbuffer_drain(in, cut.nbytes);
+			}
 			continue;
 		case CUT_EMPTY:
 			evbuffer_drain(in, cut.nbytes);
@@ -268,9 +287,12 @@ stream_input(struct stream *s)
 		    "no newline before the end of the stream");
 		evbuffer_drain(in, evbuffer_get_length(in));
 	}
-	if (s->eof && evbuffer_get_length(in) == 0)
-		stream_end(s);
-	else
+	if (s->eof && evbuffer_get_length(in) == 0) {
+		if (s->nlive > 0)
+			stream_end(s);
+		else
+			stream_orphaned(s);
+	} else
 		client_read(s->client, 1);
 }
 
@@ -427,14 +449,36 @@ stream_worker_gone(struct stream *s, struct worker *w, const char *how)
 		s->unconsumed += lost;
 	}
 	if (s->nlive == 0) {
-		/* Nobody is left to take the rest: end the stream here. */
-		stream_finish(s);
+		if (s->ended) {
+			stream_finish(s);
+			return;
+		}
+		/* Nobody is left to take the rest: read it to the end and
+		 * report it, so no item goes unaccounted. */
+		s->orphan_from = s->seq + 1;
+		stream_input(s);
 		return;
 	}
 	if (s->ended && s->nreturned == s->nlive)
 		stream_consumed(s);
 	else
 		stream_input(s);
+}
+
+/* Every worker died before the client's end: report what was left. */
+static void
+stream_orphaned(struct stream *s)
+{
+	if (s->seq >= s->orphan_from) {
+		char msg[200];
+		snprintf(msg, sizeof msg, "every worker of the stream died; "
+		    "items %" PRIu64 " to %" PRIu64 " were not consumed",
+		    s->orphan_from, s->seq);
+		json_array_append_new(s->errors, json_pack("{s:s,s:s,s:[[I,I]]}",
+		    "stage", "stream", "error", msg, "seqs",
+		    (json_int_t)s->orphan_from, (json_int_t)s->seq));
+	}
+	stream_finish(s);
 }
 
 static void

@@ -135,6 +135,10 @@ worker_dispatch(struct worker *w, const struct frame_hdr *h,
 		log_debug("pool %s: worker %u (pid %ld) ready",
 		    w->pool->pc->name, w->slot, (long)w->pid);
 		w->pool->init_failures = 0;
+		if (w->startup) {
+			w->startup = 0;
+			cns_worker_settled();
+		}
 		pool_idle(w->pool, w);
 		break;
 	case F_INITFAIL: {
@@ -254,6 +258,7 @@ worker_spawn(struct pool *p, unsigned slot)
 	w->pool = p;
 	w->slot = slot;
 	w->state = W_STARTING;
+	w->startup = cns_startup;
 	evutil_make_socket_nonblocking(sv[0]);
 	w->bev = bufferevent_socket_new(cns_base, sv[0], BEV_OPT_CLOSE_ON_FREE);
 	if (w->bev == NULL)
@@ -327,6 +332,8 @@ worker_gone(struct worker *w)
 		    " during a stream" : "");
 	if (w->stream != NULL)
 		stream_worker_gone(w->stream, w, how);
+	if (w->startup)
+		cns_worker_settled();
 	pool_worker_gone(p, w, w->init_failed ||
 	    (w->state == W_STARTING && w->stream == NULL));
 	free(how);

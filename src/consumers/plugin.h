@@ -10,8 +10,8 @@
  * Ownership follows jansson's rules: values handed to the plugin are borrowed,
  * values the plugin returns are new references that consumersd releases.
  *
- * Build a plugin with:  cc -shared -fPIC $(pkg-config --cflags --libs
- * consumers-plugin) -o NAME.so NAME.c
+ * Build a plugin with:  cc -shared -fPIC $(pkg-config --cflags
+ * consumers-plugin) -o NAME.so NAME.c $(pkg-config --libs consumers-plugin)
  */
 #ifndef CONSUMERS_PLUGIN_H
 #define CONSUMERS_PLUGIN_H
@@ -53,13 +53,22 @@ struct cns_plugin {
 	 * return value (a new reference) reaches the client as "completion". */
 	json_t *(*complete)(json_t *results, const cns_ctx *ctx);
 
-	/* Once when the worker process exits, with init's state. */
+	/* When the worker process leaves its stream loop to exit, with
+	 * init's state.  Not called when the process is killed or told to
+	 * stop while inside consume. */
 	void (*fini)(void *state);
 };
 
+/* The descriptor must be visible to dlsym, from C and from C++. */
+#ifdef __cplusplus
+#define CNS_PLUGIN_EXPORT extern "C" __attribute__((visibility("default")))
+#else
+#define CNS_PLUGIN_EXPORT __attribute__((visibility("default")))
+#endif
+
 /* Define the plugin's descriptor: CONSUMERS_PLUGIN(.consume = fn, ...); */
 #define CONSUMERS_PLUGIN(...)						\
-	const struct cns_plugin consumers_plugin = {			\
+	CNS_PLUGIN_EXPORT const struct cns_plugin consumers_plugin = {	\
 		.abi = CNS_PLUGIN_ABI,					\
 		.size = sizeof(struct cns_plugin),			\
 		__VA_ARGS__						\

@@ -64,6 +64,24 @@ class Config(unittest.TestCase):
         self.assertIn(missing + ':1:2: plugin "nothere" not found', err)
         self.assertIn(broken + ":2:", err)
 
+    def test_check_loads_plugins(self):
+        # -t loads each plugin (in a child process) and checks its ABI.
+        from harness import test_plugin
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        bad = self.write("pools.d/old.json",
+                         '{"workers": 1,\n "plugin": "%s"}'
+                         % test_plugin("badabi"))
+        nodesc = self.write("pools.d/x.json",
+                            '{"plugin": "%s"}' % test_plugin("nodesc"))
+        self.write("pools.d/good.json", '{"plugin": "sum"}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(bad + ":2:2: plugin " + test_plugin("badabi") +
+                      " was built for plugin ABI 99", err)
+        self.assertIn(nodesc + ':1:2: plugin ' + test_plugin("nodesc") +
+                      ' has no "consumers_plugin" descriptor', err)
+        self.assertNotIn("good.json", err)
+
     def test_relative_paths_follow_the_file(self):
         os.mkdir(os.path.join(self.dir, "elsewhere"))
         self.write("consumersd.conf", '{"pools_dir": "elsewhere", '

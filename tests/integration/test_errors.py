@@ -111,6 +111,22 @@ class BadHeaders(unittest.TestCase):
             self.assertFalse(final["ok"])
             self.assertIn('no pool named "nope"', err)
 
+    def test_cli_checks_files_and_options_first(self):
+        with Daemon({"sum": {"plugin": "sum"}}) as d:
+            good = os.path.join(d.dir, "good.ndjson")
+            with open(good, "w") as f:
+                f.write("1\n")
+            rc, final, err = d.cli("submit", "sum", good,
+                                   os.path.join(d.dir, "missing.ndjson"))
+            self.assertEqual(rc, 2)
+            self.assertIn("missing.ndjson: No such file", err)
+            rc, final, err = d.cli("submit", "-w", "2x", "sum", good)
+            self.assertEqual(rc, 2)
+            self.assertIn('-w: workers must be a positive integer, not "2x"',
+                          err)
+            # Neither opened a stream.
+            self.assertNotIn("stream 1:", d.log_text())
+
     def test_cli_without_daemon(self):
         with Daemon({"sum": {"plugin": "sum"}}) as d:
             sock = d.socket
@@ -201,6 +217,27 @@ class DyingWorkers(unittest.TestCase):
             self.assertIn("exited with status 3", final["errors"][0]["error"])
             self.assertEqual(final["errors"][0]["seqs"], [[1, 3]])
             assert_invariant(self, final)
+
+    def test_every_worker_dead_rest_is_reported(self):
+        # The only worker dies early in a long stream: the daemon reads
+        # the rest to the end and names it, so every item is accounted.
+        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 1}}
+        with Daemon(pools) as d:
+            n = 200000
+            items = list(range(n))
+            items[9] = "segv"
+            rc, final, err = d.cli("submit", "crash", input=lines(items))
+            self.assertEqual(rc, 1)
+            self.assertEqual(final["items"], n)
+            self.assertEqual(final["consumed"], 0)
+            self.assertEqual(final["unconsumed"], n)
+            assert_invariant(self, final)
+            died, rest = final["errors"]
+            self.assertIn("killed by signal 11", died["error"])
+            self.assertEqual(died["seqs"][0][0], 1)
+            self.assertEqual(rest["stage"], "stream")
+            self.assertEqual(rest["seqs"], [[died["seqs"][-1][1] + 1, n]])
+            self.assertIn("every worker of the stream died", err)
 
     def test_complete_crash_keeps_results(self):
         pools = {"crash": {"plugin": test_plugin("crash"), "workers": 2}}

@@ -1,0 +1,761 @@
+/*
+ * check_pool.c - unit tests for src/pool.c: slots, leasing, the FIFO of
+ * waiting streams, refusing streams when workers fail to start, and the
+ * respawn backoff.
+ *
+ * Workers and streams are plain structs made here.  worker_spawn,
+ * stream_leased and stream_refuse are fakes that record what pool.c asked
+ * for, so worker.o and stream.o (and the daemon's main file they need)
+ * are not linked in.
+ */
+#include <sys/time.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <check.h>
+#include <event2/event.h>
+
+#include "consumersd.h"
+
+/* The daemon's global that pool.c reads; NULL means no timers. */
+struct event_base *cns_base;
+
+/* ---- fakes ---- */
+
+#define MAXREC	64
+
+static int		 spawn_budget = -1;	/* successes left, -1: any */
+static unsigned		 spawn_calls;
+static unsigned		 spawned;
+static unsigned		 spawn_slots[MAXREC];
+static pid_t		 next_pid = 1000;
+
+struct worker *
+worker_spawn(struct pool *p, unsigned slot)
+{
+	struct worker *w;
+
+	spawn_calls++;
+	if (spawn_budget == 0)
+		return NULL;
+	if (spawn_budget > 0)
+		spawn_budget--;
+	ck_assert_uint_lt(spawned, MAXREC);
+	w = calloc(1, sizeof *w);
+	w->pid = next_pid++;
+	w->pool = p;
+	w->slot = slot;
+	w->state = W_STARTING;
+	TAILQ_INSERT_TAIL(&p->workers, w, entry);
+	p->nworkers++;
+	spawn_slots[spawned++] = slot;
+	return w;
+}
+
+struct lease {
+	struct stream	*s;
+	unsigned	 n;
+	struct worker	*w[8];
+};
+static struct lease	 leases[MAXREC];
+static unsigned		 nleases;
+
+static int
+in_queue(struct pool *p, struct stream *s)
+{
+	struct stream *q;
+
+	TAILQ_FOREACH(q, &p->queue, qentry)
+		if (q == s)
+			return 1;
+	return 0;
+}
+
+void
+stream_leased(struct stream *s, struct worker **ws, unsigned n)
+{
+	struct lease *l;
+
+	ck_assert_uint_lt(nleases, MAXREC);
+	ck_assert_uint_le(n, 8);
+	/* Off the queue and running before it is told. */
+	ck_assert(!in_queue(s->pool, s));
+	ck_assert_int_eq(s->state, S_RUNNING);
+	l = &leases[nleases++];
+	l->s = s;
+	l->n = n;
+	for (unsigned i = 0; i < n; i++) {
+		l->w[i] = ws[i];
+		ws[i]->stream = s;
+		ws[i]->index = i;
+	}
+	s->w = ws;
+	s->nw = s->nlive = n;
+}
+
+struct refusal {
+	struct stream	*s;
+	char		*why;
+};
+static struct refusal	 refusals[MAXREC];
+static unsigned		 nrefusals;
+
+void
+stream_refuse(struct stream *s, const char *why)
+{
+	ck_assert_uint_lt(nrefusals, MAXREC);
+	if (s->state == S_QUEUED)
+		TAILQ_REMOVE(&s->pool->queue, s, qentry);
+	s->state = S_DONE;
+	refusals[nrefusals].s = s;
+	refusals[nrefusals].why = strdup(why);
+	nrefusals++;
+}
+
+/* ---- helpers ---- */
+
+static struct pool_conf	 pc;
+static struct stream	*streams[MAXREC];
+static unsigned		 nstreams;
+
+static void
+setup(void)
+{
+	memset(&pc, 0, sizeof pc);
+	pc.name = "tp";
+	pc.workers = 3;
+	pc.stream_workers = 3;
+	pc.queue_timeout = 30;
+	spawn_budget = -1;
+	spawn_calls = spawned = 0;
+	nleases = nrefusals = nstreams = 0;
+	cns_base = NULL;
+	log_setlevel(LOG_LVL_ERR);
+}
+
+static void
+teardown(void)
+{
+	for (unsigned i = 0; i < nrefusals; i++)
+		free(refusals[i].why);
+	for (unsigned i = 0; i < nstreams; i++) {
+		free(streams[i]->w);
+		free(streams[i]);
+	}
+	nrefusals = nstreams = 0;
+}
+
+static struct worker *
+add_worker(struct pool *p, unsigned slot, enum worker_state state)
+{
+	struct worker *w = calloc(1, sizeof *w);
+
+	w->pid = next_pid++;
+	w->pool = p;
+	w->slot = slot;
+	w->state = state;
+	TAILQ_INSERT_TAIL(&p->workers, w, entry);
+	p->nworkers++;
+	if (state == W_IDLE)
+		p->nidle++;
+	return w;
+}
+
+/* What worker_gone does before it calls pool_worker_gone. */
+static void
+remove_worker(struct pool *p, struct worker *w)
+{
+	TAILQ_REMOVE(&p->workers, w, entry);
+	p->nworkers--;
+	if (w->state == W_IDLE)
+		p->nidle--;
+}
+
+static void
+free_pool(struct pool *p)
+{
+	struct worker *w;
+
+	while ((w = TAILQ_FIRST(&p->workers)) != NULL) {
+		TAILQ_REMOVE(&p->workers, w, entry);
+		free(w);
+	}
+	pool_free(p);
+}
+
+static struct stream *
+queue_stream(struct pool *p, unsigned want)
+{
+	struct stream *s = calloc(1, sizeof *s);
+
+	ck_assert_uint_lt(nstreams, MAXREC);
+	streams[nstreams++] = s;
+	s->id = nstreams;
+	s->pool = p;
+	s->want = want;
+	s->state = S_QUEUED;
+	TAILQ_INSERT_TAIL(&p->queue, s, qentry);
+	return s;
+}
+
+static unsigned
+count_state(struct pool *p, enum worker_state st)
+{
+	struct worker *w;
+	unsigned n = 0;
+
+	TAILQ_FOREACH(w, &p->workers, entry)
+		if (w->state == st)
+			n++;
+	return n;
+}
+
+/* ---- tests ---- */
+
+START_TEST(test_new)
+{
+	struct pool *p = pool_new(&pc);
+
+	ck_assert_ptr_eq(p->pc, &pc);
+	ck_assert_ptr_null(p->respawn_ev);
+	ck_assert(TAILQ_EMPTY(&p->workers));
+	ck_assert(TAILQ_EMPTY(&p->queue));
+	ck_assert_uint_eq(p->nworkers, 0);
+	ck_assert_uint_eq(p->nidle, 0);
+	ck_assert_uint_eq(p->init_failures, 0);
+	ck_assert_ptr_null(p->last_error);
+	ck_assert_ptr_null(pool_unavailable(p));
+	pool_free(p);
+}
+END_TEST
+
+START_TEST(test_slot)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w1;
+
+	ck_assert_uint_eq(pool_slot(p), 1);
+	add_worker(p, 2, W_IDLE);
+	ck_assert_uint_eq(pool_slot(p), 1);
+	w1 = add_worker(p, 1, W_STARTING);
+	add_worker(p, 4, W_LEASED);
+	ck_assert_uint_eq(pool_slot(p), 3);
+	add_worker(p, 3, W_IDLE);
+	ck_assert_uint_eq(pool_slot(p), 5);
+	/* An exiting worker's slot is free again. */
+	w1->state = W_EXITING;
+	ck_assert_uint_eq(pool_slot(p), 1);
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_start)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w;
+
+	pool_start(p);
+	ck_assert_uint_eq(spawned, 3);
+	ck_assert_uint_eq(spawn_slots[0], 1);
+	ck_assert_uint_eq(spawn_slots[1], 2);
+	ck_assert_uint_eq(spawn_slots[2], 3);
+	ck_assert_uint_eq(p->nworkers, 3);
+	/* Full: nothing more. */
+	pool_start(p);
+	ck_assert_uint_eq(spawn_calls, 3);
+	/* The worker in slot 2 is on its way out: replaced in slot 2. */
+	TAILQ_FOREACH(w, &p->workers, entry)
+		if (w->slot == 2)
+			w->state = W_EXITING;
+	pool_start(p);
+	ck_assert_uint_eq(spawned, 4);
+	ck_assert_uint_eq(spawn_slots[3], 2);
+	ck_assert_uint_eq(count_state(p, W_STARTING), 3);
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_start_spawn_fails)
+{
+	struct pool *p = pool_new(&pc);
+
+	/* The second spawn fails: pool_start stops there. */
+	spawn_budget = 1;
+	pool_start(p);
+	ck_assert_uint_eq(spawned, 1);
+	ck_assert_uint_eq(spawn_calls, 2);
+	ck_assert_uint_eq(p->nworkers, 1);
+	spawn_budget = -1;
+	pool_start(p);
+	ck_assert_uint_eq(spawned, 3);
+	ck_assert_uint_eq(spawn_slots[1], 2);
+	ck_assert_uint_eq(spawn_slots[2], 3);
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_lease)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w[5], *out[6];
+
+	w[0] = add_worker(p, 1, W_IDLE);
+	w[1] = add_worker(p, 2, W_STARTING);
+	w[2] = add_worker(p, 3, W_IDLE);
+	w[3] = add_worker(p, 4, W_LEASED);
+	w[4] = add_worker(p, 5, W_IDLE);
+	ck_assert_uint_eq(p->nidle, 3);
+
+	for (int i = 0; i < 6; i++)
+		out[i] = (struct worker *)&out;	/* sentinel */
+	ck_assert_uint_eq(pool_lease(p, 0, out), 0);
+	ck_assert_uint_eq(p->nidle, 3);
+	ck_assert_ptr_eq(out[0], (struct worker *)&out);
+
+	ck_assert_uint_eq(pool_lease(p, 2, out), 2);
+	ck_assert_ptr_eq(out[0], w[0]);
+	ck_assert_ptr_eq(out[1], w[2]);
+	ck_assert_ptr_eq(out[2], (struct worker *)&out);
+	ck_assert_int_eq(w[0]->state, W_LEASED);
+	ck_assert_int_eq(w[2]->state, W_LEASED);
+	ck_assert_int_eq(w[1]->state, W_STARTING);
+	ck_assert_int_eq(w[4]->state, W_IDLE);
+	ck_assert_uint_eq(p->nidle, 1);
+
+	/* Wanting more than there is gets what there is. */
+	ck_assert_uint_eq(pool_lease(p, 5, out), 1);
+	ck_assert_ptr_eq(out[0], w[4]);
+	ck_assert_int_eq(w[4]->state, W_LEASED);
+	ck_assert_uint_eq(p->nidle, 0);
+	ck_assert_uint_eq(pool_lease(p, 3, out), 0);
+	ck_assert_uint_eq(count_state(p, W_LEASED), 4);
+	ck_assert_uint_eq(count_state(p, W_STARTING), 1);
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_idle_no_queue)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w = add_worker(p, 1, W_LEASED);
+	struct stream *s = queue_stream(p, 1);
+
+	/* A worker coming back from a stream that is over. */
+	TAILQ_REMOVE(&p->queue, s, qentry);
+	s->state = S_DONE;
+	w->stream = s;
+	pool_idle(p, w);
+	ck_assert_int_eq(w->state, W_IDLE);
+	ck_assert_ptr_null(w->stream);
+	ck_assert_uint_eq(p->nidle, 1);
+	ck_assert_uint_eq(nleases, 0);
+	free_pool(p);
+}
+END_TEST
+
+/* Streams wait in order; each freed worker goes to the oldest. */
+START_TEST(test_queue_fifo)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w[3];
+	struct stream *s[3];
+
+	for (int i = 0; i < 3; i++)
+		w[i] = add_worker(p, (unsigned)i + 1, W_STARTING);
+	s[0] = queue_stream(p, 2);
+	s[1] = queue_stream(p, 1);
+	s[2] = queue_stream(p, 1);
+	pool_dispatch(p);
+	ck_assert_uint_eq(nleases, 0);
+
+	pool_idle(p, w[1]);
+	ck_assert_uint_eq(nleases, 1);
+	ck_assert_ptr_eq(leases[0].s, s[0]);
+	ck_assert_uint_eq(leases[0].n, 1);
+	ck_assert_ptr_eq(leases[0].w[0], w[1]);
+	ck_assert_int_eq(w[1]->state, W_LEASED);
+	ck_assert_ptr_eq(w[1]->stream, s[0]);
+	ck_assert_uint_eq(p->nidle, 0);
+	ck_assert_ptr_eq(TAILQ_FIRST(&p->queue), s[1]);
+
+	pool_idle(p, w[0]);
+	pool_idle(p, w[2]);
+	ck_assert_uint_eq(nleases, 3);
+	ck_assert_ptr_eq(leases[1].s, s[1]);
+	ck_assert_ptr_eq(leases[1].w[0], w[0]);
+	ck_assert_ptr_eq(leases[2].s, s[2]);
+	ck_assert_ptr_eq(leases[2].w[0], w[2]);
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(s[i]->state, S_RUNNING);
+	ck_assert(TAILQ_EMPTY(&p->queue));
+	ck_assert_uint_eq(p->nidle, 0);
+	ck_assert_uint_eq(count_state(p, W_LEASED), 3);
+
+	/* Now a worker comes back with nobody waiting. */
+	pool_idle(p, w[1]);
+	ck_assert_uint_eq(nleases, 3);
+	ck_assert_uint_eq(p->nidle, 1);
+	free_pool(p);
+}
+END_TEST
+
+/* Several idle workers: the first stream takes what it wants. */
+START_TEST(test_dispatch_several)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w[4];
+	struct stream *s[3];
+
+	for (int i = 0; i < 4; i++)
+		w[i] = add_worker(p, (unsigned)i + 1, W_IDLE);
+	s[0] = queue_stream(p, 3);
+	s[1] = queue_stream(p, 3);
+	s[2] = queue_stream(p, 1);
+	pool_dispatch(p);
+	ck_assert_uint_eq(nleases, 2);
+	ck_assert_ptr_eq(leases[0].s, s[0]);
+	ck_assert_uint_eq(leases[0].n, 3);
+	ck_assert_ptr_eq(leases[0].w[0], w[0]);
+	ck_assert_ptr_eq(leases[0].w[1], w[1]);
+	ck_assert_ptr_eq(leases[0].w[2], w[2]);
+	ck_assert_ptr_eq(leases[1].s, s[1]);
+	ck_assert_uint_eq(leases[1].n, 1);
+	ck_assert_ptr_eq(leases[1].w[0], w[3]);
+	ck_assert_uint_eq(p->nidle, 0);
+	ck_assert_int_eq(s[2]->state, S_QUEUED);
+	ck_assert_ptr_eq(TAILQ_FIRST(&p->queue), s[2]);
+	ck_assert_ptr_eq(TAILQ_LAST(&p->queue, streamq), s[2]);
+	ck_assert_uint_eq(nrefusals, 0);
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_unavailable)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w;
+	const char *why;
+
+	ck_assert_ptr_null(pool_unavailable(p));
+	p->init_failures = 1;
+	why = pool_unavailable(p);
+	ck_assert_ptr_nonnull(why);
+	ck_assert(why[0] != '\0');
+	p->last_error = strdup("plugin init: no database");
+	ck_assert_ptr_eq(pool_unavailable(p), p->last_error);
+	/* Starting or exiting workers do not make it available. */
+	w = add_worker(p, 1, W_STARTING);
+	ck_assert_ptr_eq(pool_unavailable(p), p->last_error);
+	add_worker(p, 2, W_EXITING);
+	ck_assert_ptr_eq(pool_unavailable(p), p->last_error);
+	/* One that is up does. */
+	w->state = W_LEASED;
+	ck_assert_ptr_null(pool_unavailable(p));
+	w->state = W_IDLE;
+	p->nidle = 1;
+	ck_assert_ptr_null(pool_unavailable(p));
+	/* A fresh start clears it. */
+	w->state = W_STARTING;
+	p->nidle = 0;
+	p->init_failures = 0;
+	ck_assert_ptr_null(pool_unavailable(p));
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_dispatch_refuses)
+{
+	struct pool *p = pool_new(&pc);
+	struct stream *s[3];
+
+	add_worker(p, 1, W_STARTING);
+	for (int i = 0; i < 3; i++)
+		s[i] = queue_stream(p, 1);
+	p->init_failures = 2;
+	p->last_error = strdup("cannot load x.so");
+	pool_dispatch(p);
+	ck_assert_uint_eq(nleases, 0);
+	ck_assert_uint_eq(nrefusals, 3);
+	for (int i = 0; i < 3; i++) {
+		ck_assert_ptr_eq(refusals[i].s, s[i]);
+		ck_assert_int_eq(s[i]->state, S_DONE);
+		ck_assert_ptr_nonnull(strstr(refusals[i].why, "tp"));
+		ck_assert_ptr_nonnull(strstr(refusals[i].why,
+		    "cannot load x.so"));
+	}
+	ck_assert(TAILQ_EMPTY(&p->queue));
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_worker_gone_no_base)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w;
+	struct stream *s;
+
+	ck_assert_ptr_null(p->respawn_ev);
+	w = add_worker(p, 1, W_STARTING);
+	s = queue_stream(p, 1);
+
+	/* A worker that failed to start, and nobody else is up. */
+	remove_worker(p, w);
+	pool_worker_gone(p, w, 1);
+	ck_assert_uint_eq(p->init_failures, 1);
+	ck_assert_uint_eq(nrefusals, 1);
+	ck_assert_ptr_eq(refusals[0].s, s);
+	ck_assert(TAILQ_EMPTY(&p->queue));
+	pool_worker_gone(p, w, 1);
+	ck_assert_uint_eq(p->init_failures, 2);
+	/* Any other exit does not count. */
+	pool_worker_gone(p, w, 0);
+	ck_assert_uint_eq(p->init_failures, 2);
+	/* Without a base nothing is respawned behind our back. */
+	ck_assert_uint_eq(spawn_calls, 0);
+	free(w);
+	free_pool(p);
+}
+END_TEST
+
+/* A worker that died after it was up: waiting streams still get the
+ * idle ones. */
+START_TEST(test_worker_gone_dispatches)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *dead, *idle;
+	struct stream *s;
+
+	dead = add_worker(p, 1, W_LEASED);
+	idle = add_worker(p, 2, W_IDLE);
+	s = queue_stream(p, 1);
+	/* Queued while the idle one was not yet dispatched. */
+	remove_worker(p, dead);
+	pool_worker_gone(p, dead, 0);
+	ck_assert_uint_eq(p->init_failures, 0);
+	ck_assert_uint_eq(nleases, 1);
+	ck_assert_ptr_eq(leases[0].s, s);
+	ck_assert_ptr_eq(leases[0].w[0], idle);
+	ck_assert_uint_eq(nrefusals, 0);
+	free(dead);
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_table)
+{
+	struct pool_conf pa = pc, pb = pc;
+	struct pool *a, *b, *q;
+	int n = 0;
+
+	pa.name = "alpha";
+	pb.name = "beta";
+	ck_assert_ptr_null(pool_find("alpha"));
+	a = pool_new(&pa);
+	b = pool_new(&pb);
+	pool_add(a);
+	pool_add(b);
+	ck_assert_ptr_eq(pool_find("alpha"), a);
+	ck_assert_ptr_eq(pool_find("beta"), b);
+	ck_assert_ptr_null(pool_find("gamma"));
+	ck_assert_ptr_null(pool_find("alph"));
+	TAILQ_FOREACH(q, pool_all(), entry)
+		ck_assert_ptr_eq(q, n++ == 0 ? a : b);
+	ck_assert_int_eq(n, 2);
+	pool_free_all();
+	ck_assert(TAILQ_EMPTY(pool_all()));
+	ck_assert_ptr_null(pool_find("alpha"));
+}
+END_TEST
+
+/* ---- with an event base: the respawn timer ---- */
+
+static double
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Milliseconds until the respawn timer fires, from libevent's view. */
+static double
+pending_ms(struct pool *p)
+{
+	struct timeval tv, now;
+
+	ck_assert(evtimer_pending(p->respawn_ev, &tv));
+	gettimeofday(&now, NULL);
+	return (tv.tv_sec - now.tv_sec) * 1e3 +
+	    (tv.tv_usec - now.tv_usec) / 1e3;
+}
+
+static void
+base_setup(void)
+{
+	setup();
+	cns_base = event_base_new();
+	ck_assert_ptr_nonnull(cns_base);
+}
+
+static void
+base_teardown(void)
+{
+	teardown();
+	event_base_free(cns_base);
+	cns_base = NULL;
+}
+
+START_TEST(test_respawn_backoff)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w;
+	double t0, waited;
+	unsigned calls;
+
+	ck_assert_ptr_nonnull(p->respawn_ev);
+	pc.workers = 1;
+	w = add_worker(p, 1, W_STARTING);
+	remove_worker(p, w);
+
+	/* First failure: a try in 100 ms, which starts the pool. */
+	t0 = now_ms();
+	pool_worker_gone(p, w, 1);
+	ck_assert(evtimer_pending(p->respawn_ev, NULL));
+	ck_assert_uint_eq(spawn_calls, 0);
+	ck_assert_int_eq(event_base_loop(cns_base, EVLOOP_ONCE), 0);
+	waited = now_ms() - t0;
+	ck_assert_msg(waited >= 99, "respawned after %.1f ms", waited);
+	ck_assert_uint_eq(spawned, 1);
+	ck_assert(!evtimer_pending(p->respawn_ev, NULL));
+
+	/* It fails too: twice as long. */
+	free(w);
+	w = TAILQ_FIRST(&p->workers);
+	ck_assert_uint_eq(w->slot, 1);
+	remove_worker(p, w);
+	free(w);
+	t0 = now_ms();
+	pool_worker_gone(p, NULL, 1);
+	ck_assert_uint_eq(p->init_failures, 2);
+	ck_assert_int_eq(event_base_loop(cns_base, EVLOOP_ONCE), 0);
+	waited = now_ms() - t0;
+	ck_assert_msg(waited >= 199, "respawned after %.1f ms", waited);
+	ck_assert_uint_eq(spawned, 2);
+	w = TAILQ_FIRST(&p->workers);
+	remove_worker(p, w);
+	free(w);
+
+	/* A timer already set is not pushed back by another failure. */
+	calls = spawn_calls;
+	pool_worker_gone(p, NULL, 1);	/* 3rd: 400 ms */
+	ck_assert_double_le(pending_ms(p), 405);
+	ck_assert_double_gt(pending_ms(p), 300);
+	pool_worker_gone(p, NULL, 1);	/* would be 800 ms */
+	ck_assert_uint_eq(p->init_failures, 4);
+	ck_assert_double_le(pending_ms(p), 405);
+	evtimer_del(p->respawn_ev);
+
+	/* The delay stops growing at 30 s. */
+	p->init_failures = 20;
+	pool_worker_gone(p, NULL, 1);
+	ck_assert_double_le(pending_ms(p), 30005);
+	ck_assert_double_gt(pending_ms(p), 29000);
+	evtimer_del(p->respawn_ev);
+	p->init_failures = 8;		/* 100 << 8 = 25.6 s */
+	pool_worker_gone(p, NULL, 1);
+	ck_assert_double_le(pending_ms(p), 25605);
+	ck_assert_double_gt(pending_ms(p), 25000);
+	evtimer_del(p->respawn_ev);
+	ck_assert_uint_eq(spawn_calls, calls);
+	free_pool(p);
+}
+END_TEST
+
+START_TEST(test_respawn_now)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *w = add_worker(p, 2, W_IDLE);
+	double t0 = now_ms(), waited;
+
+	/* A worker that was up died: replaced at once, in its slot. */
+	pc.workers = 2;
+	add_worker(p, 1, W_IDLE);
+	remove_worker(p, w);
+	pool_worker_gone(p, w, 0);
+	ck_assert_double_le(pending_ms(p), 5);
+	ck_assert_int_eq(event_base_loop(cns_base, EVLOOP_ONCE), 0);
+	waited = now_ms() - t0;
+	ck_assert_double_lt(waited, 90);
+	ck_assert_uint_eq(spawned, 1);
+	ck_assert_uint_eq(spawn_slots[0], 2);
+	ck_assert_uint_eq(p->init_failures, 0);
+	free(w);
+	free_pool(p);
+}
+END_TEST
+
+/* Last: stopping is for good in this process. */
+START_TEST(test_stop_all)
+{
+	struct pool *p = pool_new(&pc);
+
+	pool_add(p);
+	pool_worker_gone(p, NULL, 1);
+	ck_assert(evtimer_pending(p->respawn_ev, NULL));
+	pool_stop_all();
+	ck_assert(!evtimer_pending(p->respawn_ev, NULL));
+	/* Nothing is started or counted any more. */
+	pool_worker_gone(p, NULL, 1);
+	ck_assert_uint_eq(p->init_failures, 1);
+	ck_assert(!evtimer_pending(p->respawn_ev, NULL));
+	pool_start(p);
+	ck_assert_uint_eq(spawn_calls, 0);
+	pool_free_all();
+}
+END_TEST
+
+static Suite *
+pool_suite(void)
+{
+	Suite *s = suite_create("pool");
+	TCase *tc;
+
+	tc = tcase_create("lease");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_new);
+	tcase_add_test(tc, test_slot);
+	tcase_add_test(tc, test_start);
+	tcase_add_test(tc, test_start_spawn_fails);
+	tcase_add_test(tc, test_lease);
+	tcase_add_test(tc, test_idle_no_queue);
+	tcase_add_test(tc, test_queue_fifo);
+	tcase_add_test(tc, test_dispatch_several);
+	tcase_add_test(tc, test_unavailable);
+	tcase_add_test(tc, test_dispatch_refuses);
+	tcase_add_test(tc, test_worker_gone_no_base);
+	tcase_add_test(tc, test_worker_gone_dispatches);
+	tcase_add_test(tc, test_table);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("respawn");
+	tcase_add_checked_fixture(tc, base_setup, base_teardown);
+	tcase_add_test(tc, test_respawn_backoff);
+	tcase_add_test(tc, test_respawn_now);
+	tcase_add_test(tc, test_stop_all);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(pool_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
