@@ -83,8 +83,14 @@ client_send_json(struct client *c, json_t *v)
 
 	if (c->gone)
 		return;
-	if ((s = json_dumps(v, JSON_COMPACT)) == NULL)
-		fatalx("%s: json_dumps", __func__);
+	if (v == NULL || (s = json_dumps(v, JSON_COMPACT)) == NULL) {
+		/* Never reached with cleaned text; never fatal either. */
+		log_warnx("%s: a reply could not be encoded", __func__);
+		evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n",
+		    "{\"ok\":false,\"error\":\"internal error: a reply "
+		    "could not be encoded\"}");
+		return;
+	}
 	evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n", s);
 	free(s);
 }
@@ -94,7 +100,8 @@ void
 client_finish(struct client *c, json_t *final)
 {
 	if (c->gone) {
-		char *s = json_dumps(final, JSON_COMPACT);
+		char *s = final != NULL ? json_dumps(final, JSON_COMPACT) :
+		    NULL;
 		log_info("client gone; final line: %.900s", s ? s : "?");
 		free(s);
 		json_decref(final);
@@ -126,6 +133,7 @@ client_refuse(struct client *c, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	utf8_clean(msg);	/* a name cut at 100 bytes may split a char */
 	log_info("client refused: %s", msg);
 	client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error", msg));
 }

@@ -69,6 +69,7 @@ enum { LOG_LVL_ERR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 void	log_init(int level, const char *tag);
 void	log_setlevel(int level);
 int	log_parse_level(const char *);
+void	utf8_clean(char *);
 void	log_warn(const char *, ...) __attribute__((format(printf, 1, 2)));
 void	log_warnx(const char *, ...) __attribute__((format(printf, 1, 2)));
 void	log_info(const char *, ...) __attribute__((format(printf, 1, 2)));
@@ -236,7 +237,7 @@ void		 stream_input(struct stream *);
 void		 stream_client_eof(struct stream *);
 int		 stream_ack(struct stream *, struct worker *, unsigned items,
 		    size_t bytes);
-void		 stream_reject(struct stream *, struct worker *, uint64_t seq,
+int		 stream_reject(struct stream *, struct worker *, uint64_t seq,
 		    const char *why);
 int		 stream_result(struct stream *, struct worker *, json_t *);
 void		 stream_completion(struct stream *, struct worker *, json_t *);

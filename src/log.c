@@ -116,3 +116,28 @@ fatalx(const char *fmt, ...)
 	va_end(ap);
 	exit(1);
 }
+
+/*
+ * Replace every byte that is not part of valid UTF-8 with '?', in place,
+ * so text from outside (a plugin's message, a truncated name) can always
+ * go into JSON.
+ */
+void
+utf8_clean(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+
+	while (*p != '\0') {
+		size_t n = *p < 0x80 ? 1 : (*p >> 5) == 0x6 ? 2 :
+		    (*p >> 4) == 0xe ? 3 : (*p >> 3) == 0x1e ? 4 : 0;
+		size_t i;
+		for (i = 1; i < n; i++)
+			if ((p[i] & 0xc0) != 0x80)
+				break;
+		if (n == 0 || i < n || (n == 2 && *p < 0xc2)) {
+			*p++ = '?';
+			continue;
+		}
+		p += n;
+	}
+}

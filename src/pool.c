@@ -102,8 +102,14 @@ pool_start(struct pool *p)
 		if (w->state != W_EXITING)
 			live++;
 	while (live < p->pc->workers) {
-		if (worker_spawn(p, pool_slot(p)) == NULL)
+		if (worker_spawn(p, pool_slot(p)) == NULL) {
+			/* Out of fds or processes: try again shortly. */
+			struct timeval tv = { 1, 0 };
+			if (p->respawn_ev != NULL &&
+			    !evtimer_pending(p->respawn_ev, NULL))
+				evtimer_add(p->respawn_ev, &tv);
 			break;
+		}
 		live++;
 	}
 }
@@ -131,6 +137,8 @@ pool_lease(struct pool *p, unsigned want, struct worker **out)
 void
 pool_idle(struct pool *p, struct worker *w)
 {
+	if (w->streams_served > 0)
+		p->init_failures = 0;	/* it works: no more backoff */
 	w->state = W_IDLE;
 	w->stream = NULL;
 	p->nidle++;

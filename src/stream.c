@@ -312,12 +312,18 @@ stream_ack(struct stream *s, struct worker *w, unsigned items, size_t bytes)
 	return 0;
 }
 
-void
+/* A worker rejected a line; -1 if it cannot hold that line. */
+int
 stream_reject(struct stream *s, struct worker *w, uint64_t seq,
     const char *why)
 {
+	if (s->state != S_RUNNING || w->returned || w->rejected >= w->sent ||
+	    w->nranges == 0 || seq < w->ranges[0].first ||
+	    seq > w->ranges[w->nranges - 1].last)
+		return -1;
 	w->rejected++;
 	stream_send_reject(s, seq, why);
+	return 0;
 }
 
 static void
@@ -433,7 +439,8 @@ stream_worker_gone(struct stream *s, struct worker *w, const char *how)
 		s->nreturned--;
 	} else {
 		json_t *seqs = json_array(), *e;
-		uint64_t lost = w->sent - w->rejected;
+		uint64_t lost = w->sent > w->rejected ?
+		    w->sent - w->rejected : 0;
 		for (size_t i = 0; i < w->nranges; i++)
 			json_array_append_new(seqs, json_pack("[I,I]",
 			    (json_int_t)w->ranges[i].first,

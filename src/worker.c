@@ -134,7 +134,6 @@ worker_dispatch(struct worker *w, const struct frame_hdr *h,
 		json_decref(v);
 		log_debug("pool %s: worker %u (pid %ld) ready",
 		    w->pool->pc->name, w->slot, (long)w->pid);
-		w->pool->init_failures = 0;
 		if (w->startup) {
 			w->startup = 0;
 			cns_worker_settled();
@@ -147,6 +146,7 @@ worker_dispatch(struct worker *w, const struct frame_hdr *h,
 			fatal("%s: malloc", __func__);
 		evbuffer_remove(in, msg, h->len);
 		msg[h->len] = '\0';
+		utf8_clean(msg);
 		log_warnx("pool %s: worker %u (pid %ld) failed to start: %s",
 		    w->pool->pc->name, w->slot, (long)w->pid, msg);
 		free(w->pool->last_error);
@@ -169,8 +169,14 @@ worker_dispatch(struct worker *w, const struct frame_hdr *h,
 		evbuffer_remove(in, &seq, 8);
 		evbuffer_remove(in, why, tlen);
 		why[tlen] = '\0';
-		stream_reject(s, w, seq, why);
+		utf8_clean(why);
+		r = stream_reject(s, w, seq, why);
 		free(why);
+		if (r == -1) {
+			worker_protocol(w, "a rejection for an item it does "
+			    "not hold");
+			return -1;
+		}
 		break;
 	}
 	case F_RESULT:
@@ -334,8 +340,11 @@ worker_gone(struct worker *w)
 		stream_worker_gone(w->stream, w, how);
 	if (w->startup)
 		cns_worker_settled();
+	/* A worker that dies before it served any stream counts as a failed
+	 * start, so a plugin that crashes just after init backs off. */
 	pool_worker_gone(p, w, w->init_failed ||
-	    (w->state == W_STARTING && w->stream == NULL));
+	    (w->streams_served == 0 && w->stream == NULL &&
+	    w->state != W_EXITING));
 	free(how);
 	free(w->ranges);
 	free(w);

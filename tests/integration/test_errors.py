@@ -104,6 +104,19 @@ class BadHeaders(unittest.TestCase):
             rc, final, err = d.cli("submit", "sum", input=b"1\n2\n")
             self.assertEqual((rc, final["completion"]), (0, 3), err)
 
+    def test_names_cut_inside_a_character(self):
+        # Names are quoted up to 100 bytes in errors; a cut through a
+        # multibyte character must not break the reply (it once killed
+        # the master).
+        with Daemon({"sum": {"plugin": "sum"}}) as d:
+            header = ('{"op":"submit","pool":"' + "a" * 99 + '\u00e9"}\n')
+            replies, final = d.submit_raw(header.encode(), b"")
+            self.assertFalse(final["ok"])
+            self.assertIn('no pool named "' + "a" * 99 + '?"',
+                          final["error"])
+            rc, final, err = d.cli("submit", "sum", input=b"4\n")
+            self.assertEqual((rc, final["completion"]), (0, 4), err)
+
     def test_cli_reports_unknown_pool(self):
         with Daemon({"sum": {"plugin": "sum"}}) as d:
             rc, final, err = d.cli("submit", "nope", input=b"1\n")
