@@ -252,6 +252,23 @@ class DyingWorkers(unittest.TestCase):
             self.assertEqual(rest["seqs"], [[died["seqs"][-1][1] + 1, n]])
             self.assertIn("every worker of the stream died", err)
 
+    def test_rejection_for_an_item_not_held(self):
+        # A worker that reports a rejection for a seq it never took breaks
+        # the protocol: it is killed, no bogus rejection reaches the
+        # client, and the counts still add up.
+        pools = {"liar": {"plugin": test_plugin("liar"), "workers": 1}}
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "liar",
+                 "params": {"stream": 1, "seq": 99}}, lines([1, 2]))
+            self.assertEqual(rejections(replies), {})
+            self.assertEqual(final["rejected"], 0)
+            self.assertEqual(final["unconsumed"], 2)
+            assert_invariant(self, final)
+            self.assertIn("killed by signal 9", final["errors"][0]["error"])
+            self.assertIn("a rejection for an item it does not hold",
+                          d.log_text())
+
     def test_complete_crash_keeps_results(self):
         pools = {"crash": {"plugin": test_plugin("crash"), "workers": 2}}
         with Daemon(pools) as d:
