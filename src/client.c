@@ -141,30 +141,13 @@ client_refuse(struct client *c, const char *fmt, ...)
 static void
 client_submit(struct client *c, json_t *h)
 {
-	static const char *keys[] = { "op", "pool", "workers", "params", NULL };
-	const char *key, *name;
+	const char *name;
 	struct pool *p;
 	struct worker **ws;
-	json_t *v, *jw;
+	json_t *jw;
 	unsigned want, n;
 
-	json_object_foreach(h, key, v) {
-		int ok = 0;
-		for (const char **k = keys; *k != NULL; k++)
-			ok |= strcmp(*k, key) == 0;
-		if (!ok) {
-			client_refuse(c, "unknown key \"%.100s\" in the header "
-			    "(known: op, pool, workers, params)", key);
-			return;
-		}
-	}
-	v = json_object_get(h, "pool");
-	if (!json_is_string(v)) {
-		client_refuse(c, "the header needs \"pool\": the name of a "
-		    "pool, as a string");
-		return;
-	}
-	name = json_string_value(v);
+	name = json_string_value(json_object_get(h, "pool"));
 	if ((p = pool_find(name)) == NULL) {
 		char names[512] = "";
 		struct pool *q;
@@ -180,16 +163,9 @@ client_submit(struct client *c, json_t *h)
 		return;
 	}
 	want = p->pc->stream_workers;
-	if ((jw = json_object_get(h, "workers")) != NULL) {
-		if (!json_is_integer(jw) || json_integer_value(jw) < 1) {
-			client_refuse(c, "\"workers\" must be a positive "
-			    "integer (pool %s allows up to %u per stream)",
-			    name, p->pc->stream_workers);
-			return;
-		}
-		if (json_integer_value(jw) < (json_int_t)want)
-			want = (unsigned)json_integer_value(jw);
-	}
+	if ((jw = json_object_get(h, "workers")) != NULL &&
+	    json_integer_value(jw) < (json_int_t)want)
+		want = (unsigned)json_integer_value(jw);
 	c->stream = stream_new(c, p, want, json_object_get(h, "params"));
 	if (pool_unavailable(p) != NULL) {
 		pool_dispatch(p);	/* refuses with the reason */
@@ -212,8 +188,8 @@ client_header(struct client *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 	struct evbuffer_ptr e;
-	json_error_t jerr;
-	json_t *h, *op;
+	char why[512];
+	json_t *h;
 	char *line;
 	size_t len;
 
@@ -234,27 +210,13 @@ client_header(struct client *c)
 		return 1;
 	}
 	line = (char *)evbuffer_pullup(in, (ev_ssize_t)len + 1);
-	h = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+	h = header_parse(line, len, why, sizeof why);
 	evbuffer_drain(in, len + 1);
 	if (h == NULL) {
-		client_refuse(c, "the header is not a JSON object: %s at "
-		    "column %d", jerr.text, jerr.column);
+		client_refuse(c, "%s", why);
 		return 1;
 	}
-	if (!json_is_object(h)) {
-		client_refuse(c, "the header is not a JSON object: it must be "
-		    "like {\"op\":\"submit\",\"pool\":\"NAME\"}");
-		json_decref(h);
-		return 1;
-	}
-	op = json_object_get(h, "op");
-	if (!json_is_string(op))
-		client_refuse(c, "the header needs \"op\": \"submit\"");
-	else if (strcmp(json_string_value(op), "submit") == 0)
-		client_submit(c, h);
-	else
-		client_refuse(c, "unknown op \"%.100s\" (known: submit)",
-		    json_string_value(op));
+	client_submit(c, h);
 	json_decref(h);
 	return 1;
 }

@@ -245,6 +245,10 @@ void		 stream_worker_gone(struct stream *, struct worker *,
 		    const char *how);
 void		 stream_abort(struct stream *, const char *why);
 
+/* header.c: a client's header line */
+json_t		*header_parse(const char *line, size_t len, char *why,
+		    size_t whylen);
+
 /* client.c: the listening socket and client connections */
 struct client;
 int		 client_listen(struct event_base *, const struct conf *, int fd);
