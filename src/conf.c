@@ -360,8 +360,40 @@ valid_pool_name(const char *s, size_t len)
 
 static const char *const pool_keys[] = {
 	"plugin", "workers", "stream_workers", "args", "kwargs",
-	"queue_timeout", NULL
+	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
+	"max_init_failures", NULL
 };
+
+/* A number of seconds in [0, hi]; 0 may mean "none" to the caller. */
+static int
+get_seconds(struct cfile *f, json_t *root, const char *key, double hi,
+    double *out)
+{
+	json_t *v = json_object_get(root, key);
+
+	if (v == NULL)
+		return 0;
+	if (!json_is_number(v) || json_number_value(v) < 0 ||
+	    json_number_value(v) > hi) {
+		key_error(f, key, "\"%s\" must be a number of seconds from 0 "
+		    "to %g, not %s", key, hi, json_is_number(v) ?
+		    "that value" : type_name(v));
+		return -1;
+	}
+	*out = json_number_value(v);
+	return 0;
+}
+
+static const char *const crash_policies[] = {
+	[CRASH_REPLAY] = "replay", [CRASH_REDELIVER] = "redeliver",
+	[CRASH_FAIL] = "fail"
+};
+
+const char *
+conf_crash_policy(int policy)
+{
+	return crash_policies[policy];
+}
 
 static int
 pool_load(struct conf *c, const char *path, const char *name,
@@ -379,6 +411,9 @@ pool_load(struct conf *c, const char *path, const char *name,
 		fatal("%s: strdup", __func__);
 	pc->workers = 1;
 	pc->queue_timeout = 30;
+	pc->on_crash = CRASH_REPLAY;
+	pc->max_attempts = 3;
+	pc->max_init_failures = 5;
 	if (cfile_read(&f, &root) == -1) {
 		cfile_done(&f);
 		return -1;
@@ -418,16 +453,28 @@ pool_load(struct conf *c, const char *path, const char *name,
 	}
 	pc->kwargs = v != NULL && json_is_object(v) ? json_incref(v) :
 	    json_object();
-	v = json_object_get(root, "queue_timeout");
+	bad |= get_seconds(&f, root, "queue_timeout", 86400,
+	    &pc->queue_timeout);
+	bad |= get_seconds(&f, root, "item_timeout", 86400, &pc->item_timeout);
+	u = pc->max_attempts;
+	bad |= get_uint(&f, root, "max_attempts", 1, 100, &u);
+	pc->max_attempts = (unsigned)u;
+	u = pc->max_init_failures;
+	bad |= get_uint(&f, root, "max_init_failures", 1, 1000, &u);
+	pc->max_init_failures = (unsigned)u;
+	v = json_object_get(root, "on_crash");
 	if (v != NULL) {
-		if (!json_is_number(v) || json_number_value(v) < 0 ||
-		    json_number_value(v) > 86400) {
-			key_error(&f, "queue_timeout", "\"queue_timeout\" must "
-			    "be a number of seconds from 0 to 86400, not %s",
-			    json_is_number(v) ? "that value" : type_name(v));
+		int found = -1;
+		for (int i = 0; i < CRASH_NPOLICIES; i++)
+			if (json_is_string(v) && strcmp(json_string_value(v),
+			    crash_policies[i]) == 0)
+				found = i;
+		if (found == -1) {
+			key_error(&f, "on_crash", "\"on_crash\" must be "
+			    "\"replay\", \"redeliver\" or \"fail\"");
 			bad = 1;
 		} else
-			pc->queue_timeout = json_number_value(v);
+			pc->on_crash = found;
 	}
 	if (plugin != NULL) {
 		pc->plugin_line = pc->plugin_column = 1;
@@ -513,7 +560,8 @@ pools_load(struct conf *c, json_t *errors)
 
 static const char *const daemon_keys[] = {
 	"socket", "socket_mode", "plugin_dir", "pools_dir", "max_item_bytes",
-	"window_bytes", "window_items", "log_level", NULL
+	"window_bytes", "window_items", "log_level", "spool_dir",
+	"header_timeout", "idle_timeout", "max_connections_per_uid", NULL
 };
 
 static int
@@ -563,6 +611,19 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 		} else
 			c->socket_mode = (mode_t)m;
 	}
+	if (get_string(f, root, "spool_dir", &s) == -1)
+		bad = 1;
+	if (s != NULL) {
+		free(c->spool_dir);
+		c->spool_dir = resolve(f->path, s);
+	}
+	free(s);
+	s = NULL;
+	bad |= get_seconds(f, root, "header_timeout", 3600, &c->header_timeout);
+	bad |= get_seconds(f, root, "idle_timeout", 86400, &c->idle_timeout);
+	u = c->max_conn_per_uid;
+	bad |= get_uint(f, root, "max_connections_per_uid", 0, 1000000, &u);
+	c->max_conn_per_uid = (unsigned)u;
 	u = c->max_item_bytes;
 	bad |= get_uint(f, root, "max_item_bytes", 16, CNS_MAX_ITEM_BYTES, &u);
 	c->max_item_bytes = u;
@@ -603,6 +664,9 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 	c->window_bytes = 1u << 20;
 	c->window_items = 8192;
 	c->log_level = LOG_LVL_INFO;
+	c->header_timeout = 10;
+	c->idle_timeout = 300;
+	c->max_conn_per_uid = 256;
 	if (cfile_read(&f, &root) == -1 || daemon_load(c, &f, root) == -1)
 		bad = 1;
 	json_decref(root);
@@ -615,6 +679,19 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 	if (ov != NULL && ov->plugin_dir != NULL) {
 		free(c->plugin_dir);
 		if ((c->plugin_dir = strdup(ov->plugin_dir)) == NULL)
+			fatal("%s: strdup", __func__);
+	}
+	if (c->spool_dir == NULL) {
+		/* Beside the socket: the daemon's runtime directory. */
+		char *slash = strrchr(c->socket, '/');
+		if (slash == NULL)
+			c->spool_dir = strdup(".");
+		else if (slash == c->socket)
+			c->spool_dir = strdup("/");
+		else
+			c->spool_dir = strndup(c->socket,
+			    (size_t)(slash - c->socket));
+		if (c->spool_dir == NULL)
 			fatal("%s: strdup", __func__);
 	}
 	if (!bad && pools_load(c, errors) == -1)
@@ -644,6 +721,7 @@ conf_free(struct conf *c)
 	free(c->socket);
 	free(c->plugin_dir);
 	free(c->pools_dir);
+	free(c->spool_dir);
 	free(c);
 }
 

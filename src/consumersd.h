@@ -24,6 +24,8 @@ struct bufferevent;
 #define CNS_HEADER_MAX		65536	/* a client's header line */
 
 /* conf.c: the configuration, parsed into a fresh structure and swapped whole */
+enum { CRASH_REPLAY, CRASH_REDELIVER, CRASH_FAIL, CRASH_NPOLICIES };
+
 struct pool_conf {
 	char		*name;		/* the pool file's stem */
 	char		*file;		/* the pool file, for messages */
@@ -35,6 +37,10 @@ struct pool_conf {
 	json_t		*args;		/* array */
 	json_t		*kwargs;	/* object */
 	double		 queue_timeout;	/* seconds a stream may wait */
+	int		 on_crash;	/* CRASH_* */
+	unsigned	 max_attempts;	/* crashes on one item: poison */
+	double		 item_timeout;	/* seconds on one item, 0: none */
+	unsigned	 max_init_failures; /* in a row: the pool fails */
 };
 
 struct conf {
@@ -47,6 +53,10 @@ struct conf {
 	size_t		 window_bytes;	/* per worker: unacked bytes */
 	unsigned	 window_items;	/* per worker: unacked items */
 	int		 log_level;
+	char		*spool_dir;	/* replay spool files */
+	double		 header_timeout; /* connect to header, at most */
+	double		 idle_timeout;	/* a stream's client silent */
+	unsigned	 max_conn_per_uid; /* 0: no limit */
 	struct pool_conf *pools;
 	size_t		 npools;
 };
@@ -60,6 +70,7 @@ struct conf_overrides {
 struct conf	*conf_load(const char *file, const struct conf_overrides *,
 		    json_t *errors);
 void		 conf_free(struct conf *);
+const char	*conf_crash_policy(int);
 struct pool_conf *conf_pool(struct conf *, const char *name);
 int		 conf_keypos(const char *text, size_t len, const char *key,
 		    int *line, int *column);
