@@ -5,8 +5,8 @@
  *
  * streams NDJSON from the files (or standard input) to a pool, reports
  * rejected items on stderr, prints the daemon's final line on stdout and
- * exits 0 only when the stream completed with nothing rejected and no
- * consumer error.  It sends and reads at once, so replies never back up.
+ * exits 0 only when the stream completed with nothing rejected or
+ * quarantined and no consumer error.  It sends and reads at once, so replies never back up.
  */
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -102,6 +102,17 @@ handle_line(struct replies *r, const char *line, size_t len)
 		fprintf(stderr, "%s: item %lld rejected: %s\n", prog,
 		    (long long)json_integer_value(json_object_get(rej, "seq")),
 		    json_string_value(json_object_get(rej, "error")));
+		json_decref(v);
+		return;
+	}
+	if (json_is_object(rej = json_object_get(v, "quarantined"))) {
+		char *item = json_dumps(json_object_get(rej, "item"),
+		    JSON_COMPACT | JSON_ENCODE_ANY);
+		fprintf(stderr, "%s: item %lld quarantined: %s: %.200s\n", prog,
+		    (long long)json_integer_value(json_object_get(rej, "seq")),
+		    json_string_value(json_object_get(rej, "reason")),
+		    item != NULL ? item : "?");
+		free(item);
 		json_decref(v);
 		return;
 	}
@@ -332,6 +343,7 @@ submit(const char *sockpath, int argc, char **argv)
 			fprintf(stderr, "%s: %s\n", prog, json_string_value(e));
 		status = EXIT_STREAM;
 	} else if (json_integer_value(rejected) != 0 ||
+	    json_integer_value(json_object_get(r.final, "quarantined")) != 0 ||
 	    json_array_size(errors) != 0)
 		status = EXIT_STREAM;
 	else

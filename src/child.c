@@ -30,6 +30,7 @@ struct child {
 	void			*state;
 	char			*buf;		/* frames read from the master */
 	size_t			 cap, start, end;
+	struct worker_shm	*shm;		/* where consume is, for the master */
 };
 
 struct cns_ctx {
@@ -48,6 +49,33 @@ struct cns_items {
 	int			 ended;
 	uint64_t		 consumed, rejected, skipped;
 };
+
+/* Progress for the master: plain stores, one cache line, no syscall. */
+static void
+shm_set(uint64_t *p, uint64_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+/* The item consume held is finished (it asked for the next, or returned). */
+static void
+shm_done(struct worker_shm *m)
+{
+	uint64_t cur = __atomic_load_n(&m->cur, __ATOMIC_RELAXED);
+
+	if (cur == 0)
+		return;
+	shm_set(&m->last_done, cur);
+	shm_set(&m->ndone, m->ndone + 1);
+	shm_set(&m->cur, 0);
+}
+
+static void
+shm_hold(struct worker_shm *m, uint64_t seq)
+{
+	shm_set(&m->started, m->started + 1);
+	shm_set(&m->cur, seq);
+}
 
 static _Noreturn void
 child_exit(struct child *ch, int code)
@@ -210,6 +238,7 @@ items_line(struct cns_items *it, char **line, size_t *len)
 			child_protocol(ch, "frame for another stream");
 		if (h.type == F_END) {
 			it->ended = 1;
+			shm_set(&ch->shm->ended, 1);
 			return -1;
 		}
 		if (h.type != F_ITEMS)
@@ -242,10 +271,25 @@ cns_next(cns_items *it)
 
 	json_decref(it->cur);
 	it->cur = NULL;
+	shm_done(it->ctx->ch->shm);
 	while (items_line(it, &line, &len) == 0) {
+		if (memchr(line, '\0', len) != NULL) {
+			/* jansson would stop at the NUL and call the rest
+			 * garbage; say what it is. */
+			size_t at = (size_t)((char *)memchr(line, '\0', len) -
+			    line);
+			char why[100];
+			int n = snprintf(why, sizeof why, "invalid JSON: a NUL "
+			    "byte at column %zu", at + 1);
+			it->rejected++;
+			child_write(it->ctx->ch, F_REJECT, it->stream, &it->seq,
+			    8, why, n < 0 ? 0 : (size_t)n);
+			continue;
+		}
 		it->cur = json_loadb(line, len, JSON_DECODE_ANY, &err);
 		if (it->cur != NULL) {
 			it->consumed++;
+			shm_hold(it->ctx->ch->shm, it->seq);
 			return it->cur;
 		}
 		char why[300];
@@ -266,9 +310,11 @@ cns_next_raw(cns_items *it, size_t *len)
 
 	json_decref(it->cur);
 	it->cur = NULL;
+	shm_done(it->ctx->ch->shm);
 	if (items_line(it, &line, len) == -1)
 		return NULL;
 	it->consumed++;
+	shm_hold(it->ctx->ch->shm, it->seq);
 	return line;
 }
 
@@ -343,9 +389,11 @@ child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
 	json_t *begin = child_parse(ch, p, len), *result, *reply;
 
 	ctx.params = json_object_get(begin, "params");
+	memset(ch->shm, 0, sizeof *ch->shm);
 	result = ch->pl->consume(&it, &ctx);
 	json_decref(it.cur);
 	it.cur = NULL;
+	shm_done(ch->shm);
 	/* A consume that returned early leaves lines behind: count them. */
 	{
 		char *line;
@@ -516,9 +564,10 @@ child_probe(const struct pool_conf *pc, char *why, size_t whylen)
 }
 
 void
-child_main(int fd, const struct pool_conf *pc, unsigned slot)
+child_main(int fd, const struct pool_conf *pc, unsigned slot,
+    struct worker_shm *shm)
 {
-	struct child ch = { .fd = fd, .pc = pc, .slot = slot };
+	struct child ch = { .fd = fd, .pc = pc, .slot = slot, .shm = shm };
 	struct frame_hdr h;
 	sigset_t all;
 	char *payload;

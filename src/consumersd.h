@@ -135,17 +135,24 @@ struct stream;
 TAILQ_HEAD(workerq, worker);
 TAILQ_HEAD(streamq, stream);
 
+struct lane;
+TAILQ_HEAD(laneq, lane);
+
 struct pool {
 	struct pool_conf *pc;
 	struct workerq	 workers;
 	struct streamq	 queue;		/* streams waiting, FIFO */
+	struct laneq	 lanes;		/* lanes waiting for a new worker */
 	unsigned	 nworkers;	/* processes, any state */
 	unsigned	 nidle;
 	unsigned	 init_failures;	/* consecutive */
 	char		*last_error;
 	int		 has_complete;
+	int		 failed;	/* max_init_failures reached */
 	struct event	*respawn_ev;
+	struct event	*watch_ev;	/* item_timeout checks */
 	uint64_t	 streams_done;
+	uint64_t	 crashes;	/* workers lost inside a stream */
 	TAILQ_ENTRY(pool) entry;
 };
 TAILQ_HEAD(poolq, pool);
@@ -160,6 +167,8 @@ unsigned	 pool_lease(struct pool *, unsigned want, struct worker **out);
 void		 pool_idle(struct pool *, struct worker *);
 void		 pool_dispatch(struct pool *);
 void		 pool_worker_gone(struct pool *, struct worker *, int init_failed);
+void		 pool_lane_wait(struct pool *, struct lane *);
+void		 pool_lane_unwait(struct pool *, struct lane *);
 unsigned	 pool_slot(struct pool *);
 const char	*pool_unavailable(struct pool *);
 void		 pool_stop_all(void);
@@ -169,6 +178,19 @@ void		 pool_free_all(void);
 enum worker_state { W_STARTING, W_IDLE, W_LEASED, W_EXITING };
 
 struct range { uint64_t first, last; };
+
+/*
+ * Shared with the worker process (one page, MAP_SHARED): where its consume
+ * call is.  The worker writes, the master reads, and trusts nothing it
+ * reads without checking it against what it sent.
+ */
+struct worker_shm {
+	uint64_t	 cur;		/* seq of the item consume holds, 0 none */
+	uint64_t	 last_done;	/* seq of the last item it finished */
+	uint64_t	 ndone;		/* items finished this consume call */
+	uint64_t	 started;	/* items handed out this consume call */
+	uint64_t	 ended;		/* the iterator reached the end */
+};
 
 struct worker {
 	pid_t		 pid;
@@ -181,15 +203,17 @@ struct worker {
 	int		 closed;	/* its socket hit EOF */
 	int		 init_failed;	/* it sent INITFAIL */
 	int		 startup;	/* one of the first, not settled yet */
+	struct worker_shm *shm;
+	/* item_timeout: what it held at the last look, and since when */
+	uint64_t	 watch_cur, watch_started;
+	double		 watch_since;
+	uint64_t	 timed_out;	/* seq it was killed on, 0 if not */
 	/* while leased */
 	struct stream	*stream;
 	unsigned	 index;		/* in stream->w[] */
 	struct credit	 credit;
 	uint64_t	 sent;		/* items sent this stream */
 	uint64_t	 rejected;	/* of those, rejected by the worker */
-	struct range	*ranges;	/* seqs sent this stream */
-	size_t		 nranges, caprange;
-	int		 ranges_inexact; /* merged across gaps */
 	int		 returned;	/* its consume call returned */
 	unsigned	 streams_served;
 	TAILQ_ENTRY(worker) entry;	/* pool->workers */
@@ -204,16 +228,50 @@ void		 worker_send(struct worker *, uint16_t type, uint64_t stream,
 void		 worker_send_json(struct worker *, uint16_t type,
 		    uint64_t stream, json_t *);
 struct evbuffer	*worker_output(struct worker *);
-void		 worker_add_range(struct worker *, uint64_t first,
-		    uint64_t last);
 void		 worker_stop(struct worker *);
 void		 worker_stop_all(void);
 void		 worker_kill_all(void);
 unsigned	 worker_count(void);
 char		*worker_describe_exit(int status);
+void		 worker_watch(struct worker *, double now);
 
 /* stream.c: one client stream, from lease to final line */
 enum stream_state { S_QUEUED, S_RUNNING, S_COMPLETING, S_DONE };
+
+/*
+ * One consume call of a stream, across the workers that run it: when its
+ * worker dies the lane waits for another and (on_crash replay/redeliver)
+ * resends what the spool file holds, so the call starts over.
+ */
+enum lane_state { L_LIVE, L_WAITING, L_RETURNED, L_DEAD };
+
+struct lane {
+	struct stream	*stream;
+	unsigned	 index;
+	enum lane_state	 state;
+	int		 spool;		/* fd of the spool file, -1: none */
+	int		 spool_broken;	/* a write failed: no resend */
+	uint64_t	 spool_len;	/* bytes written */
+	uint64_t	 resend_off;	/* next spool record to resend */
+	uint64_t	 resend_end;	/* resend records before this */
+	uint64_t	 resend_from;	/* and only seqs from this one */
+	int		 end_sent;	/* END went to its current worker */
+	uint64_t	 items;		/* seqs given to the lane */
+	uint64_t	 rejected;	/* reported to the client */
+	uint64_t	 reject_hwm;	/* highest seq reported rejected */
+	uint64_t	 quarantined;
+	uint64_t	 acked;		/* finished by workers that died
+					   (redeliver counts them consumed) */
+	unsigned	 crashes;	/* workers it lost */
+	unsigned	 fruitless;	/* lost before starting an item */
+	unsigned	 end_crashes;	/* lost after the items ended */
+	struct range	*ranges;	/* seqs given to the lane */
+	size_t		 nranges, caprange;
+	int		 ranges_inexact; /* merged across gaps */
+	TAILQ_ENTRY(lane) wentry;	/* pool->lanes while waiting */
+};
+
+struct attempt { uint64_t seq; unsigned n; };
 
 struct stream {
 	uint64_t	 id;
@@ -223,13 +281,17 @@ struct stream {
 	unsigned	 want;
 	json_t		*params;
 	struct worker	**w;		/* leased workers */
-	unsigned	 nw, nlive, nreturned;
+	struct lane	*lanes;		/* one per leased worker */
+	unsigned	 nw, nlive, nreturned, nwaiting;
 	unsigned	 rr;		/* round-robin cursor */
 	uint64_t	 seq;		/* last sequence number given */
-	uint64_t	 rejected, consumed, unconsumed;
+	uint64_t	 rejected, consumed, unconsumed, quarantined;
+	struct attempt	*attempts;	/* crashes per item, for poison */
+	size_t		 nattempts;
+	unsigned	 crashes;
 	int		 eof;		/* the client closed its side */
 	int		 skipping;	/* dropping an over-long line */
-	int		 ended;		/* END sent to every worker */
+	int		 ended;		/* all input is read and handed out */
 	uint64_t	 orphan_from;	/* first seq read with no worker left */
 	json_t		*results;	/* one slot per leased worker */
 	json_t		*errors;
@@ -255,6 +317,21 @@ void		 stream_completion(struct stream *, struct worker *, json_t *);
 void		 stream_worker_gone(struct stream *, struct worker *,
 		    const char *how);
 void		 stream_abort(struct stream *, const char *why);
+void		 stream_lane_leased(struct lane *, struct worker *);
+void		 stream_lane_fail(struct lane *, const char *why);
+
+/* spool.c: replay spool files */
+struct spool_rec {
+	uint64_t	 first;		/* seq of the first line */
+	uint32_t	 count;		/* lines */
+	uint32_t	 nbytes;	/* bytes of lines, newlines included */
+};
+int		 spool_open(const char *dir);
+ssize_t		 spool_append(int fd, uint64_t off, uint64_t first,
+		    uint32_t count, struct evbuffer *, size_t nbytes);
+int		 spool_rec_at(int fd, uint64_t off, struct spool_rec *);
+char		*spool_lines(int fd, uint64_t off, const struct spool_rec *);
+char		*spool_find(int fd, uint64_t len, uint64_t seq);
 
 /* header.c: a client's header line */
 json_t		*header_parse(const char *line, size_t len, char *why,
@@ -283,7 +360,8 @@ extern int	 cns_startup;	/* spawning the first workers */
 void		 cns_worker_settled(void);
 
 /* child.c: the worker process, never returns */
-_Noreturn void	 child_main(int fd, const struct pool_conf *, unsigned slot);
+_Noreturn void	 child_main(int fd, const struct pool_conf *, unsigned slot,
+		    struct worker_shm *);
 int		 child_probe(const struct pool_conf *, char *why, size_t);
 
 #endif /* CONSUMERSD_H */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -44,6 +45,23 @@ pool_respawn(evutil_socket_t fd, short ev, void *arg)
 	pool_start(p);
 }
 
+/* item_timeout: look at every leased worker's current item. */
+static void
+pool_watch(evutil_socket_t fd, short ev, void *arg)
+{
+	struct pool *p = arg;
+	struct worker *w, *next;
+	struct timespec ts;
+
+	(void)fd;
+	(void)ev;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	for (w = TAILQ_FIRST(&p->workers); w != NULL; w = next) {
+		next = TAILQ_NEXT(w, entry);
+		worker_watch(w, (double)ts.tv_sec + ts.tv_nsec / 1e9);
+	}
+}
+
 struct pool *
 pool_new(struct pool_conf *pc)
 {
@@ -54,9 +72,36 @@ pool_new(struct pool_conf *pc)
 	p->pc = pc;
 	TAILQ_INIT(&p->workers);
 	TAILQ_INIT(&p->queue);
+	TAILQ_INIT(&p->lanes);
 	if (cns_base != NULL)
 		p->respawn_ev = evtimer_new(cns_base, pool_respawn, p);
+	if (cns_base != NULL && pc->item_timeout > 0) {
+		/* Look five times per timeout: a stuck item is killed
+		 * within 1.2 timeouts, or 1 s after, whichever is less. */
+		double every = pc->item_timeout / 5;
+		struct timeval tv;
+		if (every < 0.01)
+			every = 0.01;
+		if (every > 1)
+			every = 1;
+		tv.tv_sec = (time_t)every;
+		tv.tv_usec = (suseconds_t)((every - (double)tv.tv_sec) * 1e6);
+		p->watch_ev = event_new(cns_base, -1, EV_PERSIST, pool_watch, p);
+		event_add(p->watch_ev, &tv);
+	}
 	return p;
+}
+
+void
+pool_lane_wait(struct pool *p, struct lane *l)
+{
+	TAILQ_INSERT_TAIL(&p->lanes, l, wentry);
+}
+
+void
+pool_lane_unwait(struct pool *p, struct lane *l)
+{
+	TAILQ_REMOVE(&p->lanes, l, wentry);
 }
 
 void
@@ -70,6 +115,8 @@ pool_free(struct pool *p)
 {
 	if (p->respawn_ev != NULL)
 		event_free(p->respawn_ev);
+	if (p->watch_ev != NULL)
+		event_free(p->watch_ev);
 	free(p->last_error);
 	free(p);
 }
@@ -124,8 +171,8 @@ pool_lease(struct pool *p, unsigned want, struct worker **out)
 	TAILQ_FOREACH(w, &p->workers, entry) {
 		if (n == want)
 			break;
-		if (w->state != W_IDLE)
-			continue;
+		if (w->state != W_IDLE || w->closed || w->reaped)
+			continue;	/* dead, not yet declared gone */
 		w->state = W_LEASED;
 		p->nidle--;
 		out[n++] = w;
@@ -137,6 +184,12 @@ pool_lease(struct pool *p, unsigned want, struct worker **out)
 void
 pool_idle(struct pool *p, struct worker *w)
 {
+	if (w->streams_served > 0 || w->state == W_STARTING) {
+		if (p->failed)
+			log_info("pool %s: a worker started; the pool serves "
+			    "again", p->pc->name);
+		p->failed = 0;
+	}
 	if (w->streams_served > 0)
 		p->init_failures = 0;	/* it works: no more backoff */
 	w->state = W_IDLE;
@@ -154,6 +207,9 @@ pool_unavailable(struct pool *p)
 {
 	struct worker *w;
 
+	if (p->failed)
+		return p->last_error != NULL ? p->last_error :
+		    "its workers keep dying while they start";
 	if (p->init_failures == 0)
 		return NULL;
 	TAILQ_FOREACH(w, &p->workers, entry)
@@ -171,6 +227,13 @@ pool_dispatch(struct pool *p)
 	const char *why;
 
 	if ((why = pool_unavailable(p)) != NULL) {
+		struct lane *l;
+		while ((l = TAILQ_FIRST(&p->lanes)) != NULL) {
+			char msg[1200];
+			snprintf(msg, sizeof msg, "pool %s cannot start its "
+			    "workers: %s", p->pc->name, why);
+			stream_lane_fail(l, msg);
+		}
 		while ((s = TAILQ_FIRST(&p->queue)) != NULL) {
 			char msg[1200];
 			snprintf(msg, sizeof msg, "pool %s cannot start its "
@@ -178,6 +241,15 @@ pool_dispatch(struct pool *p)
 			stream_refuse(s, msg);
 		}
 		return;
+	}
+	/* Lanes of running streams first: their clients are waiting. */
+	while (p->nidle > 0 && !TAILQ_EMPTY(&p->lanes)) {
+		struct lane *l = TAILQ_FIRST(&p->lanes);
+		struct worker *w;
+		if (pool_lease(p, 1, &w) != 1)
+			break;
+		pool_lane_unwait(p, l);
+		stream_lane_leased(l, w);
 	}
 	while (p->nidle > 0 && (s = TAILQ_FIRST(&p->queue)) != NULL) {
 		unsigned n;
@@ -210,6 +282,15 @@ pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
 		log_warnx("pool %s: %u failed start%s in a row; next try in "
 		    "%u ms", p->pc->name, p->init_failures,
 		    p->init_failures == 1 ? "" : "s", ms);
+		if (p->init_failures >= p->pc->max_init_failures &&
+		    !p->failed) {
+			p->failed = 1;
+			log_warnx("pool %s failed: its workers died while "
+			    "starting %u times in a row (max_init_failures); "
+			    "it refuses streams until a worker starts, and "
+			    "keeps trying every %u s at most", p->pc->name,
+			    p->init_failures, RESPAWN_MAX_MS / 1000);
+		}
 	}
 	if (p->respawn_ev != NULL && !evtimer_pending(p->respawn_ev, NULL))
 		evtimer_add(p->respawn_ev, &tv);
@@ -222,9 +303,12 @@ pool_stop_all(void)
 	struct pool *p;
 
 	pools_stopping = 1;
-	TAILQ_FOREACH(p, &pools, entry)
+	TAILQ_FOREACH(p, &pools, entry) {
 		if (p->respawn_ev != NULL)
 			evtimer_del(p->respawn_ev);
+		if (p->watch_ev != NULL)
+			event_del(p->watch_ev);
+	}
 }
 
 void

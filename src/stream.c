@@ -4,13 +4,23 @@
  * leased worker's window is full the client is not read any more, so a
  * fast producer is slowed down instead of buffered.  The master never
  * parses an item; workers report rejected lines and their results.
+ *
+ * Each leased worker runs one lane: one consume call of the stream.  When
+ * a lane's worker dies the pool's on_crash policy decides: replay (a new
+ * worker runs the call again over every line the spool file kept, then
+ * goes on with live ones), redeliver (only the lines the dead worker had
+ * not finished), or fail (the lane's lines are reported lost).  An item a
+ * worker died on max_attempts times is quarantined: reported and skipped.
  */
+#include <sys/wait.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -18,11 +28,14 @@
 #include "consumersd.h"
 
 #define BATCH_MAX	(256u << 10)	/* bytes in one ITEMS frame */
+#define RANGES_MAX	65536	/* seq ranges kept per lane */
+#define CRASHES_MAX	1000	/* workers a stream may lose in all */
 
 static uint64_t	stream_next_id = 1;
 
 static void	stream_finish(struct stream *);
 static void	stream_orphaned(struct stream *);
+static void	stream_check(struct stream *);
 
 static void
 stream_timeout(evutil_socket_t fd, short ev, void *arg)
@@ -70,6 +83,16 @@ stream_free(struct stream *s)
 		TAILQ_REMOVE(&s->pool->queue, s, qentry);
 	if (s->timer != NULL)
 		event_free(s->timer);
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (l->state == L_WAITING)
+			pool_lane_unwait(s->pool, l);
+		if (l->spool != -1)
+			close(l->spool);
+		free(l->ranges);
+	}
+	free(s->lanes);
+	free(s->attempts);
 	json_decref(s->params);
 	json_decref(s->results);
 	json_decref(s->errors);
@@ -78,31 +101,46 @@ stream_free(struct stream *s)
 	free(s);
 }
 
+/* A worker starts a consume call for lane i. */
+static void
+stream_bind(struct stream *s, unsigned i, struct worker *w)
+{
+	json_t *begin = json_pack("{s:O}", "params", s->params);
+
+	s->w[i] = w;
+	w->stream = s;
+	w->index = i;
+	memset(&w->credit, 0, sizeof w->credit);
+	w->sent = w->rejected = 0;
+	w->returned = 0;
+	w->watch_cur = w->watch_started = 0;
+	w->timed_out = 0;
+	worker_send_json(w, F_BEGIN, s->id, begin);
+	json_decref(begin);
+}
+
 /* The stream's workers are leased: tell them, tell the client, go. */
 void
 stream_leased(struct stream *s, struct worker **ws, unsigned n)
 {
-	json_t *begin, *reply;
+	json_t *reply;
 
 	evtimer_del(s->timer);
 	s->state = S_RUNNING;
 	s->w = ws;
 	s->nw = s->nlive = n;
 	s->results = json_array();
-	begin = json_pack("{s:O}", "params", s->params);
+	if ((s->lanes = calloc(n, sizeof *s->lanes)) == NULL)
+		fatal("%s: calloc", __func__);
 	for (unsigned i = 0; i < n; i++) {
-		struct worker *w = ws[i];
-		w->stream = s;
-		w->index = i;
-		memset(&w->credit, 0, sizeof w->credit);
-		w->sent = w->rejected = 0;
-		w->nranges = 0;
-		w->ranges_inexact = 0;
-		w->returned = 0;
+		struct lane *l = &s->lanes[i];
+		l->stream = s;
+		l->index = i;
+		l->state = L_LIVE;
+		l->spool = -1;
 		json_array_append_new(s->results, json_null());
-		worker_send_json(w, F_BEGIN, s->id, begin);
+		stream_bind(s, i, ws[i]);
 	}
-	json_decref(begin);
 	log_debug("stream %" PRIu64 ": pool %s, %u worker%s", s->id,
 	    s->pool->pc->name, n, n == 1 ? "" : "s");
 	reply = json_pack("{s:b,s:I,s:i}", "ok", 1, "stream",
@@ -149,6 +187,8 @@ stream_pick(struct stream *s, struct flow_room *room, unsigned *tried)
 		s->rr++;
 		(*tried)++;
 		if (w != NULL && worker_output(w) != NULL &&
+		    s->lanes[w->index].resend_off >=
+		    s->lanes[w->index].resend_end &&
 		    credit_room(&w->credit, c->window_bytes, c->window_items,
 		    c->max_item_bytes, room))
 			return w;
@@ -156,10 +196,75 @@ stream_pick(struct stream *s, struct flow_room *room, unsigned *tried)
 	return NULL;
 }
 
+/*
+ * Remember the seqs a lane took; adjacent batches merge into one range.
+ * The list is bounded: past RANGES_MAX the last range grows to cover the
+ * new one (gaps included) and the report says the ranges are inexact.
+ */
+static void
+lane_add_range(struct lane *l, uint64_t first, uint64_t last)
+{
+	if (l->nranges > 0 && (l->ranges[l->nranges - 1].last + 1 == first ||
+	    l->nranges == RANGES_MAX)) {
+		l->ranges_inexact |= l->ranges[l->nranges - 1].last + 1 != first;
+		l->ranges[l->nranges - 1].last = last;
+		return;
+	}
+	if (l->nranges == l->caprange) {
+		size_t cap = l->caprange ? l->caprange * 2 : 16;
+		struct range *r = reallocarray(l->ranges, cap, sizeof *r);
+		if (r == NULL)
+			fatal("%s: reallocarray", __func__);
+		l->ranges = r;
+		l->caprange = cap;
+	}
+	l->ranges[l->nranges].first = first;
+	l->ranges[l->nranges].last = last;
+	l->nranges++;
+}
+
+static int
+lane_holds(const struct lane *l, uint64_t seq)
+{
+	for (size_t i = 0; i < l->nranges; i++)
+		if (seq >= l->ranges[i].first && seq <= l->ranges[i].last)
+			return 1;
+	return 0;
+}
+
+/* Keep a batch in the lane's spool, for a replay after a crash. */
+static void
+lane_spool(struct stream *s, struct lane *l, uint64_t first, uint32_t count,
+    struct evbuffer *in, size_t nbytes)
+{
+	ssize_t n;
+
+	if (s->pool->pc->on_crash == CRASH_FAIL || l->spool_broken)
+		return;
+	if (l->spool == -1 && (l->spool = spool_open(cns_conf->spool_dir)) ==
+	    -1) {
+		log_warn("stream %" PRIu64 ": cannot create a spool file in %s; "
+		    "a crash of worker %u will lose its items",
+		    s->id, cns_conf->spool_dir, l->index + 1);
+		l->spool_broken = 1;
+		return;
+	}
+	if ((n = spool_append(l->spool, l->spool_len, first, count, in,
+	    nbytes)) == -1) {
+		log_warn("stream %" PRIu64 ": writing the spool file in %s; "
+		    "a crash of its lane %u will lose its items", s->id,
+		    cns_conf->spool_dir, l->index + 1);
+		l->spool_broken = 1;
+		return;
+	}
+	l->spool_len += (uint64_t)n;
+}
+
 static void
 stream_send_batch(struct stream *s, struct worker *w, struct evbuffer *in,
     const struct cut *cut)
 {
+	struct lane *l = &s->lanes[w->index];
 	struct frame_hdr h = {
 		.version = FRAME_VERSION, .type = F_ITEMS,
 		.len = (uint32_t)(ITEMS_HDR_SIZE + cut->nbytes), .stream = s->id
@@ -168,23 +273,131 @@ stream_send_batch(struct stream *s, struct worker *w, struct evbuffer *in,
 	uint64_t first = s->seq + 1;
 	uint32_t count = cut->n;
 
+	lane_spool(s, l, first, count, in, cut->nbytes);
 	evbuffer_add(out, &h, sizeof h);
 	evbuffer_add(out, &first, sizeof first);
 	evbuffer_add(out, &count, sizeof count);
 	evbuffer_remove_buffer(in, out, cut->nbytes);
 	credit_take(&w->credit, cut->n, cut->nbytes);
-	worker_add_range(w, first, first + cut->n - 1);
+	lane_add_range(l, first, first + cut->n - 1);
+	l->items += cut->n;
 	w->sent += cut->n;
 	s->seq += cut->n;
 }
 
-static void
-stream_end(struct stream *s)
+static int
+stream_quarantined(const struct stream *s, uint64_t seq)
 {
-	s->ended = 1;
-	for (unsigned i = 0; i < s->nw; i++)
-		if (s->w[i] != NULL)
-			worker_send(s->w[i], F_END, s->id, NULL, 0);
+	for (size_t i = 0; i < s->nattempts; i++)
+		if (s->attempts[i].seq == seq)
+			return s->attempts[i].n >= s->pool->pc->max_attempts;
+	return 0;
+}
+
+/* One ITEMS frame of `count` lines from `p` to the lane's worker. */
+static void
+lane_send(struct stream *s, struct worker *w, uint64_t first, uint32_t count,
+    const char *p, size_t nbytes)
+{
+	struct frame_hdr h = {
+		.version = FRAME_VERSION, .type = F_ITEMS,
+		.len = (uint32_t)(ITEMS_HDR_SIZE + nbytes), .stream = s->id
+	};
+	struct evbuffer *out = worker_output(w);
+
+	evbuffer_add(out, &h, sizeof h);
+	evbuffer_add(out, &first, sizeof first);
+	evbuffer_add(out, &count, sizeof count);
+	evbuffer_add(out, p, nbytes);
+	credit_take(&w->credit, count, nbytes);
+	w->sent += count;
+}
+
+/*
+ * Resend the spool to the lane's new worker, as its window allows: every
+ * line from resend_from on, but no quarantined one.  Live lines wait
+ * until it has caught up.  Returns -1 if the lane failed.
+ */
+static int
+lane_resend(struct stream *s, struct lane *l)
+{
+	const struct conf *c = cns_conf;
+	struct worker *w = s->w[l->index];
+
+	while (w != NULL && worker_output(w) != NULL &&
+	    l->resend_off < l->resend_end) {
+		struct spool_rec r;
+		char *buf, *p, *run, *end;
+		uint64_t seq, run_first = 0;
+		uint32_t run_n = 0;
+
+		if (spool_rec_at(l->spool, l->resend_off, &r) == -1 ||
+		    (buf = spool_lines(l->spool, l->resend_off, &r)) == NULL) {
+			char why[200];
+			snprintf(why, sizeof why, "the spool file could not be "
+			    "read back: %s", strerror(errno));
+			stream_lane_fail(l, why);
+			return -1;
+		}
+		if (w->credit.items > 0 && (w->credit.items + r.count >
+		    c->window_items || w->credit.bytes + r.nbytes >
+		    c->window_bytes)) {
+			free(buf);
+			break;		/* wait for acks */
+		}
+		p = run = buf;
+		end = buf + r.nbytes;
+		for (seq = r.first; seq < r.first + r.count && p < end; seq++) {
+			char *nl = memchr(p, '\n', (size_t)(end - p));
+			int keep = seq >= l->resend_from &&
+			    !stream_quarantined(s, seq);
+			if (nl == NULL)
+				break;
+			if (!keep) {
+				if (run_n > 0)
+					lane_send(s, w, run_first, run_n, run,
+					    (size_t)(p - run));
+				run_n = 0;
+				run = nl + 1;
+			} else if (run_n++ == 0) {
+				run_first = seq;
+				run = p;
+			}
+			p = nl + 1;
+		}
+		if (run_n > 0)
+			lane_send(s, w, run_first, run_n, run, (size_t)(p - run));
+		free(buf);
+		l->resend_off += sizeof r + r.nbytes;
+	}
+	return 0;
+}
+
+/* END to every lane whose worker has had all of its lines. */
+static void
+stream_end_lanes(struct stream *s)
+{
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (s->w[i] == NULL || l->state != L_LIVE || l->end_sent ||
+		    l->resend_off < l->resend_end)
+			continue;
+		l->end_sent = 1;
+		worker_send(s->w[i], F_END, s->id, NULL, 0);
+	}
+}
+
+/* Resends first; returns -1 if the stream is over. */
+static int
+stream_resend(struct stream *s)
+{
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (l->state == L_LIVE && l->resend_off < l->resend_end &&
+		    lane_resend(s, l) == -1 && s->state != S_RUNNING)
+			return -1;
+	}
+	return 0;
 }
 
 /*
@@ -197,8 +410,14 @@ stream_input(struct stream *s)
 	struct evbuffer *in = client_input(s->client);
 	const size_t max_item = cns_conf->max_item_bytes;
 
-	if (s->state != S_RUNNING || s->ended)
+	if (s->state != S_RUNNING)
 		return;
+	if (stream_resend(s) == -1)
+		return;
+	if (s->ended) {
+		stream_end_lanes(s);
+		return;
+	}
 	for (;;) {
 		struct flow_room room;
 		struct worker *w;
@@ -220,6 +439,11 @@ stream_input(struct stream *s)
 		if (evbuffer_get_length(in) == 0)
 			break;
 		if (client_output_full(s->client)) {
+			client_read(s->client, 0);
+			return;
+		}
+		if (s->nlive == 0 && s->nwaiting > 0) {
+			/* Every lane waits for a new worker. */
 			client_read(s->client, 0);
 			return;
 		}
@@ -288,10 +512,11 @@ stream_input(struct stream *s)
 		evbuffer_drain(in, evbuffer_get_length(in));
 	}
 	if (s->eof && evbuffer_get_length(in) == 0) {
-		if (s->nlive > 0)
-			stream_end(s);
-		else
+		s->ended = 1;
+		if (s->nlive == 0 && s->nwaiting == 0)
 			stream_orphaned(s);
+		else
+			stream_end_lanes(s);
 	} else
 		client_read(s->client, 1);
 }
@@ -317,25 +542,43 @@ int
 stream_reject(struct stream *s, struct worker *w, uint64_t seq,
     const char *why)
 {
-	if (s->state != S_RUNNING || w->returned || w->rejected >= w->sent ||
-	    w->nranges == 0 || seq < w->ranges[0].first ||
-	    seq > w->ranges[w->nranges - 1].last)
+	struct lane *l;
+
+	if (s->state != S_RUNNING || w->returned || w->rejected >= w->sent)
+		return -1;
+	l = &s->lanes[w->index];
+	if (!lane_holds(l, seq))
 		return -1;
 	w->rejected++;
+	/* A worker running the call again rejects the same lines again:
+	 * the client heard of those already.  A lane's lines go out in
+	 * order, so "already" is "not above the highest one reported". */
+	if (seq <= l->reject_hwm)
+		return 0;
+	l->reject_hwm = seq;
+	l->rejected++;
 	stream_send_reject(s, seq, why);
 	return 0;
 }
 
-static void
+static json_t *
 stream_error(struct stream *s, const char *stage, struct worker *w,
     const char *msg)
 {
-	json_t *e = json_pack("{s:s,s:i,s:I,s:s}", "stage", stage, "worker",
-	    (int)w->slot, "pid", (json_int_t)w->pid, "error", msg);
+	json_t *e;
 
-	log_warnx("stream %" PRIu64 ": pool %s: worker %u: %s: %s", s->id,
-	    s->pool->pc->name, w->slot, stage, msg);
+	if (w != NULL) {
+		e = json_pack("{s:s,s:i,s:I,s:s}", "stage", stage, "worker",
+		    (int)w->slot, "pid", (json_int_t)w->pid, "error", msg);
+		log_warnx("stream %" PRIu64 ": pool %s: worker %u: %s: %s",
+		    s->id, s->pool->pc->name, w->slot, stage, msg);
+	} else {
+		e = json_pack("{s:s,s:s}", "stage", stage, "error", msg);
+		log_warnx("stream %" PRIu64 ": pool %s: %s: %s", s->id,
+		    s->pool->pc->name, stage, msg);
+	}
 	json_array_append_new(s->errors, e);
+	return e;
 }
 
 /* Every consume returned: run the completion handler, or finish. */
@@ -375,7 +618,12 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 	json_int_t consumed, rejected, skipped;
 	json_t *err = json_object_get(v, "error");
 
-	if (s->state != S_RUNNING || w->returned || !s->ended)
+	struct lane *l;
+
+	if (s->state != S_RUNNING || w->returned)
+		return -1;
+	l = &s->lanes[w->index];
+	if (!l->end_sent)
 		return -1;
 	consumed = json_integer_value(json_object_get(v, "consumed"));
 	rejected = json_integer_value(json_object_get(v, "rejected"));
@@ -384,6 +632,11 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 	    (uint64_t)(consumed + rejected + skipped) != w->sent)
 		return -1;
 	w->returned = 1;
+	l->state = L_RETURNED;
+	if (l->spool != -1) {
+		close(l->spool);	/* the call returned: nothing to replay */
+		l->spool = -1;
+	}
 	s->nreturned++;
 	s->consumed += (uint64_t)consumed;
 	json_array_set(s->results, w->index, json_object_get(v, "result"));
@@ -397,8 +650,7 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 		s->unconsumed += (uint64_t)skipped;
 		stream_error(s, "consume", w, msg);
 	}
-	if (s->nreturned == s->nlive)
-		stream_consumed(s);
+	stream_check(s);
 	return 0;
 }
 
@@ -418,12 +670,221 @@ stream_completion(struct stream *s, struct worker *w, json_t *v)
 	stream_finish(s);
 }
 
-/* A leased worker died: what it held is reported, the stream goes on. */
+/* Every lane returned, failed, or took nothing more: go on. */
+static void
+stream_check(struct stream *s)
+{
+	if (s->state != S_RUNNING)
+		return;
+	if (s->nlive == 0 && s->nwaiting == 0) {
+		if (s->ended) {
+			stream_finish(s);
+			return;
+		}
+		/* Nobody is left to take the rest: read it to the end and
+		 * report it, so no item goes unaccounted. */
+		if (s->orphan_from == 0)
+			s->orphan_from = s->seq + 1;
+		stream_input(s);
+		return;
+	}
+	if (s->ended && s->nwaiting == 0 && s->nreturned == s->nlive)
+		stream_consumed(s);
+	else
+		stream_input(s);
+}
+
+/* A lane gives up: what it held and did not finish is reported lost. */
+static void
+lane_dead(struct stream *s, struct lane *l, struct worker *w,
+    const char *how, int status, const char *why)
+{
+	uint64_t lost = l->items - l->rejected - l->quarantined - l->acked;
+	json_t *seqs = json_array(), *e;
+	char msg[512];
+
+	l->state = L_DEAD;
+	for (size_t i = 0; i < l->nranges; i++)
+		json_array_append_new(seqs, json_pack("[I,I]",
+		    (json_int_t)l->ranges[i].first,
+		    (json_int_t)l->ranges[i].last));
+	snprintf(msg, sizeof msg, "%s%s%s; %" PRIu64 " item%s it had taken "
+	    "%s lost", how != NULL ? "worker died: " : "", how != NULL ? how :
+	    "", why != NULL ? why : "", lost, lost == 1 ? "" : "s",
+	    lost == 1 ? "is" : "are");
+	utf8_clean(msg);
+	e = stream_error(s, "consume", w, msg);
+	json_object_set_new(e, "seqs", seqs);
+	if (l->ranges_inexact)
+		json_object_set_new(e, "seqs_inexact", json_true());
+	if (w != NULL && w->timed_out == 0 && WIFEXITED(status))
+		json_object_set_new(e, "exit", json_integer(WEXITSTATUS(status)));
+	else if (w != NULL && WIFSIGNALED(status))
+		json_object_set_new(e, "signal", json_integer(WTERMSIG(status)));
+	s->unconsumed += lost;
+	if (l->spool != -1) {
+		close(l->spool);
+		l->spool = -1;
+	}
+}
+
+/* Tell the client an item is quarantined, with its line. */
+static void
+stream_quarantine(struct stream *s, struct lane *l, uint64_t seq,
+    const char *reason)
+{
+	char *line = l->spool != -1 ? spool_find(l->spool, l->spool_len, seq) :
+	    NULL;
+	json_t *item = NULL, *v;
+
+	if (line != NULL) {
+		item = json_loads(line, JSON_DECODE_ANY, NULL);
+		if (item == NULL) {
+			utf8_clean(line);
+			item = json_string(line);
+		}
+	}
+	free(line);
+	s->quarantined++;
+	l->quarantined++;
+	log_warnx("stream %" PRIu64 ": pool %s: item %" PRIu64 " quarantined: "
+	    "%s", s->id, s->pool->pc->name, seq, reason);
+	v = json_pack("{s:{s:I,s:o,s:s}}", "quarantined", "seq",
+	    (json_int_t)seq, "item", item != NULL ? item : json_null(),
+	    "reason", reason);
+	client_send_json(s->client, v);
+	json_decref(v);
+}
+
+/* One more crash on `seq`; returns how many there were. */
+static unsigned
+stream_attempt(struct stream *s, uint64_t seq)
+{
+	struct attempt *a;
+
+	for (size_t i = 0; i < s->nattempts; i++)
+		if (s->attempts[i].seq == seq)
+			return ++s->attempts[i].n;
+	a = reallocarray(s->attempts, s->nattempts + 1, sizeof *a);
+	if (a == NULL)
+		fatal("%s: reallocarray", __func__);
+	s->attempts = a;
+	a[s->nattempts].seq = seq;
+	a[s->nattempts].n = 1;
+	s->nattempts++;
+	return 1;
+}
+
+static uint64_t
+shm_get(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/*
+ * A lane's worker died inside its consume call.  Decide from where it was
+ * (the shared page, checked against what it was sent) whether an item is
+ * to blame, and whether the lane runs again on a new worker.
+ */
+static void
+lane_crashed(struct stream *s, struct lane *l, struct worker *w,
+    const char *how)
+{
+	const struct pool_conf *pc = s->pool->pc;
+	uint64_t cur = 0, last_done = 0, ndone = 0, started = 0, ended = 0;
+	char why[600];
+
+	s->crashes++;
+	s->pool->crashes++;
+	l->crashes++;
+	if (w->shm != NULL) {
+		cur = shm_get(&w->shm->cur);
+		last_done = shm_get(&w->shm->last_done);
+		ndone = shm_get(&w->shm->ndone);
+		started = shm_get(&w->shm->started);
+		ended = shm_get(&w->shm->ended);
+	}
+	if (w->timed_out != 0)
+		cur = w->timed_out;
+	if (cur != 0 && (!lane_holds(l, cur) || cur < l->resend_from))
+		cur = 0;		/* not one of its items: no blame */
+	if (pc->on_crash == CRASH_FAIL) {
+		lane_dead(s, l, w, how, w->status, NULL);
+		return;
+	}
+	if (l->spool_broken) {
+		lane_dead(s, l, w, how, w->status, " (its items could not be "
+		    "spooled, so they cannot be sent again)");
+		return;
+	}
+	if (s->crashes > CRASHES_MAX) {
+		snprintf(why, sizeof why, " (the stream lost %u workers, the "
+		    "most it may)", CRASHES_MAX);
+		lane_dead(s, l, w, how, w->status, why);
+		return;
+	}
+	if (cur != 0) {
+		unsigned n = stream_attempt(s, cur);
+		log_warnx("stream %" PRIu64 ": pool %s: worker %u died on item "
+		    "%" PRIu64 " (%u of %u attempts): %s", s->id, pc->name,
+		    w->slot, cur, n, pc->max_attempts, how);
+		if (n >= pc->max_attempts) {
+			snprintf(why, sizeof why, "its consumer died on it %u "
+			    "time%s: %s", n, n == 1 ? "" : "s", how);
+			utf8_clean(why);
+			stream_quarantine(s, l, cur, why);
+		}
+	} else if (ended) {
+		if (++l->end_crashes >= pc->max_attempts) {
+			snprintf(why, sizeof why, " (consume died after its "
+			    "items ended %u times)", l->end_crashes);
+			lane_dead(s, l, w, how, w->status, why);
+			return;
+		}
+	} else if (w->sent > w->rejected && started == 0) {
+		if (++l->fruitless >= pc->max_attempts) {
+			snprintf(why, sizeof why, " (consume died %u times "
+			    "before it took an item)", l->fruitless);
+			lane_dead(s, l, w, how, w->status, why);
+			return;
+		}
+	} else
+		log_warnx("stream %" PRIu64 ": pool %s: worker %u died between "
+		    "items: %s", s->id, pc->name, w->slot, how);
+	if (started > 0) {
+		l->fruitless = 0;
+		s->pool->init_failures = 0;	/* its plugin does work */
+	}
+	if (pc->on_crash == CRASH_REDELIVER) {
+		/* What it finished stays done; the rest goes again. */
+		uint64_t from = cur != 0 ? cur : last_done != 0 &&
+		    lane_holds(l, last_done) ? last_done + 1 : 0;
+		if (ndone <= w->sent - w->rejected && from != 0 &&
+		    from >= l->resend_from) {
+			l->acked += ndone;
+			s->consumed += ndone;
+			l->resend_from = from;
+		} else if (ndone > 0)
+			log_warnx("stream %" PRIu64 ": pool %s: worker %u left "
+			    "a progress record that does not add up; its "
+			    "items go again", s->id, pc->name, w->slot);
+	}
+	l->state = L_WAITING;
+	l->end_sent = 0;
+	l->resend_off = l->resend_end = 0;
+	s->nwaiting++;
+	pool_lane_wait(s->pool, l);
+}
+
+/* A leased worker died: its lane runs again, or what it held is lost. */
 void
 stream_worker_gone(struct stream *s, struct worker *w, const char *how)
 {
+	struct lane *l;
 	char msg[256];
 
+	if (s->w[w->index] != w)
+		return;
 	s->w[w->index] = NULL;
 	if (s->state == S_COMPLETING && w == s->completer) {
 		snprintf(msg, sizeof msg, "worker died in the completion "
@@ -434,42 +895,55 @@ stream_worker_gone(struct stream *s, struct worker *w, const char *how)
 	}
 	if (s->state != S_RUNNING)
 		return;
+	l = &s->lanes[w->index];
 	s->nlive--;
-	if (w->returned) {
+	if (w->returned)
 		s->nreturned--;
-	} else {
-		json_t *seqs = json_array(), *e;
-		uint64_t lost = w->sent > w->rejected ?
-		    w->sent - w->rejected : 0;
-		for (size_t i = 0; i < w->nranges; i++)
-			json_array_append_new(seqs, json_pack("[I,I]",
-			    (json_int_t)w->ranges[i].first,
-			    (json_int_t)w->ranges[i].last));
-		snprintf(msg, sizeof msg, "worker died: %s; %" PRIu64 " item%s "
-		    "it had taken %s lost", how, lost, lost == 1 ? "" : "s",
-		    lost == 1 ? "is" : "are");
-		stream_error(s, "consume", w, msg);
-		e = json_array_get(s->errors, json_array_size(s->errors) - 1);
-		json_object_set_new(e, "seqs", seqs);
-		if (w->ranges_inexact)
-			json_object_set_new(e, "seqs_inexact", json_true());
-		s->unconsumed += lost;
-	}
-	if (s->nlive == 0) {
-		if (s->ended) {
-			stream_finish(s);
-			return;
-		}
-		/* Nobody is left to take the rest: read it to the end and
-		 * report it, so no item goes unaccounted. */
-		s->orphan_from = s->seq + 1;
-		stream_input(s);
-		return;
-	}
-	if (s->ended && s->nreturned == s->nlive)
-		stream_consumed(s);
 	else
-		stream_input(s);
+		lane_crashed(s, l, w, how);
+	stream_check(s);
+}
+
+/* A new worker for a lane whose worker died: run the call again. */
+void
+stream_lane_leased(struct lane *l, struct worker *w)
+{
+	struct stream *s = l->stream;
+
+	s->nwaiting--;
+	s->nlive++;
+	l->state = L_LIVE;
+	l->resend_off = 0;
+	l->resend_end = l->spool != -1 ? l->spool_len : 0;
+	log_info("stream %" PRIu64 ": pool %s: worker %u takes over lane %u "
+	    "(%" PRIu64 " bytes to resend)", s->id, s->pool->pc->name, w->slot,
+	    l->index + 1, l->resend_end);
+	stream_bind(s, l->index, w);
+	stream_input(s);
+}
+
+/* No worker will come for a waiting lane. */
+void
+stream_lane_fail(struct lane *l, const char *why)
+{
+	struct stream *s = l->stream;
+	char msg[600];
+
+	if (l->state == L_WAITING) {
+		pool_lane_unwait(s->pool, l);
+		s->nwaiting--;
+	} else if (l->state == L_LIVE && s->w[l->index] != NULL) {
+		struct worker *w = s->w[l->index];
+		s->w[l->index] = NULL;
+		s->nlive--;
+		w->stream = NULL;
+		worker_stop(w);
+	} else
+		return;
+	snprintf(msg, sizeof msg, "the consume call could not run again: %s",
+	    why);
+	lane_dead(s, l, NULL, NULL, 0, msg);
+	stream_check(s);
 }
 
 /* Every worker died before the client's end: report what was left. */
@@ -509,23 +983,39 @@ stream_finish(struct stream *s)
 		}
 		pool_idle(w->pool, w);
 	}
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (l->state == L_WAITING) {
+			pool_lane_unwait(s->pool, l);
+			l->state = L_DEAD;
+		}
+		if (l->spool != -1) {
+			close(l->spool);
+			l->spool = -1;
+		}
+	}
+	s->nwaiting = 0;
 	s->pool->streams_done++;
-	final = json_pack("{s:b,s:I,s:I,s:I,s:I,s:I,s:O,s:O,s:O}",
+	final = json_pack("{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:i,s:O,s:O,s:O}",
 	    "ok", json_array_size(s->errors) == 0,
 	    "stream", (json_int_t)s->id,
 	    "items", (json_int_t)s->seq,
 	    "consumed", (json_int_t)s->consumed,
 	    "rejected", (json_int_t)s->rejected,
+	    "quarantined", (json_int_t)s->quarantined,
 	    "unconsumed", (json_int_t)s->unconsumed,
+	    "crashes", (int)s->crashes,
 	    "results", s->results,
 	    "completion", s->completion,
 	    "errors", s->errors);
 	if (final == NULL)
 		fatalx("%s: json_pack", __func__);
 	log_info("stream %" PRIu64 ": pool %s: %" PRIu64 " items, %" PRIu64
-	    " consumed, %" PRIu64 " rejected, %" PRIu64 " unconsumed, %zu "
-	    "error%s", s->id, s->pool->pc->name, s->seq, s->consumed,
-	    s->rejected, s->unconsumed, json_array_size(s->errors),
+	    " consumed, %" PRIu64 " rejected, %" PRIu64 " quarantined, %"
+	    PRIu64 " unconsumed, %u crash%s, %zu error%s", s->id,
+	    s->pool->pc->name, s->seq, s->consumed, s->rejected,
+	    s->quarantined, s->unconsumed, s->crashes,
+	    s->crashes == 1 ? "" : "es", json_array_size(s->errors),
 	    json_array_size(s->errors) == 1 ? "" : "s");
 	client_finish(s->client, final);
 }
@@ -543,6 +1033,7 @@ stream_abort(struct stream *s, const char *why)
 	json_array_append_new(s->errors, json_pack("{s:s,s:s}", "stage",
 	    "daemon", "error", why));
 	if (s->state == S_RUNNING)
-		s->unconsumed = s->seq - s->consumed - s->rejected;
+		s->unconsumed = s->seq - s->consumed - s->rejected -
+		    s->quarantined;
 	stream_finish(s);
 }

@@ -3,9 +3,11 @@
  * keyed by pid, reading their frames, and the one path for "a worker is
  * gone", whether it exited, crashed, was killed or broke the protocol.
  */
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +23,6 @@
 
 #define WORKER_HASH	64
 #define WORKER_FD	3	/* the socket's number in the child */
-#define RANGES_MAX	65536	/* seq ranges kept per worker and stream */
 
 static struct worker	*worker_table[WORKER_HASH];
 static unsigned		 worker_total;
@@ -118,6 +119,12 @@ worker_dispatch(struct worker *w, const struct frame_hdr *h,
 
 	if (h->type != F_READY && h->type != F_INITFAIL &&
 	    (s == NULL || h->stream != s->id)) {
+		if (w->state == W_EXITING) {
+			/* Stopped inside a stream that ended without it:
+			 * what it still says is moot. */
+			evbuffer_drain(in, h->len);
+			return 0;
+		}
 		worker_protocol(w, "frame for a stream it does not hold");
 		return -1;
 	}
@@ -235,12 +242,20 @@ worker_eventcb(struct bufferevent *bev, short what, void *arg)
 struct worker *
 worker_spawn(struct pool *p, unsigned slot)
 {
+	struct worker_shm *shm;
 	struct worker *w;
 	int sv[2];
 	pid_t pid;
 
+	shm = mmap(NULL, sizeof *shm, PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (shm == MAP_FAILED) {
+		log_warn("pool %s: mmap", p->pc->name);
+		return NULL;
+	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
 		log_warn("pool %s: socketpair", p->pc->name);
+		munmap(shm, sizeof *shm);
 		return NULL;
 	}
 	fflush(NULL);
@@ -248,6 +263,7 @@ worker_spawn(struct pool *p, unsigned slot)
 		log_warn("pool %s: fork", p->pc->name);
 		close(sv[0]);
 		close(sv[1]);
+		munmap(shm, sizeof *shm);
 		return NULL;
 	}
 	if (pid == 0) {
@@ -255,12 +271,15 @@ worker_spawn(struct pool *p, unsigned slot)
 		if (dup2(sv[1], WORKER_FD) == -1)
 			_exit(1);
 		close_range(WORKER_FD + 1, ~0U, 0);
-		child_main(WORKER_FD, p->pc, slot);
+		child_main(WORKER_FD, p->pc, slot, shm);
 	}
 	close(sv[1]);
+	/* Workers forked later must not see this one's page. */
+	madvise(shm, sizeof *shm, MADV_DONTFORK);
 	if ((w = calloc(1, sizeof *w)) == NULL)
 		fatal("%s: calloc", __func__);
 	w->pid = pid;
+	w->shm = shm;
 	w->pool = p;
 	w->slot = slot;
 	w->state = W_STARTING;
@@ -321,7 +340,14 @@ static void
 worker_gone(struct worker *w)
 {
 	struct pool *p = w->pool;
-	char *how = worker_describe_exit(w->status);
+	char *how;
+
+	if (w->timed_out != 0) {
+		if (asprintf(&how, "killed after item_timeout (%g s) on item "
+		    "%" PRIu64, p->pc->item_timeout, w->timed_out) == -1)
+			fatal("%s: asprintf", __func__);
+	} else
+		how = worker_describe_exit(w->status);
 
 	worker_unhash(w);
 	TAILQ_REMOVE(&p->workers, w, entry);
@@ -346,7 +372,8 @@ worker_gone(struct worker *w)
 	    (w->streams_served == 0 && w->stream == NULL &&
 	    w->state != W_EXITING));
 	free(how);
-	free(w->ranges);
+	if (w->shm != NULL)
+		munmap(w->shm, sizeof *w->shm);
 	free(w);
 	cns_maybe_exit();
 }
@@ -370,33 +397,6 @@ struct evbuffer *
 worker_output(struct worker *w)
 {
 	return w->bev != NULL ? bufferevent_get_output(w->bev) : NULL;
-}
-
-/*
- * Remember the seqs a worker took; adjacent batches merge into one range.
- * The list is bounded: past RANGES_MAX the last range grows to cover the
- * new one (gaps included) and the report says the ranges are inexact.
- */
-void
-worker_add_range(struct worker *w, uint64_t first, uint64_t last)
-{
-	if (w->nranges > 0 && (w->ranges[w->nranges - 1].last + 1 == first ||
-	    w->nranges == RANGES_MAX)) {
-		w->ranges_inexact |= w->ranges[w->nranges - 1].last + 1 != first;
-		w->ranges[w->nranges - 1].last = last;
-		return;
-	}
-	if (w->nranges == w->caprange) {
-		size_t cap = w->caprange ? w->caprange * 2 : 16;
-		struct range *r = reallocarray(w->ranges, cap, sizeof *r);
-		if (r == NULL)
-			fatal("%s: reallocarray", __func__);
-		w->ranges = r;
-		w->caprange = cap;
-	}
-	w->ranges[w->nranges].first = first;
-	w->ranges[w->nranges].last = last;
-	w->nranges++;
 }
 
 /* Ask a worker to exit: it sees EOF on its socket, runs fini and exits. */
@@ -424,4 +424,44 @@ worker_kill_all(void)
 	for (unsigned i = 0; i < WORKER_HASH; i++)
 		for (struct worker *w = worker_table[i]; w; w = w->hnext)
 			kill(w->pid, SIGKILL);
+}
+
+static uint64_t
+shm_load(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/*
+ * item_timeout: a leased worker that has held the same item since `now`
+ * minus the timeout is killed, and handled as a crash on that item.
+ */
+void
+worker_watch(struct worker *w, double now)
+{
+	uint64_t cur, started;
+
+	if (w->shm == NULL || w->stream == NULL || w->state != W_LEASED ||
+	    w->timed_out != 0 || w->reaped)
+		return;
+	cur = shm_load(&w->shm->cur);
+	started = shm_load(&w->shm->started);
+	if (cur == 0) {
+		w->watch_cur = 0;
+		return;
+	}
+	if (cur != w->watch_cur || started != w->watch_started) {
+		w->watch_cur = cur;
+		w->watch_started = started;
+		w->watch_since = now;
+		return;
+	}
+	if (now - w->watch_since < w->pool->pc->item_timeout)
+		return;
+	log_warnx("pool %s: worker %u (pid %ld) has spent more than %g s on "
+	    "item %" PRIu64 " of stream %" PRIu64 " (item_timeout); killing "
+	    "it", w->pool->pc->name, w->slot, (long)w->pid,
+	    w->pool->pc->item_timeout, cur, w->stream->id);
+	w->timed_out = cur;
+	kill(w->pid, SIGKILL);
 }

@@ -186,8 +186,9 @@ def lines(values):
 
 
 def assert_invariant(tc, final):
+    """Every item is consumed, rejected, quarantined, or reported lost."""
     tc.assertEqual(final["items"], final["consumed"] + final["rejected"] +
-                   final["unconsumed"], final)
+                   final["quarantined"] + final["unconsumed"], final)
 
 
 def main():

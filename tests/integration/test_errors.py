@@ -193,7 +193,8 @@ class BadPlugins(unittest.TestCase):
 class DyingWorkers(unittest.TestCase):
 
     def test_worker_killed_mid_stream_is_reported(self):
-        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 2}}
+        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 2,
+                           "on_crash": "fail"}}
         with Daemon(pools) as d:
             items = list(range(1, 2001))
             items[1499] = "segv"
@@ -204,6 +205,8 @@ class DyingWorkers(unittest.TestCase):
             errs = [e for e in final["errors"] if e["stage"] == "consume"]
             self.assertEqual(len(errs), 1, final["errors"])
             self.assertIn("killed by signal 11", errs[0]["error"])
+            self.assertEqual(errs[0]["signal"], 11)
+            self.assertEqual(final["crashes"], 1)
             # The dead consumer's items are named by sequence ranges.
             taken = sum(b - a + 1 for a, b in errs[0]["seqs"])
             self.assertTrue(any(a <= 1500 <= b for a, b in errs[0]["seqs"]))
@@ -222,19 +225,22 @@ class DyingWorkers(unittest.TestCase):
             self.assertEqual(final["consumed"], 100)
 
     def test_exit_in_plugin(self):
-        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 1}}
+        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 1,
+                           "on_crash": "fail"}}
         with Daemon(pools) as d:
             rc, final, err = d.cli("submit", "crash",
                                    input=lines([1, {"exit": 3}, 4]))
             self.assertEqual(rc, 1)
             self.assertIn("exited with status 3", final["errors"][0]["error"])
+            self.assertEqual(final["errors"][0]["exit"], 3)
             self.assertEqual(final["errors"][0]["seqs"], [[1, 3]])
             assert_invariant(self, final)
 
     def test_every_worker_dead_rest_is_reported(self):
         # The only worker dies early in a long stream: the daemon reads
         # the rest to the end and names it, so every item is accounted.
-        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 1}}
+        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 1,
+                           "on_crash": "fail"}}
         with Daemon(pools) as d:
             n = 200000
             items = list(range(n))
@@ -256,7 +262,8 @@ class DyingWorkers(unittest.TestCase):
         # A worker that reports a rejection for a seq it never took breaks
         # the protocol: it is killed, no bogus rejection reaches the
         # client, and the counts still add up.
-        pools = {"liar": {"plugin": test_plugin("liar"), "workers": 1}}
+        pools = {"liar": {"plugin": test_plugin("liar"), "workers": 1,
+                          "on_crash": "fail"}}
         with Daemon(pools) as d:
             replies, final = d.submit_raw(
                 {"op": "submit", "pool": "liar",

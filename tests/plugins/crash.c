@@ -2,7 +2,8 @@
  * crash - a test plugin that dies on demand: the item "segv" raises
  * SIGSEGV, {"exit": N} calls exit(N).  Other items are counted; the result
  * is the count.  complete dies the same way when params say
- * {"complete": "segv"}.
+ * {"complete": "segv"}, and consume dies after its items ended when they
+ * say {"end": "segv"} or {"end": {"exit": N}}.
  */
 #include <signal.h>
 #include <stdlib.h>
@@ -27,11 +28,11 @@ crash_consume(cns_items *items, const cns_ctx *ctx)
 	json_int_t n = 0;
 	json_t *item;
 
-	(void)ctx;
 	while ((item = cns_next(items)) != NULL) {
 		maybe_die(item);
 		n++;
 	}
+	maybe_die(json_object_get(cns_params(ctx), "end"));
 	return json_integer(n);
 }
 

@@ -4,7 +4,8 @@
  * respawn backoff.
  *
  * Workers and streams are plain structs made here.  worker_spawn,
- * stream_leased and stream_refuse are fakes that record what pool.c asked
+ * worker_watch, stream_leased, stream_refuse, stream_lane_leased and
+ * stream_lane_fail are fakes that record what pool.c asked
  * for, so worker.o and stream.o (and the daemon's main file they need)
  * are not linked in.
  */
@@ -113,6 +114,40 @@ stream_refuse(struct stream *s, const char *why)
 	nrefusals++;
 }
 
+/* Lanes of running streams that lost their worker. */
+static struct lane	*lane_got[MAXREC];
+static struct worker	*lane_worker[MAXREC];
+static unsigned		 nlane_got;
+static struct lane	*lane_failed[MAXREC];
+static unsigned		 nlane_failed;
+
+void
+stream_lane_leased(struct lane *l, struct worker *w)
+{
+	ck_assert_uint_lt(nlane_got, MAXREC);
+	ck_assert_int_eq(w->state, W_LEASED);
+	l->state = L_LIVE;
+	lane_got[nlane_got] = l;
+	lane_worker[nlane_got++] = w;
+}
+
+void
+stream_lane_fail(struct lane *l, const char *why)
+{
+	ck_assert_uint_lt(nlane_failed, MAXREC);
+	ck_assert_ptr_nonnull(strstr(why, "cannot start its workers"));
+	pool_lane_unwait(l->stream->pool, l);
+	l->state = L_DEAD;
+	lane_failed[nlane_failed++] = l;
+}
+
+void
+worker_watch(struct worker *w, double now)
+{
+	(void)w;
+	(void)now;
+}
+
 /* ---- helpers ---- */
 
 static struct pool_conf	 pc;
@@ -127,8 +162,10 @@ setup(void)
 	pc.workers = 3;
 	pc.stream_workers = 3;
 	pc.queue_timeout = 30;
+	pc.max_init_failures = 5;
 	spawn_budget = -1;
 	spawn_calls = spawned = 0;
+	nlane_got = nlane_failed = 0;
 	nleases = nrefusals = nstreams = 0;
 	cns_base = NULL;
 	log_setlevel(LOG_LVL_ERR);
@@ -542,6 +579,100 @@ START_TEST(test_worker_gone_dispatches)
 }
 END_TEST
 
+/* A lane whose worker died is served before streams that wait. */
+START_TEST(test_lane_first)
+{
+	struct pool *p = pool_new(&pc);
+	struct stream *running, *queued;
+	struct lane l = { .state = L_WAITING };
+	struct worker *idle;
+
+	running = calloc(1, sizeof *running);
+	running->pool = p;
+	running->state = S_RUNNING;
+	l.stream = running;
+	queued = queue_stream(p, 1);
+	pool_lane_wait(p, &l);
+	idle = add_worker(p, 1, W_IDLE);
+	pool_dispatch(p);
+	ck_assert_uint_eq(nlane_got, 1);
+	ck_assert_ptr_eq(lane_got[0], &l);
+	ck_assert_ptr_eq(lane_worker[0], idle);
+	ck_assert(TAILQ_EMPTY(&p->lanes));
+	ck_assert_uint_eq(nleases, 0);
+	ck_assert(in_queue(p, queued));
+	/* The next idle worker goes to the queued stream. */
+	pool_idle(p, add_worker(p, 2, W_LEASED));
+	ck_assert_uint_eq(nleases, 1);
+	ck_assert_ptr_eq(leases[0].s, queued);
+	free(running);
+	free_pool(p);
+}
+END_TEST
+
+/* A pool that cannot start workers fails waiting lanes, not just
+ * queued streams. */
+START_TEST(test_lane_fails_when_unavailable)
+{
+	struct pool *p = pool_new(&pc);
+	struct stream *running;
+	struct lane l = { .state = L_WAITING };
+
+	running = calloc(1, sizeof *running);
+	running->pool = p;
+	running->state = S_RUNNING;
+	l.stream = running;
+	pool_lane_wait(p, &l);
+	p->last_error = strdup("init failed: no database");
+	pool_worker_gone(p, NULL, 1);
+	ck_assert_uint_eq(nlane_failed, 1);
+	ck_assert_ptr_eq(lane_failed[0], &l);
+	ck_assert(TAILQ_EMPTY(&p->lanes));
+	free(running);
+	free_pool(p);
+}
+END_TEST
+
+/* max_init_failures starts in a row mark the pool failed; one start that
+ * works clears it. */
+START_TEST(test_failed_mark)
+{
+	struct pool *p;
+	struct worker *w;
+
+	pc.max_init_failures = 3;
+	p = pool_new(&pc);
+	p->last_error = strdup("init failed: nope");
+	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, 1);
+	ck_assert_int_eq(p->failed, 0);
+	pool_worker_gone(p, NULL, 1);
+	ck_assert_int_eq(p->failed, 1);
+	ck_assert_str_eq(pool_unavailable(p), "init failed: nope");
+	w = add_worker(p, 1, W_STARTING);
+	pool_idle(p, w);		/* it sent READY */
+	ck_assert_int_eq(p->failed, 0);
+	ck_assert_ptr_null(pool_unavailable(p));
+	free_pool(p);
+}
+END_TEST
+
+/* A worker whose socket closed (dead, not yet reaped) is never leased. */
+START_TEST(test_lease_skips_dead)
+{
+	struct pool *p = pool_new(&pc);
+	struct worker *dead, *live, *got[2] = { NULL, NULL };
+
+	dead = add_worker(p, 1, W_IDLE);
+	dead->closed = 1;
+	live = add_worker(p, 2, W_IDLE);
+	ck_assert_uint_eq(pool_lease(p, 2, got), 1);
+	ck_assert_ptr_eq(got[0], live);
+	ck_assert_int_eq(dead->state, W_IDLE);
+	free_pool(p);
+}
+END_TEST
+
 START_TEST(test_table)
 {
 	struct pool_conf pa = pc, pb = pc;
@@ -737,6 +868,10 @@ pool_suite(void)
 	tcase_add_test(tc, test_worker_gone_no_base);
 	tcase_add_test(tc, test_worker_gone_dispatches);
 	tcase_add_test(tc, test_table);
+	tcase_add_test(tc, test_lane_first);
+	tcase_add_test(tc, test_lane_fails_when_unavailable);
+	tcase_add_test(tc, test_failed_mark);
+	tcase_add_test(tc, test_lease_skips_dead);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("respawn");

@@ -1,0 +1,200 @@
+/*
+ * spool.c - the replay spool: an unlinked file per lane that keeps every
+ * batch of lines a consume call has taken, so a new worker can run the
+ * call again after a crash.  Records are a 16-byte header (first seq,
+ * count, bytes) and the lines, as the master sent them.  The file lives
+ * in spool_dir, not in RAM; it vanishes with its descriptor.
+ */
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+
+#include "consumersd.h"
+
+#define SPOOL_IOV	64
+
+/* A new, already unlinked spool file in `dir`; -1 with errno. */
+int
+spool_open(const char *dir)
+{
+	char *path;
+	int fd, saved;
+
+#ifdef O_TMPFILE
+	fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd != -1 || (errno != EOPNOTSUPP && errno != EISDIR &&
+	    errno != EINVAL))
+		return fd;
+#endif
+	if (asprintf(&path, "%s/.consumersd-spool.XXXXXX", dir) == -1)
+		fatal("%s: asprintf", __func__);
+	fd = mkostemp(path, O_CLOEXEC);
+	saved = errno;
+	if (fd != -1)
+		unlink(path);
+	free(path);
+	errno = saved;
+	return fd;
+}
+
+static int
+spool_pwritev(int fd, struct iovec *iov, int n, uint64_t off)
+{
+	while (n > 0) {
+		ssize_t w = pwritev(fd, iov, n, (off_t)off);
+		if (w == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (w == 0) {
+			errno = ENOSPC;
+			return -1;
+		}
+		off += (uint64_t)w;
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Append one record: the first `nbytes` of `in` (left in place) hold
+ * `count` lines starting at seq `first`.  Returns the record's size, or
+ * -1 with errno.
+ */
+ssize_t
+spool_append(int fd, uint64_t off, uint64_t first, uint32_t count,
+    struct evbuffer *in, size_t nbytes)
+{
+	struct spool_rec r = { first, count, (uint32_t)nbytes };
+	struct iovec iov[SPOOL_IOV + 1];
+	struct evbuffer_ptr pos;
+	size_t done = 0;
+	int n;
+
+	iov[0].iov_base = &r;
+	iov[0].iov_len = sizeof r;
+	if (spool_pwritev(fd, iov, 1, off) == -1)
+		return -1;
+	off += sizeof r;
+	evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
+	while (done < nbytes) {
+		size_t chunk = 0;
+		n = evbuffer_peek(in, (ev_ssize_t)(nbytes - done), &pos, iov,
+		    SPOOL_IOV);
+		if (n > SPOOL_IOV)
+			n = SPOOL_IOV;
+		for (int i = 0; i < n; i++) {
+			if (chunk + iov[i].iov_len > nbytes - done)
+				iov[i].iov_len = nbytes - done - chunk;
+			chunk += iov[i].iov_len;
+		}
+		if (n <= 0 || chunk == 0) {
+			errno = EIO;
+			return -1;
+		}
+		if (spool_pwritev(fd, iov, n, off) == -1)
+			return -1;
+		off += chunk;
+		done += chunk;
+		evbuffer_ptr_set(in, &pos, chunk, EVBUFFER_PTR_ADD);
+	}
+	return (ssize_t)(sizeof r + nbytes);
+}
+
+static int
+spool_pread(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t r = pread(fd, (char *)buf + got, len - got,
+		    (off_t)(off + got));
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			if (r == 0)
+				errno = EIO;
+			return -1;
+		}
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+/* The record header at `off`; -1 with errno. */
+int
+spool_rec_at(int fd, uint64_t off, struct spool_rec *r)
+{
+	if (spool_pread(fd, r, sizeof *r, off) == -1)
+		return -1;
+	if (r->count == 0 || r->nbytes == 0 || r->nbytes > FRAME_MAX) {
+		errno = EIO;
+		return -1;
+	}
+	return 0;
+}
+
+/* The lines of the record at `off`, in a buffer the caller frees. */
+char *
+spool_lines(int fd, uint64_t off, const struct spool_rec *r)
+{
+	char *buf;
+
+	if ((buf = malloc(r->nbytes)) == NULL)
+		fatal("%s: malloc", __func__);
+	if (spool_pread(fd, buf, r->nbytes, off + sizeof *r) == -1) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* The line of `seq`, as a NUL-terminated copy; NULL if not spooled. */
+char *
+spool_find(int fd, uint64_t len, uint64_t seq)
+{
+	struct spool_rec r;
+	uint64_t off = 0;
+
+	while (off < len) {
+		if (spool_rec_at(fd, off, &r) == -1)
+			return NULL;
+		if (seq >= r.first && seq < r.first + r.count) {
+			char *buf = spool_lines(fd, off, &r), *p, *nl, *out;
+			if (buf == NULL)
+				return NULL;
+			p = buf;
+			for (uint64_t s = r.first; s < seq; s++) {
+				nl = memchr(p, '\n', r.nbytes - (size_t)(p -
+				    buf));
+				if (nl == NULL) {
+					free(buf);
+					return NULL;
+				}
+				p = nl + 1;
+			}
+			nl = memchr(p, '\n', r.nbytes - (size_t)(p - buf));
+			out = nl != NULL ? strndup(p, (size_t)(nl - p)) : NULL;
+			free(buf);
+			return out;
+		}
+		off += sizeof r + r.nbytes;
+	}
+	return NULL;
+}

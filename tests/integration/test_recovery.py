@@ -1,0 +1,305 @@
+"""The failure model on the real daemon: replay, redeliver and fail after a
+worker dies, poison items, item_timeout, pools whose workers cannot start,
+and completion handlers that fail.  Every final line keeps the invariant
+items == consumed + rejected + quarantined + unconsumed.
+"""
+import json
+import os
+import re
+import signal
+import threading
+import time
+import unittest
+
+from harness import (Daemon, assert_invariant, final_of, lines, main,
+                     rejections, test_plugin)
+
+
+def quarantines(replies):
+    return {r["quarantined"]["seq"]: r["quarantined"] for r in replies
+            if isinstance(r.get("quarantined"), dict)}
+
+
+class Poison(unittest.TestCase):
+
+    def check_poison(self, policy, bad, how):
+        pools = {"p": {"plugin": test_plugin("crash"), "workers": 2,
+                       "stream_workers": 1, "on_crash": policy,
+                       "max_attempts": 3}}
+        with Daemon(pools) as d:
+            items = list(range(1, 1001))
+            items[499] = bad
+            replies, final = d.submit_raw({"op": "submit", "pool": "p"},
+                                          lines(items))
+            q = quarantines(replies)
+            self.assertEqual(list(q), [500], replies[-3:])
+            self.assertEqual(q[500]["item"], bad)
+            self.assertIn("its consumer died on it 3 times", q[500]["reason"])
+            self.assertIn(how, q[500]["reason"])
+            self.assertEqual(final["quarantined"], 1)
+            self.assertEqual(final["crashes"], 3)
+            self.assertEqual(final["unconsumed"], 0)
+            self.assertEqual(final["errors"], [])
+            self.assertTrue(final["ok"])
+            # replay: the one consume call that returned counted every
+            # other item.  redeliver: it counted those after the poison;
+            # the 499 before were finished by the workers that died.
+            self.assertEqual(final["results"],
+                             [999 if policy == "replay" else 500])
+            self.assertEqual(final["consumed"], 999)
+            assert_invariant(self, final)
+            self.assertRegex(d.log_text(), r"died on item 500 \(3 of 3 "
+                             r"attempts\)")
+            # The CLI reports it and exits 1.
+            rc, cfinal, err = d.cli("submit", "p", input=lines(items))
+            self.assertEqual(rc, 1)
+            self.assertIn("item 500 quarantined: its consumer died on it 3 "
+                          "times", err)
+
+    def test_segv_replay(self):
+        self.check_poison("replay", "segv", "killed by signal 11")
+
+    def test_exit_replay(self):
+        self.check_poison("replay", {"exit": 3}, "exited with status 3")
+
+    def test_segv_redeliver(self):
+        self.check_poison("redeliver", "segv", "killed by signal 11")
+
+    def test_unbounded_allocation(self):
+        # A consumer that allocates until the system refuses dies; it is
+        # a crash like any other, and its item becomes poison.
+        pools = {"p": {"plugin": test_plugin("hog"), "workers": 1,
+                       "max_attempts": 2, "kwargs": {"limit_mb": 64}}}
+        with Daemon(pools) as d:
+            items = [1, 2, "hog", 4]
+            replies, final = d.submit_raw({"op": "submit", "pool": "p"},
+                                          lines(items))
+            q = quarantines(replies)
+            self.assertEqual(list(q), [3])
+            self.assertIn("killed by signal 6", q[3]["reason"])
+            self.assertEqual(final["results"], [3])
+            assert_invariant(self, final)
+
+
+class Replay(unittest.TestCase):
+
+    def test_kill_mid_stream_same_result(self):
+        # The consumer is slow, so the kill lands while it holds items;
+        # replay starts the call over and the sums match a clean run.
+        pools = {"s": {"plugin": test_plugin("slow"), "workers": 2,
+                       "kwargs": {"usec": 200, "every": 1}}}
+        with Daemon(pools) as d:
+            n = 6000
+            body = lines(list(range(n)))
+            clean = d.submit_raw({"op": "submit", "pool": "s"}, body)[1]
+            self.assertEqual(clean["completion"], n)
+
+            def killer():
+                time.sleep(0.3)
+                os.kill(d.worker_pids()[0], signal.SIGKILL)
+            t = threading.Thread(target=killer)
+            t.start()
+            replies, final = d.submit_raw({"op": "submit", "pool": "s"},
+                                          body)
+            t.join()
+            self.assertEqual(final["crashes"], 1, final)
+            self.assertEqual(final["completion"], n)
+            self.assertEqual(sum(final["results"]), n)
+            self.assertEqual(final["consumed"], n)
+            self.assertEqual(final["errors"], [])
+            assert_invariant(self, final)
+            self.assertIn("takes over lane", d.log_text())
+
+    def test_rejections_are_not_repeated(self):
+        # Invalid lines are rejected once, even though the replacement
+        # worker parses them again.
+        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1,
+                       "max_attempts": 2}}
+        with Daemon(pools) as d:
+            body = b'1\n{bad\n2\n"segv"\n3\n'
+            replies, final = d.submit_raw({"op": "submit", "pool": "p"},
+                                          body)
+            self.assertEqual(list(rejections(replies)), [2])
+            self.assertEqual(final["rejected"], 1)
+            self.assertEqual(final["quarantined"], 1)
+            self.assertEqual(final["consumed"], 3)
+            assert_invariant(self, final)
+
+    def test_crash_after_items_ended_is_bounded(self):
+        # A consume that always dies after its last item cannot be saved
+        # by replay: after max_attempts the lane is reported lost, no loop.
+        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1,
+                       "max_attempts": 3}}
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "p", "params": {"end": "segv"}},
+                lines([1, 2, 3]))
+            self.assertEqual(final["crashes"], 3)
+            self.assertEqual(final["unconsumed"], 3)
+            self.assertIn("consume died after its items ended 3 times",
+                          final["errors"][0]["error"])
+            self.assertEqual(final["errors"][0]["seqs"], [[1, 3]])
+            assert_invariant(self, final)
+
+    def test_spool_is_on_disk_not_ram(self):
+        # While a long stream runs, its spool is a file (deleted, so only
+        # the daemon's fd holds it) in spool_dir.
+        pools = {"s": {"plugin": test_plugin("slow"), "workers": 1,
+                       "kwargs": {"usec": 1000, "every": 10}}}
+        with Daemon(pools) as d:
+            out = {}
+
+            def run():
+                out["final"] = d.submit_raw({"op": "submit", "pool": "s"},
+                                            lines(list(range(20000))))[1]
+            t = threading.Thread(target=run)
+            t.start()
+            time.sleep(0.3)
+            fds = os.listdir("/proc/%d/fd" % d.pid())
+            targets = [os.readlink("/proc/%d/fd/%s" % (d.pid(), f))
+                       for f in fds]
+            t.join()
+            spools = [x for x in targets if x.startswith(d.dir)
+                      and "(deleted)" in x]
+            self.assertEqual(len(spools), 1, targets)
+            self.assertEqual(out["final"]["consumed"], 20000)
+
+
+class Redeliver(unittest.TestCase):
+
+    def test_only_unfinished_items_go_again(self):
+        path_holder = {}
+        pools = {"r": {"plugin": test_plugin("record"), "workers": 1,
+                       "on_crash": "redeliver",
+                       "kwargs": {"path": "PLACEHOLDER"}}}
+        d = Daemon(pools)
+        path = os.path.join(d.dir, "seen")
+        pools["r"]["kwargs"]["path"] = path
+        with open(os.path.join(d.dir, "pools.d", "r.json"), "w") as f:
+            json.dump(pools["r"], f)
+        with d:
+            n = 50000
+            body = lines(list(range(1, n + 1)))
+
+            def killer():
+                # Kill once the first items are on record.
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if os.path.exists(path) and os.path.getsize(path) > 1000:
+                        break
+                    time.sleep(0.005)
+                os.kill(d.worker_pids()[0], signal.SIGKILL)
+            t = threading.Thread(target=killer)
+            t.start()
+            replies, final = d.submit_raw({"op": "submit", "pool": "r"},
+                                          body)
+            t.join()
+            assert_invariant(self, final)
+            self.assertEqual(final["unconsumed"], 0)
+            self.assertEqual(final["consumed"], n)
+            with open(path) as f:
+                seen = [int(l.split()[0]) for l in f]
+            # Every item seen at least once; the dead worker's finished
+            # items were not sent again (at most the one it held).
+            self.assertEqual(set(seen), set(range(1, n + 1)))
+            if final["crashes"] == 1:
+                self.assertLessEqual(len(seen) - n, 1)
+                # The surviving call saw only what was left.
+                self.assertLess(final["results"][0], n * (n + 1) // 2)
+            path_holder["ok"] = True
+
+
+class Fail(unittest.TestCase):
+
+    def test_ranges_and_how(self):
+        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1,
+                       "on_crash": "fail"}}
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw({"op": "submit", "pool": "p"},
+                                          lines([1, 2, {"exit": 7}, 4]))
+            e = final["errors"][0]
+            self.assertEqual(e["exit"], 7)
+            self.assertIn("exited with status 7", e["error"])
+            self.assertEqual(e["seqs"], [[1, 4]])
+            self.assertEqual(final["quarantined"], 0)
+            self.assertEqual(final["unconsumed"], 4)
+            assert_invariant(self, final)
+
+
+class ItemTimeout(unittest.TestCase):
+
+    def test_stuck_item_is_killed_then_quarantined(self):
+        pools = {"h": {"plugin": test_plugin("hang"), "workers": 1,
+                       "item_timeout": 0.3, "max_attempts": 2}}
+        with Daemon(pools) as d:
+            items = [1, 2, 3, 4, "hang", 6, 7]
+            replies, final = d.submit_raw({"op": "submit", "pool": "h"},
+                                          lines(items))
+            q = quarantines(replies)
+            self.assertEqual(list(q), [5])
+            self.assertIn("item_timeout (0.3 s) on item 5", q[5]["reason"])
+            self.assertEqual(final["results"], [23])
+            self.assertEqual(final["crashes"], 2)
+            assert_invariant(self, final)
+            self.assertRegex(d.log_text(), r"more than 0.3 s on item 5 of "
+                             r"stream \d+ \(item_timeout\); killing it")
+
+
+class BrokenPools(unittest.TestCase):
+
+    def test_broken_init_pool_fails_others_serve(self):
+        pools = {"bad": {"plugin": test_plugin("failinit"),
+                         "max_init_failures": 3},
+                 "sum": {"plugin": "sum", "workers": 2}}
+        with Daemon(pools) as d:
+            deadline = time.monotonic() + 10
+            while "pool bad failed" not in d.log_text():
+                self.assertLess(time.monotonic(), deadline, d.log_text())
+                rc, final, err = d.cli("submit", "sum",
+                                       input=lines(range(1, 101)))
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(final["completion"], 5050)
+            rc, final, err = d.cli("submit", "bad", input=b"1\n")
+            self.assertEqual(rc, 1)
+            self.assertIn("pool bad cannot start its workers: init failed",
+                          final["error"])
+            self.assertIn("max_init_failures", d.log_text())
+            # It does not fork in a loop: the backoff spaces the tries.
+            n = d.log_text().count("failed start")
+            time.sleep(1.0)
+            self.assertLessEqual(d.log_text().count("failed start"), n + 1)
+            rc, final, err = d.cli("submit", "sum", input=b"1\n2\n")
+            self.assertEqual(rc, 0, err)
+
+
+class CompleteFailure(unittest.TestCase):
+
+    def check(self, how, text):
+        pools = {"c": {"plugin": test_plugin("badcomplete"), "workers": 2}}
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "c", "params": {"complete": how}},
+                lines(range(1, 101)))
+            self.assertFalse(final["ok"])
+            self.assertEqual(sum(final["results"]), 5050)
+            self.assertEqual(final["consumed"], 100)
+            self.assertIsNone(final["completion"])
+            e = final["errors"][0]
+            self.assertEqual(e["stage"], "complete")
+            self.assertIn(text, e["error"])
+            assert_invariant(self, final)
+
+    def test_error(self):
+        self.check("error", "the completion handler refused: on purpose")
+
+    def test_segv(self):
+        self.check("segv", "worker died in the completion handler: killed "
+                   "by signal 11")
+
+    def test_exit(self):
+        self.check("exit", "worker died in the completion handler: exited "
+                   "with status 3")
+
+
+if __name__ == "__main__":
+    main()
