@@ -163,6 +163,27 @@ on_signal(evutil_socket_t sig, short ev, void *arg)
 	cns_maybe_exit();
 }
 
+/* Whether a replay/redeliver pool can spool; 0, or -1 with why. */
+static int
+check_spool(const struct conf *c, char *why, size_t whylen)
+{
+	int fd, need = 0;
+
+	for (size_t i = 0; i < c->npools; i++)
+		need |= c->pools[i].on_crash != CRASH_FAIL;
+	if (!need)
+		return 0;
+	if ((fd = spool_open(c->spool_dir)) == -1) {
+		snprintf(why, whylen, "cannot create replay spool files in %s: "
+		    "%s (set \"spool_dir\" to a writable directory, or "
+		    "\"on_crash\": \"fail\" in every pool)", c->spool_dir,
+		    strerror(errno));
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
 static int
 check_config(const char *file, const struct conf_overrides *ov, int quiet)
 {
@@ -189,6 +210,13 @@ check_config(const char *file, const struct conf_overrides *ov, int quiet)
 			    pc->plugin_line, pc->plugin_column, why);
 			bad = 1;
 		}
+	}
+	{
+		/* The runtime directory may only exist once the service runs:
+		 * a warning, not an error. */
+		char why[1024];
+		if (check_spool(c, why, sizeof why) == -1)
+			fprintf(stderr, "consumersd: warning: %s\n", why);
 	}
 	if (bad)
 		fprintf(stderr, "consumersd: %s: configuration is not valid\n",
@@ -280,6 +308,11 @@ main(int argc, char **argv)
 
 	if ((cns_base = event_base_new()) == NULL)
 		fatalx("event_base_new");
+	{
+		char why[1024];
+		if (check_spool(cns_conf, why, sizeof why) == -1)
+			fatalx("%s", why);
+	}
 	lfd = inherited_socket();
 	if (client_listen(cns_base, cns_conf, lfd) == -1)
 		fatalx("cannot listen on %s", cns_conf->socket);

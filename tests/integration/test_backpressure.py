@@ -1,12 +1,17 @@
 """Backpressure: 2,000,000 items into a pool whose consumers are slower
 than the producer.  The master stops reading the client when the workers'
-windows are full, so its peak RSS stays small, and every item is counted."""
+windows are full, so its peak RSS stays small, and every item is counted.
+And a client that never reads its replies cannot make the master buffer
+them without bound."""
 import os
+import socket
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Daemon, assert_invariant, test_plugin, main  # noqa
+from harness import (Daemon, assert_invariant, test_plugin, main,  # noqa
+                     final_of, read_lines)
 
 ITEMS = 2000000
 RSS_LIMIT_KIB = 32 * 1024
@@ -33,6 +38,47 @@ class Backpressure(unittest.TestCase):
             print("master peak RSS: %d KiB before, %d KiB after %d items "
                   "(%d MB streamed)" % (before, peak, ITEMS,
                                          len(item) * ITEMS // 1000000))
+            self.assertLess(peak, RSS_LIMIT_KIB)
+
+    def test_client_that_does_not_read(self):
+        # Every line is invalid, so every line makes a reply (a rejection
+        # of ~90 bytes).  The client writes for 3 s and reads nothing: the
+        # master stops reading it once 1 MiB of replies wait, so neither
+        # the replies nor the input pile up in the master.
+        pool = {"plugin": "sum", "workers": 2}
+        bad = b"{not json}\n" * 10000
+        with Daemon({"sum": pool}) as d:
+            before = d.rss_peak_kib()
+            s = d.connect()
+            s.sendall(b'{"op":"submit","pool":"sum"}\n')
+            s.setblocking(False)
+            sent = 0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                try:
+                    sent += s.send(bad)
+                except BlockingIOError:
+                    time.sleep(0.01)
+            peak = d.rss_peak_kib()
+            # Now read: every line the master took is accounted for.
+            s.setblocking(True)
+            s.settimeout(60)
+            s.shutdown(socket.SHUT_WR)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            nlines = sent // len(b"{not json}\n")
+            print("non-reading client: %d bytes sent before the master "
+                  "stopped reading; master peak RSS %d KiB before, %d KiB "
+                  "after" % (sent, before, peak))
+            self.assertEqual(final["rejected"], final["items"])
+            self.assertGreaterEqual(final["items"], nlines)
+            self.assertEqual(len([r for r in replies if "rejected" in r and
+                                  isinstance(r["rejected"], dict)]),
+                             final["rejected"])
+            assert_invariant(self, final)
+            # It stopped well before the 3 s could have sent ~GBs.
+            self.assertLess(sent, 64 << 20)
             self.assertLess(peak, RSS_LIMIT_KIB)
 
 

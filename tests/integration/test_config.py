@@ -64,6 +64,49 @@ class Config(unittest.TestCase):
         self.assertIn(missing + ':1:2: plugin "nothere" not found', err)
         self.assertIn(broken + ":2:", err)
 
+    def test_failure_model_keys(self):
+        self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
+                   ' "idle_timeout": -1}' % PLUGIN_DIR)
+        pool = self.write("pools.d/p.json",
+                          '{"plugin": "sum",\n "on_crash": "retry",\n'
+                          ' "max_attempts": 0,\n "item_timeout": "1s"}\n')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(self.conf + ':2:2: "idle_timeout" must be a number of '
+                      'seconds from 0 to 86400', err)
+        # Pool files are read once the daemon's own file is right.
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(pool + ':2:2: "on_crash" must be "replay", '
+                      '"redeliver" or "fail"', err)
+        self.assertIn(pool + ':3:2: "max_attempts" must be an integer from '
+                      '1 to 100', err)
+        self.assertIn(pool + ':4:2: "item_timeout" must be a number of '
+                      'seconds from 0 to 86400, not a string', err)
+
+    def test_unusable_spool_dir(self):
+        # Replay needs somewhere to spool: the daemon says where it
+        # looked and what to do, and does not start.
+        gone = os.path.join(self.dir, "no-such-dir")
+        self.write("consumersd.conf", '{"plugin_dir": "%s", '
+                   '"spool_dir": "%s"}' % (PLUGIN_DIR, gone))
+        self.write("pools.d/p.json", '{"plugin": "sum"}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("warning: cannot create replay spool files in " +
+                      gone, err)
+        rc, out, err = run("-c", self.conf, "-s",
+                           os.path.join(self.dir, "s.sock"))
+        self.assertEqual(rc, 1)
+        self.assertIn("cannot create replay spool files in %s: No such "
+                      "file or directory (set \"spool_dir\" to a writable "
+                      "directory" % gone, err)
+        # With on_crash fail nothing is spooled, so it is not needed.
+        self.write("pools.d/p.json", '{"plugin": "sum", "on_crash": "fail"}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertNotIn("spool", err)
+
     def test_check_loads_plugins(self):
         # -t loads each plugin (in a child process) and checks its ABI.
         from harness import test_plugin
