@@ -1,0 +1,203 @@
+/*
+ * check_spool.c - unit tests for src/spool.c: records appended from an
+ * evbuffer (left in place, across many chains) read back by offset, a
+ * line found by its seq, and a spool file that is unlinked from the start.
+ */
+#include <sys/stat.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <event2/buffer.h>
+
+#include "consumersd.h"
+
+static char	 dir[] = "/tmp/check_spool.XXXXXX";
+
+static void
+setup(void)
+{
+	strcpy(dir, "/tmp/check_spool.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void
+teardown(void)
+{
+	rmdir(dir);
+}
+
+START_TEST(test_open_is_unlinked)
+{
+	struct stat st;
+	int fd = spool_open(dir);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fstat(fd, &st), 0);
+	ck_assert_uint_eq(st.st_nlink, 0);	/* no name: nothing left over */
+	/* The directory holds no name for it: it can go at once. */
+	ck_assert_int_eq(rmdir(dir), 0);
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	close(fd);
+}
+END_TEST
+
+START_TEST(test_open_bad_dir)
+{
+	ck_assert_int_eq(spool_open("/nonexistent/spool/dir"), -1);
+	ck_assert_int_eq(errno, ENOENT);
+}
+END_TEST
+
+/* Lines in `in` as many small chains, the way client reads arrive. */
+static struct evbuffer *
+chained(const char *text)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	for (const char *p = text; *p != '\0'; p += 3)
+		evbuffer_add(b, p, strlen(p) < 3 ? strlen(p) : 3);
+	return b;
+}
+
+START_TEST(test_append_read_back)
+{
+	const char *a = "1\n22\n333\n", *b = "\"x\"\n{\"k\":[1,2]}\n";
+	struct evbuffer *in = chained(a);
+	struct spool_rec r;
+	uint64_t off = 0;
+	ssize_t n;
+	char *lines;
+	int fd = spool_open(dir);
+
+	ck_assert_int_ge(fd, 0);
+	n = spool_append(fd, off, 1, 3, in, strlen(a));
+	ck_assert_int_eq(n, (ssize_t)(sizeof r + strlen(a)));
+	/* The caller moves the bytes on; the spool only copied them. */
+	ck_assert_uint_eq(evbuffer_get_length(in), strlen(a));
+	evbuffer_free(in);
+	off += (uint64_t)n;
+	in = chained(b);
+	evbuffer_add(in, "tail-not-spooled", 16);
+	n = spool_append(fd, off, 4, 2, in, strlen(b));
+	ck_assert_int_eq(n, (ssize_t)(sizeof r + strlen(b)));
+	evbuffer_free(in);
+
+	ck_assert_int_eq(spool_rec_at(fd, 0, &r), 0);
+	ck_assert_uint_eq(r.first, 1);
+	ck_assert_uint_eq(r.count, 3);
+	ck_assert_uint_eq(r.nbytes, strlen(a));
+	lines = spool_lines(fd, 0, &r);
+	ck_assert_mem_eq(lines, a, strlen(a));
+	free(lines);
+	ck_assert_int_eq(spool_rec_at(fd, off, &r), 0);
+	ck_assert_uint_eq(r.first, 4);
+	ck_assert_uint_eq(r.count, 2);
+	lines = spool_lines(fd, off, &r);
+	ck_assert_mem_eq(lines, b, strlen(b));
+	free(lines);
+	/* Past the end there is no record. */
+	ck_assert_int_eq(spool_rec_at(fd, off + (uint64_t)n, &r), -1);
+	close(fd);
+}
+END_TEST
+
+START_TEST(test_find)
+{
+	const char *a = "1\n22\n333\n", *b = "\"x\"\n{\"k\":[1,2]}\n";
+	struct evbuffer *in = chained(a);
+	uint64_t len = 0;
+	char *line;
+	int fd = spool_open(dir);
+
+	len += (uint64_t)spool_append(fd, len, 10, 3, in, strlen(a));
+	evbuffer_free(in);
+	in = chained(b);
+	len += (uint64_t)spool_append(fd, len, 20, 2, in, strlen(b));
+	evbuffer_free(in);
+	line = spool_find(fd, len, 11);
+	ck_assert_str_eq(line, "22");
+	free(line);
+	line = spool_find(fd, len, 12);
+	ck_assert_str_eq(line, "333");
+	free(line);
+	line = spool_find(fd, len, 21);
+	ck_assert_str_eq(line, "{\"k\":[1,2]}");
+	free(line);
+	ck_assert_ptr_null(spool_find(fd, len, 13));	/* a gap */
+	ck_assert_ptr_null(spool_find(fd, len, 9));
+	ck_assert_ptr_null(spool_find(fd, len, 22));
+	close(fd);
+}
+END_TEST
+
+static void
+free_ref(const void *data, size_t len, void *extra)
+{
+	(void)len;
+	(void)extra;
+	free((void *)data);
+}
+
+/* A batch larger than one pwritev's worth of chains. */
+START_TEST(test_many_chains)
+{
+	struct evbuffer *in = evbuffer_new();
+	struct spool_rec r;
+	char *lines, *want;
+	size_t n = 5000, len;
+	int fd = spool_open(dir);
+
+	for (size_t i = 0; i < n; i++) {
+		char line[16];
+		int k = snprintf(line, sizeof line, "%zu\n", i);
+		/* One chain per line: evbuffer_add_reference keeps them
+		 * apart. */
+		char *copy = strdup(line);
+		evbuffer_add_reference(in, copy, (size_t)k, free_ref, NULL);
+	}
+	len = evbuffer_get_length(in);
+	want = malloc(len);
+	evbuffer_copyout(in, want, len);
+	ck_assert_int_eq(spool_append(fd, 0, 1, (uint32_t)n, in, len),
+	    (ssize_t)(sizeof r + len));
+	ck_assert_int_eq(spool_rec_at(fd, 0, &r), 0);
+	lines = spool_lines(fd, 0, &r);
+	ck_assert_mem_eq(lines, want, len);
+	free(lines);
+	free(want);
+	evbuffer_free(in);
+	close(fd);
+}
+END_TEST
+
+static Suite *
+spool_suite(void)
+{
+	Suite *s = suite_create("spool");
+	TCase *tc = tcase_create("spool");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_open_is_unlinked);
+	tcase_add_test(tc, test_open_bad_dir);
+	tcase_add_test(tc, test_append_read_back);
+	tcase_add_test(tc, test_find);
+	tcase_add_test(tc, test_many_chains);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(spool_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed != 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
