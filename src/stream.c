@@ -223,12 +223,21 @@ lane_add_range(struct lane *l, uint64_t first, uint64_t last)
 	l->nranges++;
 }
 
+/* Whether `seq` went to the lane; ranges ascend, so a binary search. */
 static int
 lane_holds(const struct lane *l, uint64_t seq)
 {
-	for (size_t i = 0; i < l->nranges; i++)
-		if (seq >= l->ranges[i].first && seq <= l->ranges[i].last)
+	size_t lo = 0, hi = l->nranges;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (seq < l->ranges[mid].first)
+			hi = mid;
+		else if (seq > l->ranges[mid].last)
+			lo = mid + 1;
+		else
 			return 1;
+	}
 	return 0;
 }
 
