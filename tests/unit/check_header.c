@@ -240,6 +240,7 @@ START_TEST(test_names_cut_cleanly)
 {
 	char text[512], expect[512], op[200];
 	char why[512];
+	json_t *v;
 
 	/* A name is quoted up to 100 bytes; a cut inside a character leaves
 	 * valid UTF-8, so the refusal can be sent as JSON. */
@@ -250,8 +251,9 @@ START_TEST(test_names_cut_cleanly)
 	    op);
 	refused(text, expect);
 	ck_assert_ptr_null(header_parse(text, strlen(text), why, sizeof why));
-	json_decref(json_string(why));	/* valid UTF-8, or this is NULL */
-	ck_assert_ptr_nonnull(json_string(why));
+	v = json_string(why);		/* valid UTF-8, or this is NULL */
+	ck_assert_ptr_nonnull(v);
+	json_decref(v);
 }
 END_TEST
 
