@@ -226,7 +226,8 @@ submit(const char *sockpath, int argc, char **argv)
 	struct replies r = { 0 };
 	json_t *header, *params = NULL, *rejected, *errors;
 	const char *pool;
-	char *hs, *out;
+	static char *out;	/* static: still reachable if die() exits */
+	char *hs;
 	size_t outlen = 0, outoff = 0;
 	unsigned long long sent_bytes = 0;
 	time_t last_progress = 0;
@@ -273,14 +274,15 @@ submit(const char *sockpath, int argc, char **argv)
 		json_object_set_new(header, "params", params);
 	hs = json_dumps(header, JSON_COMPACT);
 	json_decref(header);
-
-	fd = connect_to(sockpath);
-	if ((out = malloc(CHUNK + 1)) == NULL)
+	if (hs == NULL || (out = malloc(CHUNK + 1)) == NULL)
 		die("out of memory");
 	outlen = (size_t)snprintf(out, CHUNK + 1, "%s\n", hs);
 	free(hs);
 	if (outlen > CHUNK)
 		die("the header is too long");
+	/* Connect last: die() after this point leaves nothing allocated
+	 * that the exit does not take back. */
+	fd = connect_to(sockpath);
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 
 	while (!r.eof) {

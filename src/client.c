@@ -2,7 +2,9 @@
  * client.c - the listening socket and client connections: reading the
  * header line, opening a stream, and writing replies.  A connection that
  * is done (refused, or its final line flushed) is freed here, with its
- * stream.
+ * stream.  Here too are the limits on what a client may hold: a deadline
+ * for its header, an idle limit while its stream reads it, and a count of
+ * connections per uid.
  */
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -22,20 +25,39 @@
 #include "consumersd.h"
 
 #define CLIENT_OUT_MAX	(1u << 20)	/* replies queued before we pause */
-#define HEADER_TIMEOUT	30		/* seconds to send the header */
 #define WRITE_TIMEOUT	60		/* seconds replies may stay unread */
 #define LINGER_TIMEOUT	2		/* seconds to discard input after
 					   the last line, so it is not lost
 					   to a reset */
+#define DENIED_MAX	64		/* refused at the uid limit and
+					   lingering, at most */
 
 struct client {
 	struct bufferevent	*bev;
 	struct stream		*stream;
+	uid_t			 uid;		/* the peer, from SO_PEERCRED */
+	gid_t			 gid;
+	pid_t			 pid;
+	int			 counted;	/* holds a place in its uid's count */
+	int			 denied;	/* refused at the uid limit */
 	int			 eof;		/* its write side is closed */
 	int			 gone;		/* nothing can reach it */
 	int			 closing;	/* free once output drains */
 	int			 lingering;	/* last line sent, discarding */
+	int			 reading;	/* its stream wants its input */
+	int			 idled;		/* input ended by idle_timeout */
+	/* One timer, by phase: the header deadline, the idle check while
+	 * the stream reads, the end of lingering. */
+	struct event		*timer;
+	struct timespec		 last_in;	/* input, or reading resumed */
 	TAILQ_ENTRY(client)	 entry;
+};
+
+/* Open connections of one uid; a sorted array, one entry per uid with a
+ * connection open, so its size follows the distinct uids connected. */
+struct uid_count {
+	uid_t			 uid;
+	unsigned		 n;
 };
 
 static TAILQ_HEAD(, client) clients = TAILQ_HEAD_INITIALIZER(clients);
@@ -43,6 +65,99 @@ static struct evconnlistener	*listener;
 static struct event		*accept_retry;
 static char			*listen_path;
 static int			 accepting;
+static struct uid_count		*uids;
+static size_t			 nuids, capuids;
+static unsigned			 ndenied;	/* denied, still open */
+
+/* The index of uid's entry, or where it would go; *found says which. */
+static size_t
+uid_search(uid_t uid, int *found)
+{
+	size_t lo = 0, hi = nuids;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (uids[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < nuids && uids[lo].uid == uid;
+	return lo;
+}
+
+/* Count one more connection of uid; -1 if it already holds `limit`. */
+static int
+uid_take(uid_t uid, unsigned limit)
+{
+	int found;
+	size_t i = uid_search(uid, &found);
+
+	if (found) {
+		if (limit > 0 && uids[i].n >= limit)
+			return -1;
+		uids[i].n++;
+		return 0;
+	}
+	if (nuids == capuids) {
+		size_t cap = capuids == 0 ? 8 : capuids * 2;
+		struct uid_count *u = reallocarray(uids, cap, sizeof *u);
+		if (u == NULL)
+			fatal("%s: reallocarray", __func__);
+		uids = u;
+		capuids = cap;
+	}
+	memmove(&uids[i + 1], &uids[i], (nuids - i) * sizeof *uids);
+	uids[i].uid = uid;
+	uids[i].n = 1;
+	nuids++;
+	return 0;
+}
+
+static void
+uid_release(uid_t uid)
+{
+	int found;
+	size_t i = uid_search(uid, &found);
+
+	if (!found)
+		fatalx("%s: uid %lu holds no connection", __func__,
+		    (unsigned long)uid);
+	if (--uids[i].n > 0)
+		return;
+	memmove(&uids[i], &uids[i + 1], (nuids - i - 1) * sizeof *uids);
+	nuids--;
+	/* Give back what a burst of uids took. */
+	if (capuids > 8 && nuids < capuids / 4) {
+		struct uid_count *u = reallocarray(uids, capuids / 2,
+		    sizeof *u);
+		if (u != NULL) {
+			uids = u;
+			capuids /= 2;
+		}
+	}
+	if (nuids == 0) {
+		free(uids);
+		uids = NULL;
+		capuids = 0;
+	}
+}
+
+static void
+now_mono(struct timespec *ts)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+static void
+timer_set(struct client *c, double seconds)
+{
+	struct timeval tv;
+
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	evtimer_add(c->timer, &tv);
+}
 
 static void
 client_free(struct client *c)
@@ -50,6 +165,11 @@ client_free(struct client *c)
 	TAILQ_REMOVE(&clients, c, entry);
 	if (c->stream != NULL)
 		stream_free(c->stream);
+	if (c->counted)
+		uid_release(c->uid);
+	if (c->denied)
+		ndenied--;
+	event_free(c->timer);
 	bufferevent_free(c->bev);
 	free(c);
 }
@@ -60,13 +180,30 @@ client_input(struct client *c)
 	return bufferevent_get_input(c->bev);
 }
 
+/*
+ * The stream reads its client (on) or pauses it, for backpressure or
+ * while its replies are unread.  Only a client that is read can be idle:
+ * its idle clock starts when reading starts or resumes.
+ */
 void
 client_read(struct client *c, int on)
 {
-	if (on && !c->eof && !c->closing)
+	if (on && !c->eof && !c->closing && !c->idled) {
 		bufferevent_enable(c->bev, EV_READ);
-	else
-		bufferevent_disable(c->bev, EV_READ);
+		if (!c->reading) {
+			c->reading = 1;
+			now_mono(&c->last_in);
+			if (cns_conf->idle_timeout > 0)
+				timer_set(c, cns_conf->idle_timeout);
+		}
+		return;
+	}
+	bufferevent_disable(c->bev, EV_READ);
+	if (c->reading) {
+		c->reading = 0;
+		if (!c->closing)
+			evtimer_del(c->timer);
+	}
 }
 
 int
@@ -99,6 +236,8 @@ client_send_json(struct client *c, json_t *v)
 void
 client_finish(struct client *c, json_t *final)
 {
+	evtimer_del(c->timer);
+	c->reading = 0;
 	if (c->gone) {
 		char *s = final != NULL ? json_dumps(final, JSON_COMPACT) :
 		    NULL;
@@ -134,7 +273,8 @@ client_refuse(struct client *c, const char *fmt, ...)
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	utf8_clean(msg);	/* a name cut at 100 bytes may split a char */
-	log_info("client refused: %s", msg);
+	log_info("client (pid %ld, uid %lu) refused: %s", (long)c->pid,
+	    (unsigned long)c->uid, msg);
 	client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error", msg));
 }
 
@@ -147,6 +287,7 @@ client_submit(struct client *c, json_t *h)
 	json_t *jw;
 	unsigned want, n;
 
+	evtimer_del(c->timer);		/* the header deadline is met */
 	name = json_string_value(json_object_get(h, "pool"));
 	if ((p = pool_find(name)) == NULL) {
 		char names[512] = "";
@@ -224,7 +365,6 @@ client_header(struct client *c)
 static void
 client_readcb(struct bufferevent *bev, void *arg)
 {
-	struct timeval write_tv = { WRITE_TIMEOUT, 0 };
 	struct client *c = arg;
 
 	(void)bev;
@@ -238,10 +378,60 @@ client_readcb(struct bufferevent *bev, void *arg)
 	if (c->stream == NULL) {
 		if (!client_header(c) || c->closing)
 			return;
-		bufferevent_set_timeouts(c->bev, NULL, &write_tv);
 	}
-	if (c->stream != NULL)
+	if (c->stream != NULL) {
+		if (c->reading)
+			now_mono(&c->last_in);
 		stream_input(c->stream);
+	}
+}
+
+/*
+ * The idle timer: a stream reading its client got nothing for idle_timeout
+ * seconds.  Input only notes its time, and the timer re-arms itself for
+ * what is left, so reads cost no timer work.  An idle client is treated as
+ * if it had closed its side: the stream ends on what was read, and the
+ * final line says so.
+ */
+static void
+client_idle(struct client *c)
+{
+	double idle = cns_conf->idle_timeout, quiet;
+	struct timespec now;
+
+	if (!c->reading || c->idled || idle <= 0)
+		return;
+	now_mono(&now);
+	quiet = (double)(now.tv_sec - c->last_in.tv_sec) +
+	    (double)(now.tv_nsec - c->last_in.tv_nsec) / 1e9;
+	if (quiet < idle) {
+		timer_set(c, idle - quiet);
+		return;
+	}
+	log_warnx("stream %" PRIu64 ": client (pid %ld, uid %lu) sent nothing "
+	    "for %g s (idle_timeout); closing the stream", c->stream->id,
+	    (long)c->pid, (unsigned long)c->uid, idle);
+	c->idled = 1;
+	client_read(c, 0);
+	stream_client_eof(c->stream);
+}
+
+static void
+client_timer(evutil_socket_t fd, short ev, void *arg)
+{
+	struct client *c = arg;
+
+	(void)fd;
+	(void)ev;
+	if (c->lingering)
+		client_free(c);
+	else if (c->closing)
+		return;
+	else if (c->stream == NULL)
+		client_refuse(c, "no complete header line within %g s "
+		    "(header_timeout)", cns_conf->header_timeout);
+	else
+		client_idle(c);
 }
 
 /*
@@ -252,14 +442,14 @@ client_readcb(struct bufferevent *bev, void *arg)
 static void
 client_linger(struct client *c)
 {
-	struct timeval tv = { LINGER_TIMEOUT, 0 };
-
 	c->lingering = 1;
 	shutdown(bufferevent_getfd(c->bev), SHUT_WR);
 	bufferevent_disable(c->bev, EV_WRITE);
-	bufferevent_set_timeouts(c->bev, &tv, NULL);
 	bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
 	bufferevent_enable(c->bev, EV_READ);
+	/* A deadline, not an inactivity limit: a client that keeps sending
+	 * cannot keep its connection this way. */
+	timer_set(c, LINGER_TIMEOUT);
 }
 
 static void
@@ -292,14 +482,10 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if (c->lingering) {
-		client_free(c);		/* EOF, error or linger timeout */
+		client_free(c);		/* EOF or error */
 		return;
 	}
-	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {
-		client_refuse(c, "no header line within %d s", HEADER_TIMEOUT);
-		return;
-	}
-	if (what & BEV_EVENT_TIMEOUT) {
+	if (what & BEV_EVENT_TIMEOUT) {	/* only writes have a timeout */
 		log_warnx("a client has not read its replies for %d s; "
 		    "dropping it", WRITE_TIMEOUT);
 		what |= BEV_EVENT_ERROR;
@@ -325,16 +511,81 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 		client_free(c);
 		return;
 	}
-	/* End of the client's items (or of the client): close the stream. */
-	bufferevent_disable(c->bev, EV_READ);
-	stream_client_eof(c->stream);
+	/* End of the client's items (or of the client): close the stream,
+	 * unless idle_timeout closed it already. */
+	client_read(c, 0);
+	if (!c->idled)
+		stream_client_eof(c->stream);
+}
+
+/*
+ * Refuse a connection of a uid at its limit.  It holds no place, so it must
+ * not hold a descriptor for long either: it lingers (LINGER_TIMEOUT at most)
+ * so the client reads why, but past DENIED_MAX of them at once a flood is
+ * coming, and the line goes out best effort before an immediate close.
+ */
+static void
+client_deny(struct client *c, evutil_socket_t fd, unsigned limit)
+{
+	char msg[160], line[256];
+	json_t *v;
+	size_t n;
+
+	snprintf(msg, sizeof msg, "too many connections from uid %lu: the "
+	    "limit is %u (max_connections_per_uid)", (unsigned long)c->uid,
+	    limit);
+	v = json_pack("{s:b,s:s}", "ok", 0, "error", msg);
+	if (ndenied < DENIED_MAX) {
+		log_warnx("client (pid %ld, uid %lu) refused: %s", (long)c->pid,
+		    (unsigned long)c->uid, msg);
+		c->denied = 1;
+		ndenied++;
+		client_finish(c, v);
+		return;
+	}
+	if (ndenied++ == DENIED_MAX)	/* once per flood */
+		log_warnx("%d connections refused at the uid limit are still "
+		    "open: refusing more at once, without lingering (this "
+		    "one: pid %ld, uid %lu)", DENIED_MAX, (long)c->pid,
+		    (unsigned long)c->uid);
+	else
+		log_debug("client (pid %ld, uid %lu) refused: %s",
+		    (long)c->pid, (unsigned long)c->uid, msg);
+	c->denied = 1;
+	/* A new socket's buffer takes one short line. */
+	n = json_dumpb(v, line, sizeof line - 1, JSON_COMPACT);
+	if (n > 0 && n < sizeof line - 1) {
+		line[n++] = '\n';
+		(void)send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	json_decref(v);
+	client_free(c);
+}
+
+/* Who is at the other end; -1 if the socket cannot say. */
+static int
+client_peer(struct client *c, evutil_socket_t fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof cred;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 ||
+	    len != sizeof cred) {
+		log_warn("a client's credentials (SO_PEERCRED)");
+		return -1;
+	}
+	c->uid = cred.uid;
+	c->gid = cred.gid;
+	c->pid = cred.pid;
+	return 0;
 }
 
 static void
 client_accept(struct evconnlistener *l, evutil_socket_t fd,
     struct sockaddr *sa, int salen, void *arg)
 {
-	struct timeval tv = { HEADER_TIMEOUT, 0 };
+	struct timeval write_tv = { WRITE_TIMEOUT, 0 };
+	const unsigned limit = cns_conf->max_conn_per_uid;
 	struct client *c;
 
 	(void)l;
@@ -343,9 +594,14 @@ client_accept(struct evconnlistener *l, evutil_socket_t fd,
 	(void)arg;
 	if ((c = calloc(1, sizeof *c)) == NULL)
 		fatal("%s: calloc", __func__);
+	c->uid = (uid_t)-1;
+	c->gid = (gid_t)-1;
+	c->pid = -1;
 	c->bev = bufferevent_socket_new(cns_base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL)
 		fatalx("%s: bufferevent_socket_new", __func__);
+	if ((c->timer = evtimer_new(cns_base, client_timer, c)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
 	TAILQ_INSERT_TAIL(&clients, c, entry);
 	bufferevent_setcb(c->bev, client_readcb, client_writecb,
 	    client_eventcb, c);
@@ -354,8 +610,20 @@ client_accept(struct evconnlistener *l, evutil_socket_t fd,
 	    cns_conf->max_item_bytes > CNS_HEADER_MAX ?
 	    cns_conf->max_item_bytes + 1 : CNS_HEADER_MAX + 1);
 	bufferevent_set_max_single_read(c->bev, 256u << 10);
-	bufferevent_set_timeouts(c->bev, &tv, NULL);
+	bufferevent_set_timeouts(c->bev, NULL, &write_tv);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	if (client_peer(c, fd) == -1) {
+		client_refuse(c, "consumersd cannot tell who is connecting "
+		    "(SO_PEERCRED failed)");
+		return;
+	}
+	if (uid_take(c->uid, limit) == -1) {
+		client_deny(c, fd, limit);
+		return;
+	}
+	c->counted = 1;
+	if (cns_conf->header_timeout > 0)
+		timer_set(c, cns_conf->header_timeout);
 }
 
 static void

@@ -11,6 +11,21 @@
 static const char *submit_keys[] = { "op", "pool", "workers", "params",
     NULL };
 
+static const char *
+header_type(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_ARRAY:	return "an array";
+	case JSON_STRING:	return "a string";
+	case JSON_INTEGER:
+	case JSON_REAL:		return "a number";
+	case JSON_TRUE:
+	case JSON_FALSE:	return "a boolean";
+	case JSON_NULL:		return "null";
+	default:		return "not an object";
+	}
+}
+
 /*
  * Parse `len` bytes (no newline) as a header.  Returns the object, owned
  * by the caller, or NULL with the reason in `why`.
@@ -19,7 +34,7 @@ json_t *
 header_parse(const char *line, size_t len, char *why, size_t whylen)
 {
 	json_error_t jerr;
-	const char *key;
+	const char *key, *nul;
 	json_t *h, *v;
 
 	if (len > CNS_HEADER_MAX) {
@@ -27,19 +42,24 @@ header_parse(const char *line, size_t len, char *why, size_t whylen)
 		    "bytes", CNS_HEADER_MAX);
 		return NULL;
 	}
-	if (memchr(line, '\0', len) != NULL) {
-		snprintf(why, whylen, "the header line contains a NUL byte");
+	/* jansson stops at a NUL and may take what came before it for the
+	 * whole text: refuse it before parsing. */
+	if ((nul = memchr(line, '\0', len)) != NULL) {
+		snprintf(why, whylen, "the header line contains a NUL byte at "
+		    "column %zu", (size_t)(nul - line) + 1);
 		return NULL;
 	}
-	h = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+	h = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+	    &jerr);
 	if (h == NULL) {
 		snprintf(why, whylen, "the header is not a JSON object: %s at "
 		    "column %d", jerr.text, jerr.column);
-		return NULL;
+		goto bad;
 	}
 	if (!json_is_object(h)) {
-		snprintf(why, whylen, "the header is not a JSON object: it "
-		    "must be like {\"op\":\"submit\",\"pool\":\"NAME\"}");
+		snprintf(why, whylen, "the header is not a JSON object but %s: "
+		    "it must be like {\"op\":\"submit\",\"pool\":\"NAME\"}",
+		    header_type(h));
 		goto bad;
 	}
 	v = json_object_get(h, "op");
