@@ -58,8 +58,8 @@ chained(const char *text)
 {
 	struct evbuffer *b = evbuffer_new();
 
-	for (const char *p = text; *p != '\0'; p += 3)
-		evbuffer_add(b, p, strlen(p) < 3 ? strlen(p) : 3);
+	for (size_t off = 0, len = strlen(text); off < len; off += 3)
+		evbuffer_add(b, text + off, len - off < 3 ? len - off : 3);
 	return b;
 }
 
