@@ -379,6 +379,9 @@ cns_fail(const cns_ctx *cctx, const char *fmt, ...)
 	if (vasprintf(&ctx->error, fmt, ap) == -1)
 		ctx->error = NULL;
 	va_end(ap);
+	/* The message goes into JSON: a plugin's bytes may not be UTF-8. */
+	if (ctx->error != NULL)
+		utf8_clean(ctx->error);
 }
 
 static void

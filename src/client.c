@@ -221,7 +221,7 @@ client_send_json(struct client *c, json_t *v)
 	if (c->gone)
 		return;
 	if (v == NULL || (s = json_dumps(v, JSON_COMPACT)) == NULL) {
-		/* Never reached with cleaned text; never fatal either. */
+		/* Not reached with text through utf8_clean(); not fatal. */
 		log_warnx("%s: a reply could not be encoded", __func__);
 		evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n",
 		    "{\"ok\":false,\"error\":\"internal error: a reply "

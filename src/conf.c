@@ -37,6 +37,31 @@ static void
 cfile_error(struct cfile *f, int line, int col, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/*
+ * Add a message to `errors`.  Paths, keys and jansson's context come from
+ * outside and may not be UTF-8 (or be cut inside a character): cleaned,
+ * the message is always a JSON string, so no error is ever dropped.
+ */
+static void
+add_error(json_t *errors, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void
+add_error(json_t *errors, const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+	json_t *v;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	utf8_clean(msg);
+	if ((v = json_string(msg)) == NULL)
+		fatalx("%s: a cleaned message is not a JSON string", __func__);
+	json_array_append_new(errors, v);
+}
+
 static void
 cfile_error(struct cfile *f, int line, int col, const char *fmt, ...)
 {
@@ -46,8 +71,7 @@ cfile_error(struct cfile *f, int line, int col, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	json_array_append_new(f->errors,
-	    json_sprintf("%s:%d:%d: %s", f->path, line, col, msg));
+	add_error(f->errors, "%s:%d:%d: %s", f->path, line, col, msg);
 }
 
 /* An error about `key`, placed where the key stands in the file. */
@@ -525,8 +549,8 @@ pools_load(struct conf *c, json_t *errors)
 
 	n = scandir(c->pools_dir, &ents, json_file, alphasort);
 	if (n == -1) {
-		json_array_append_new(errors, json_sprintf("%s: cannot read "
-		    "the pools directory: %s", c->pools_dir, strerror(errno)));
+		add_error(errors, "%s: cannot read the pools directory: %s",
+		    c->pools_dir, strerror(errno));
 		return -1;
 	}
 	c->pools = calloc(n > 0 ? (size_t)n : 1, sizeof *c->pools);
@@ -540,9 +564,9 @@ pools_load(struct conf *c, json_t *errors)
 		if (asprintf(&path, "%s/%s", c->pools_dir, fn) == -1)
 			fatal("%s: asprintf", __func__);
 		if (!valid_pool_name(fn, stem)) {
-			json_array_append_new(errors, json_sprintf("%s:0:0: "
-			    "a pool name (the file name before .json) is 1 to "
-			    "64 letters, digits, '_', '-' or '.'", path));
+			add_error(errors, "%s:0:0: a pool name (the file name "
+			    "before .json) is 1 to 64 letters, digits, '_', "
+			    "'-' or '.'", path);
 			bad = 1;
 		} else {
 			snprintf(name, sizeof name, "%.*s", (int)stem, fn);
@@ -697,9 +721,8 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 	if (!bad && pools_load(c, errors) == -1)
 		bad = 1;
 	if (!bad && c->npools == 0) {
-		json_array_append_new(errors, json_sprintf("%s: no pools: put "
-		    "one NAME.json file per pool in this directory",
-		    c->pools_dir));
+		add_error(errors, "%s: no pools: put one NAME.json file per "
+		    "pool in this directory", c->pools_dir);
 		bad = 1;
 	}
 	if (bad) {

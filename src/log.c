@@ -128,13 +128,34 @@ utf8_clean(char *s)
 	unsigned char *p = (unsigned char *)s;
 
 	while (*p != '\0') {
-		size_t n = *p < 0x80 ? 1 : (*p >> 5) == 0x6 ? 2 :
-		    (*p >> 4) == 0xe ? 3 : (*p >> 3) == 0x1e ? 4 : 0;
-		size_t i;
-		for (i = 1; i < n; i++)
-			if ((p[i] & 0xc0) != 0x80)
+		size_t n, i;
+		unsigned char lo = 0x80, hi = 0xbf;	/* the second byte */
+
+		if (*p < 0x80)
+			n = 1;
+		else if (*p >= 0xc2 && *p <= 0xdf)
+			n = 2;
+		else if (*p >= 0xe0 && *p <= 0xef) {
+			n = 3;
+			if (*p == 0xe0)
+				lo = 0xa0;	/* no overlong forms */
+			else if (*p == 0xed)
+				hi = 0x9f;	/* no UTF-16 surrogates */
+		} else if (*p >= 0xf0 && *p <= 0xf4) {
+			n = 4;
+			if (*p == 0xf0)
+				lo = 0x90;	/* no overlong forms */
+			else if (*p == 0xf4)
+				hi = 0x8f;	/* nothing past U+10FFFF */
+		} else
+			n = 0;
+		for (i = 1; i < n; i++) {
+			unsigned char a = i == 1 ? lo : 0x80;
+			unsigned char b = i == 1 ? hi : 0xbf;
+			if (p[i] < a || p[i] > b)
 				break;
-		if (n == 0 || i < n || (n == 2 && *p < 0xc2)) {
+		}
+		if (n == 0 || i < n) {
 			*p++ = '?';
 			continue;
 		}

@@ -637,8 +637,12 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 	consumed = json_integer_value(json_object_get(v, "consumed"));
 	rejected = json_integer_value(json_object_get(v, "rejected"));
 	skipped = json_integer_value(json_object_get(v, "skipped"));
-	if (consumed < 0 || skipped < 0 || (uint64_t)rejected != w->rejected ||
-	    (uint64_t)(consumed + rejected + skipped) != w->sent)
+	/* Each bounded first, so the sum cannot overflow. */
+	if (consumed < 0 || skipped < 0 || rejected < 0 ||
+	    (uint64_t)consumed > w->sent || (uint64_t)skipped > w->sent ||
+	    (uint64_t)rejected != w->rejected ||
+	    (uint64_t)consumed + (uint64_t)rejected + (uint64_t)skipped !=
+	    w->sent)
 		return -1;
 	w->returned = 1;
 	l->state = L_RETURNED;

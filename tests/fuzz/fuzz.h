@@ -26,23 +26,6 @@
 } while (0)
 
 /*
- * FUZZ_STRICT=1 in the environment turns on the checks that known bugs in
- * src/ still break (crashes-found/README).  Once those are fixed the
- * checks should lose this condition.
- */
-static inline int
-fuzz_strict(void)
-{
-	static int strict = -1;
-
-	if (strict == -1) {
-		const char *e = getenv("FUZZ_STRICT");
-		strict = e != NULL && strcmp(e, "1") == 0;
-	}
-	return strict;
-}
-
-/*
  * Add `data` to `b` in pieces of `piece` bytes (0: one piece).  Real input
  * arrives in several reads, so lines and frames straddle chain boundaries;
  * references keep each piece in a chain of its own instead of letting

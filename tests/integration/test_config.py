@@ -48,6 +48,16 @@ class Config(unittest.TestCase):
                       'integer', err)
         self.assertIn("configuration is not valid", err)
 
+    def test_error_text_that_is_not_utf8(self):
+        # jansson's message quotes the bytes it stopped at, cutting the
+        # "é" in two: the error still reaches the user, cleaned.
+        with open(self.conf, "wb") as f:
+            f.write(b'{"a\\u\xc3\xa9": 1}\n')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(self.conf + ":1:", err)
+        self.assertIn("invalid escape", err)
+
     def test_pool_errors(self):
         self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
         pool = self.write("pools.d/p.json",
