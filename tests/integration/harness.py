@@ -3,6 +3,10 @@ with real plugins, and talks to it through the real CLI or a plain socket.
 
 Each test gets its own daemon, temporary directory and config, like tmux's
 regress scripts; nothing is shared between tests.
+
+In a sanitizer build (configure --enable-sanitizers) and under valgrind
+(CNS_VALGRIND) the same tests also fail on what the tools report in the
+daemon, its workers and the CLI; see "test modes" below.
 """
 import atexit
 import json
