@@ -120,22 +120,6 @@ if SANITIZERS:
         "exitcode=%d" % TOOL_EXIT,
         "include_if_exists=" + os.path.join(_OPTIONS_DIR, "lsan-%b")])
 
-    # KNOWN LEAK, not yet fixed, and the only one let through: the CLI
-    # (client/consumers.c, submit()) leaks the header string from
-    # json_dumps() when it dies between making it and sending it (no
-    # daemon to connect to; a header that is too long).  Only the CLI
-    # gets this suppression; it unwinds the stack fully on malloc so the
-    # suppression can see json_dumps below jansson's frames.
-    def _options_file(name, text):
-        path = os.path.join(_OPTIONS_DIR, name)
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    _options_file("asan-consumers", "fast_unwind_on_malloc=0\n")
-    _options_file("lsan-consumers", "print_suppressions=0\n"
-                  "suppressions=%s\n" % _options_file("consumers.supp",
-                                                      "leak:json_dumps\n"))
 
 # What a sanitizer prints when it finds something (and valgrind, when a
 # log is read without its process ids).
