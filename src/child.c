@@ -17,6 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/lsan_interface.h>
+#endif
+
 #include "consumersd.h"
 #include "consumers/plugin.h"
 
@@ -82,6 +86,11 @@ child_exit(struct child *ch, int code)
 {
 	(void)ch;
 	fflush(NULL);
+#ifdef __SANITIZE_ADDRESS__
+	/* _exit skips LeakSanitizer's exit check: run it here, so workers
+	 * are checked for leaks like the master. */
+	__lsan_do_leak_check();
+#endif
 	_exit(code);
 }
 
