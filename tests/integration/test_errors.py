@@ -338,6 +338,10 @@ class Clients(unittest.TestCase):
                    time.monotonic() < deadline):
                 time.sleep(0.05)
             self.assertIn("1000 items, 1000 consumed", d.log_text())
+            # The completion handler ran; its value is in the logged
+            # final line, since no client is left to get it.
+            self.assertRegex(d.log_text(), r'client gone; final line: .*'
+                             r'"completion":499500')
             rc, final, err = d.cli("submit", "sum", input=b"5\n")
             self.assertEqual((rc, final["completion"]), (0, 5), err)
 
