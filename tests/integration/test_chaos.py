@@ -6,6 +6,7 @@ names the ranges of every consumer that died.  The invariant holds in all.
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -124,9 +125,17 @@ class ChaosTest(unittest.TestCase):
         with Daemon(pools) as d:
             for k in range(10):
                 items = list(range(k * 10000 + 1, (k + 1) * 10000 + 1))
-                while len(d.worker_pids()) < 2:
+                # Both replacements up (their READY logged), so the
+                # stream leases both and both kills land inside it.
+                deadline = time.monotonic() + 60
+                while True:
+                    pids = d.worker_pids()
+                    ready = set(int(p) for p in re.findall(
+                        r"\(pid (\d+)\) ready", d.log_text()))
+                    if len(pids) == 2 and set(pids) <= ready:
+                        break
+                    self.assertLess(time.monotonic(), deadline)
                     time.sleep(0.01)
-                pids = d.worker_pids()
                 s = d.connect()
                 s.settimeout(60)
                 s.sendall(b'{"op":"submit","pool":"sum"}\n')

@@ -69,7 +69,7 @@ class Poison(unittest.TestCase):
         # A consumer that allocates until the system refuses dies; it is
         # a crash like any other, and its item becomes poison.
         pools = {"p": {"plugin": test_plugin("hog"), "workers": 1,
-                       "max_attempts": 2, "kwargs": {"limit_mb": 64}}}
+                       "max_attempts": 2, "kwargs": {"limit_mb": 16}}}
         with Daemon(pools) as d:
             items = [1, 2, "hog", 4]
             replies, final = d.submit_raw({"op": "submit", "pool": "p"},
