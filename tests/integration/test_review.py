@@ -87,5 +87,43 @@ class StaleSharedPage(unittest.TestCase):
                              (final, d.log_text()[-1500:]))
 
 
+class ZeroWorkerLease(unittest.TestCase):
+    """pool.c pool_lease / client.c client_submit / pool_dispatch: nidle
+    still counts an idle worker whose socket hit EOF but that is not
+    reaped yet (worker_eventcb sets closed, worker_gone runs on SIGCHLD).
+    A header read in between passes "p->nidle > 0", pool_lease skips the
+    closed worker and returns 0, and stream_leased() runs the stream with
+    no worker at all: {"workers":0}, every item unconsumed, with an error
+    "items 0 to N" (orphan_from is still 0).  pool_dispatch has the same
+    hole and would run every queued stream that way.  The stream should
+    wait for the replacement worker instead."""
+
+    def test_idle_worker_dead_not_reaped(self):
+        with Daemon({"sum": {"plugin": "sum", "workers": 1}}) as d:
+            rc, f1, err = d.cli("submit", "sum", input=b"1\n2\n")
+            self.assertEqual(f1["completion"], 3, err)
+            w = d.worker_pids()[0]
+            s = d.connect()
+            s.settimeout(30)
+            time.sleep(0.3)
+            os.kill(d.pid(), signal.SIGSTOP)
+            try:
+                os.kill(w, signal.SIGKILL)
+                time.sleep(0.2)
+                s.sendall(b'{"op":"submit","pool":"sum"}\n' +
+                          lines(list(range(1, 11))))
+                s.shutdown(socket.SHUT_WR)
+                time.sleep(0.2)
+            finally:
+                os.kill(d.pid(), signal.SIGCONT)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            assert_invariant(self, final)
+            self.assertEqual(replies[0].get("workers"), 1, replies)
+            self.assertEqual(final["errors"], [], final)
+            self.assertEqual(final["completion"], 55, final)
+
+
 if __name__ == "__main__":
     main()
