@@ -125,5 +125,49 @@ class ZeroWorkerLease(unittest.TestCase):
             self.assertEqual(final["completion"], 55, final)
 
 
+class FinishLeasesOwnLane(unittest.TestCase):
+    """stream.c stream_finish: its first loop gives each returned worker
+    back with pool_idle(), which runs pool_dispatch(), which leases that
+    worker to the first lane waiting in p->lanes, and that can be a lane
+    of the very stream being finished (it is unwaited only in the second
+    loop).  stream_lane_leased() then binds the worker to the finished
+    stream (s->w[i] = w, w->stream = s, BEGIN sent) behind the loop's
+    back: the worker stays W_LEASED pointing at a stream that client_free
+    frees next, and when it exits worker_gone() calls
+    stream_worker_gone() on freed memory.  Reached at shutdown
+    (stream_abort) with one lane returned and another waiting for a
+    worker that cannot start."""
+
+    def test_sigterm_with_returned_and_waiting_lanes(self):
+        d = Daemon({})
+        flag = os.path.join(d.dir, "fail")
+        with open(os.path.join(d.dir, "pools.d", "f.json"), "w") as f:
+            json.dump({"plugin": test_plugin("flaky"), "workers": 2,
+                       "stream_workers": 2, "item_timeout": 0.3,
+                       "max_init_failures": 100,
+                       "kwargs": {"fail_if": flag}}, f)
+        with d:
+            s = d.connect()
+            s.settimeout(30)
+            # One write: lane 1 gets "hang", lane 2 gets 1 and returns.
+            s.sendall(b'{"op":"submit","pool":"f"}\n"hang"\n1\n')
+            s.shutdown(socket.SHUT_WR)
+            wait_for(lambda: "item_timeout); killing it" in d.log_text(),
+                     what="the item_timeout kill")
+            open(flag, "w").close()     # the replacement cannot start
+            wait_for(lambda: "failed to start" in d.log_text(),
+                     what="a failed start")
+            mark = len(d.log_text())
+            d.proc.send_signal(signal.SIGTERM)
+            replies = read_lines(s)
+            s.close()
+            rc = d.proc.wait(timeout=30)
+            final = final_of(replies)
+            assert_invariant(self, final)
+            after = d.log_text()[mark:]
+            self.assertNotIn("takes over lane", after)
+            self.assertEqual(rc, 0, d.log_text()[-3000:])
+
+
 if __name__ == "__main__":
     main()
