@@ -169,5 +169,87 @@ class FinishLeasesOwnLane(unittest.TestCase):
             self.assertEqual(rc, 0, d.log_text()[-3000:])
 
 
+class ForgedSharedPage(unittest.TestCase):
+    """stream.c lane_crashed: the master "trusts nothing it reads without
+    checking it against what it sent" (consumersd.h), but the checks on
+    the shared page leave room for a plugin that writes it (the forger
+    test plugin finds it in /proc/self/maps) to break the final line's
+    arithmetic, not only its own results."""
+
+    def forge(self, d, policy, **forged):
+        once = os.path.join(d.dir, "once")
+        with open(os.path.join(d.dir, "pools.d", "g.json"), "w") as f:
+            json.dump({"plugin": test_plugin("forger"), "workers": 1,
+                       "on_crash": policy, "max_attempts": 1}, f)
+        params = {"once": once}
+        params.update(forged)
+        return params
+
+    def test_redeliver_ndone_counted_twice(self):
+        # ndone is checked against what the worker was sent, not against
+        # the items before `from`: ndone=10 with last_done=1 counts ten
+        # items consumed, and items 2..10 go again and are counted again.
+        d = Daemon({})
+        params = self.forge(d, "redeliver", cur=0, last_done=1,
+                            ndone=10)
+        with d:
+            body = lines([1, 2, "forge"] + list(range(4, 11)))
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "g", "params": params}, body)
+            self.assertEqual(final["crashes"], 1, final)
+            assert_invariant(self, final)
+
+    def test_blame_on_a_rejected_item(self):
+        # cur is checked to be one of the lane's seqs, not one the worker
+        # took: a rejected item is then quarantined too, and counted twice.
+        d = Daemon({})
+        params = self.forge(d, "replay", cur=2, last_done=0, ndone=0)
+        with d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "g", "params": params},
+                b'1\n{bad\n"forge"\n4\n')
+            self.assertEqual(final["crashes"], 1, final)
+            assert_invariant(self, final)
+
+
+class CompleterDeadNotReaped(unittest.TestCase):
+    """stream.c stream_consumed: the completion handler goes to the first
+    non-NULL s->w[i], without looking whether that worker is still there.
+    A worker that returned and then died (socket EOF, or not even seen
+    yet) stays in s->w until SIGCHLD is handled; when the last RESULT is
+    read in between, COMPLETE goes to the dead worker (or nowhere, its
+    bev being NULL), the live worker is released, and the stream ends
+    with "worker died in the completion handler" and completion null
+    though a live worker could have run it."""
+
+    def test_complete_goes_to_a_dead_worker(self):
+        with Daemon({"f": {"plugin": test_plugin("flaky"), "workers": 2,
+                           "stream_workers": 2}}) as d:
+            s = d.connect()
+            s.settimeout(30)
+            # Lane 1 gets 1 and returns at once; lane 2 sleeps 1.5 s.
+            s.sendall(b'{"op":"submit","pool":"f"}\n1\n{"sleep":1500}\n')
+            s.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)
+            pids = d.worker_pids()
+            sleeping = [p for p in pids if "hrtimer_nanosleep" in
+                        open("/proc/%d/wchan" % p).read() or "nanosleep"
+                        in open("/proc/%d/wchan" % p).read()]
+            self.assertEqual(len(sleeping), 1, pids)
+            done = [p for p in pids if p not in sleeping][0]
+            os.kill(d.pid(), signal.SIGSTOP)
+            try:
+                os.kill(done, signal.SIGKILL)
+                time.sleep(1.5)         # the sleeper's RESULT is queued
+            finally:
+                os.kill(d.pid(), signal.SIGCONT)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            assert_invariant(self, final)
+            self.assertEqual(final["errors"], [], final)
+            self.assertEqual(final["completion"], 1, final)
+
+
 if __name__ == "__main__":
     main()

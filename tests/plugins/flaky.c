@@ -1,7 +1,8 @@
 /*
  * flaky - a test plugin whose init fails while the file kwargs.fail_if
  * exists (a replacement worker that cannot start), and whose consume adds
- * up integer items and stops forever on the item "hang".
+ * up integer items, stops forever on the item "hang" and sleeps N ms on
+ * {"sleep": N}.  complete returns the sum of the results.
  */
 #include <string.h>
 #include <unistd.h>
@@ -34,9 +35,26 @@ flaky_consume(cns_items *items, const cns_ctx *ctx)
 		    strcmp(json_string_value(item), "hang") == 0)
 			for (;;)
 				pause();
+		if (json_is_integer(json_object_get(item, "sleep")))
+			usleep((useconds_t)json_integer_value(
+			    json_object_get(item, "sleep")) * 1000);
 		sum += json_integer_value(item);
 	}
 	return json_integer(sum);
 }
 
-CONSUMERS_PLUGIN(.init = flaky_init, .consume = flaky_consume);
+static json_t *
+flaky_complete(json_t *results, const cns_ctx *ctx)
+{
+	json_int_t total = 0;
+	size_t i;
+	json_t *r;
+
+	(void)ctx;
+	json_array_foreach(results, i, r)
+		total += json_integer_value(r);
+	return json_integer(total);
+}
+
+CONSUMERS_PLUGIN(.init = flaky_init, .consume = flaky_consume,
+    .complete = flaky_complete);
