@@ -232,9 +232,10 @@ class CompleterDeadNotReaped(unittest.TestCase):
             s.shutdown(socket.SHUT_WR)
             time.sleep(0.5)
             pids = d.worker_pids()
-            sleeping = [p for p in pids if "hrtimer_nanosleep" in
-                        open("/proc/%d/wchan" % p).read() or "nanosleep"
-                        in open("/proc/%d/wchan" % p).read()]
+            def wchan(pid):
+                with open("/proc/%d/wchan" % pid) as f:
+                    return f.read()
+            sleeping = [p for p in pids if "nanosleep" in wchan(p)]
             self.assertEqual(len(sleeping), 1, pids)
             done = [p for p in pids if p not in sleeping][0]
             os.kill(d.pid(), signal.SIGSTOP)
