@@ -313,10 +313,14 @@ client_submit(struct client *c, json_t *h)
 		return;
 	}
 	if (p->nidle > 0 && TAILQ_FIRST(&p->queue) == c->stream) {
-		TAILQ_REMOVE(&p->queue, c->stream, qentry);
 		if ((ws = calloc(want, sizeof *ws)) == NULL)
 			fatal("%s: calloc", __func__);
-		n = pool_lease(p, want, ws);
+		/* Idle but dead, not yet reaped: wait for the replacement. */
+		if ((n = pool_lease(p, want, ws)) == 0) {
+			free(ws);
+			return;
+		}
+		TAILQ_REMOVE(&p->queue, c->stream, qentry);
 		stream_leased(c->stream, ws, n);
 	} else
 		log_debug("stream %" PRIu64 ": waiting for a %s worker",

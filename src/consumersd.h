@@ -207,7 +207,9 @@ struct worker {
 	/* item_timeout: what it held at the last look, and since when */
 	uint64_t	 watch_cur, watch_started;
 	double		 watch_since;
-	uint64_t	 timed_out;	/* seq it was killed on, 0 if not */
+	uint64_t	 timed_out;	/* seq it was killed on, 0 if not, or: */
+#define TIMEOUT_END	 UINT64_MAX	/* after its items ended */
+#define TIMEOUT_COMPLETE (UINT64_MAX - 1) /* in the completion handler */
 	/* while leased */
 	struct stream	*stream;
 	unsigned	 index;		/* in stream->w[] */

@@ -245,6 +245,12 @@ pool_dispatch(struct pool *p)
 	/* Lanes of running streams first: their clients are waiting. */
 	while (p->nidle > 0 && !TAILQ_EMPTY(&p->lanes)) {
 		struct lane *l = TAILQ_FIRST(&p->lanes);
+		if (l->stream->state != S_RUNNING) {
+			/* Never queued outside S_RUNNING; a guard all the
+			 * same, since leasing to it would outlive it. */
+			pool_lane_unwait(p, l);
+			continue;
+		}
 		struct worker *w;
 		if (pool_lease(p, 1, &w) != 1)
 			break;
@@ -253,11 +259,16 @@ pool_dispatch(struct pool *p)
 	}
 	while (p->nidle > 0 && (s = TAILQ_FIRST(&p->queue)) != NULL) {
 		unsigned n;
-		TAILQ_REMOVE(&p->queue, s, qentry);
-		s->state = S_RUNNING;
 		if ((ws = calloc(s->want, sizeof *ws)) == NULL)
 			fatal("%s: calloc", __func__);
-		n = pool_lease(p, s->want, ws);
+		/* Idle workers may all be dead, not yet reaped: then the
+		 * stream waits for the ones that replace them. */
+		if ((n = pool_lease(p, s->want, ws)) == 0) {
+			free(ws);
+			break;
+		}
+		TAILQ_REMOVE(&p->queue, s, qentry);
+		s->state = S_RUNNING;
 		stream_leased(s, ws, n);
 	}
 }

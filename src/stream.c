@@ -115,6 +115,10 @@ stream_bind(struct stream *s, unsigned i, struct worker *w)
 	w->returned = 0;
 	w->watch_cur = w->watch_started = 0;
 	w->timed_out = 0;
+	/* The page still says where its last stream was; a worker that dies
+	 * before it reads BEGIN must not be taken to be there. */
+	if (w->shm != NULL)
+		memset(w->shm, 0, sizeof *w->shm);
 	worker_send_json(w, F_BEGIN, s->id, begin);
 	json_decref(begin);
 }
@@ -597,15 +601,20 @@ stream_consumed(struct stream *s)
 	struct worker *keep = NULL;
 	json_t *req;
 
+	/* A worker that returned may have died since, not yet reaped: the
+	 * completion handler goes to one still alive. */
 	if (s->pool->has_complete)
 		for (unsigned i = 0; i < s->nw && keep == NULL; i++)
-			keep = s->w[i];
+			if (s->w[i] != NULL && !s->w[i]->closed &&
+			    !s->w[i]->reaped && worker_output(s->w[i]) != NULL)
+				keep = s->w[i];
 	if (keep == NULL) {
 		stream_finish(s);
 		return;
 	}
 	s->state = S_COMPLETING;
 	s->completer = keep;
+	keep->watch_cur = 0;	/* item_timeout counts from here */
 	req = json_pack("{s:O,s:O}", "results", s->results, "params",
 	    s->params);
 	worker_send_json(keep, F_COMPLETE, s->id, req);
@@ -618,6 +627,49 @@ stream_consumed(struct stream *s)
 			w->streams_served++;
 			pool_idle(w->pool, w);
 		}
+	}
+}
+
+/* What a lane can still account for: its items not reported otherwise. */
+static uint64_t
+lane_open(const struct lane *l)
+{
+	uint64_t done = l->rejected + l->quarantined;
+
+	return l->items > done ? l->items - done : 0;
+}
+
+/*
+ * A lane returned.  Its items are counted here in closed form, so the
+ * stream's sums hold whatever its workers said: consumed is what the last
+ * consume call took, plus (redeliver) what workers that died had
+ * finished, but never more than the lane's items not rejected or
+ * quarantined; the rest is unconsumed and said so.  (A line rejected by
+ * a worker that died, then skipped by a consume call that returned
+ * early, is counted once this way.)
+ */
+static void
+lane_account(struct stream *s, struct lane *l, struct worker *w,
+    uint64_t consumed)
+{
+	uint64_t open = lane_open(l), c = consumed + l->acked, u;
+
+	if (c > open) {
+		log_warnx("stream %" PRIu64 ": pool %s: worker %u counts %"
+		    PRIu64 " items consumed where %" PRIu64 " were open; "
+		    "counting %" PRIu64, s->id, s->pool->pc->name, w->slot, c,
+		    open, open);
+		c = open;
+	}
+	u = open - c;
+	s->consumed += c;
+	if (u > 0) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "consume returned before its items "
+		    "ended; %" PRIu64 " item%s not consumed", u,
+		    u == 1 ? " was" : "s were");
+		s->unconsumed += u;
+		stream_error(s, "consume", w, msg);
 	}
 }
 
@@ -651,18 +703,10 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 		l->spool = -1;
 	}
 	s->nreturned++;
-	s->consumed += (uint64_t)consumed;
 	json_array_set(s->results, w->index, json_object_get(v, "result"));
 	if (json_is_string(err))
 		stream_error(s, "consume", w, json_string_value(err));
-	if (skipped > 0) {
-		char msg[160];
-		snprintf(msg, sizeof msg, "consume returned before its items "
-		    "ended; %" PRId64 " item%s not consumed", (int64_t)skipped,
-		    skipped == 1 ? " was" : "s were");
-		s->unconsumed += (uint64_t)skipped;
-		stream_error(s, "consume", w, msg);
-	}
+	lane_account(s, l, w, (uint64_t)consumed);
 	stream_check(s);
 	return 0;
 }
@@ -712,11 +756,13 @@ static void
 lane_dead(struct stream *s, struct lane *l, struct worker *w,
     const char *how, int status, const char *why)
 {
-	uint64_t lost = l->items - l->rejected - l->quarantined - l->acked;
+	uint64_t open = lane_open(l), done = l->acked < open ? l->acked :
+	    open, lost = open - done;
 	json_t *seqs = json_array(), *e;
 	char msg[512];
 
 	l->state = L_DEAD;
+	s->consumed += done;	/* redeliver: finished by workers that died */
 	for (size_t i = 0; i < l->nranges; i++)
 		json_array_append_new(seqs, json_pack("[I,I]",
 		    (json_int_t)l->ranges[i].first,
@@ -817,7 +863,10 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 		started = shm_get(&w->shm->started);
 		ended = shm_get(&w->shm->ended);
 	}
-	if (w->timed_out != 0)
+	/* Killed for item_timeout, unless it finished that item between
+	 * the look and the kill. */
+	if (w->timed_out != 0 && w->timed_out < TIMEOUT_COMPLETE &&
+	    last_done < w->timed_out)
 		cur = w->timed_out;
 	if (cur != 0 && (!lane_holds(l, cur) || cur < l->resend_from))
 		cur = 0;		/* not one of its items: no blame */
@@ -875,7 +924,6 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 		if (ndone <= w->sent - w->rejected && from != 0 &&
 		    from >= l->resend_from) {
 			l->acked += ndone;
-			s->consumed += ndone;
 			l->resend_from = from;
 		} else if (ndone > 0)
 			log_warnx("stream %" PRIu64 ": pool %s: worker %u left "
@@ -981,6 +1029,20 @@ stream_finish(struct stream *s)
 	json_t *final;
 
 	s->state = S_DONE;
+	/* Off the pool's queue before any worker goes back to the pool,
+	 * or pool_idle would hand one to a lane of this very stream. */
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (l->state == L_WAITING) {
+			pool_lane_unwait(s->pool, l);
+			l->state = L_DEAD;
+		}
+		if (l->spool != -1) {
+			close(l->spool);
+			l->spool = -1;
+		}
+	}
+	s->nwaiting = 0;
 	for (unsigned i = 0; i < s->nw; i++) {
 		struct worker *w = s->w[i];
 		if (w == NULL)
@@ -996,18 +1058,6 @@ stream_finish(struct stream *s)
 		}
 		pool_idle(w->pool, w);
 	}
-	for (unsigned i = 0; i < s->nw; i++) {
-		struct lane *l = &s->lanes[i];
-		if (l->state == L_WAITING) {
-			pool_lane_unwait(s->pool, l);
-			l->state = L_DEAD;
-		}
-		if (l->spool != -1) {
-			close(l->spool);
-			l->spool = -1;
-		}
-	}
-	s->nwaiting = 0;
 	s->pool->streams_done++;
 	final = json_pack("{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:i,s:O,s:O,s:O}",
 	    "ok", json_array_size(s->errors) == 0,

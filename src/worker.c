@@ -343,8 +343,19 @@ worker_gone(struct worker *w)
 	char *how;
 
 	if (w->timed_out != 0) {
-		if (asprintf(&how, "killed after item_timeout (%g s) on item "
-		    "%" PRIu64, p->pc->item_timeout, w->timed_out) == -1)
+		int r;
+		if (w->timed_out == TIMEOUT_END)
+			r = asprintf(&how, "killed after item_timeout (%g s): "
+			    "consume did not return after its items ended",
+			    p->pc->item_timeout);
+		else if (w->timed_out == TIMEOUT_COMPLETE)
+			r = asprintf(&how, "killed after item_timeout (%g s) "
+			    "in the completion handler", p->pc->item_timeout);
+		else
+			r = asprintf(&how, "killed after item_timeout (%g s) "
+			    "on item %" PRIu64, p->pc->item_timeout,
+			    w->timed_out);
+		if (r == -1)
 			fatal("%s: asprintf", __func__);
 	} else
 		how = worker_describe_exit(w->status);
@@ -434,18 +445,31 @@ shm_load(const uint64_t *p)
 
 /*
  * item_timeout: a leased worker that has held the same item since `now`
- * minus the timeout is killed, and handled as a crash on that item.
+ * minus the timeout is killed, and handled as a crash on that item.  So
+ * is one whose consume call has not returned that long after its items
+ * ended, or whose completion handler runs that long: nothing else would
+ * end those streams.
  */
 void
 worker_watch(struct worker *w, double now)
 {
-	uint64_t cur, started;
+	struct stream *s = w->stream;
+	uint64_t cur, started = 0;
+	const char *what;
 
-	if (w->shm == NULL || w->stream == NULL || w->state != W_LEASED ||
-	    w->timed_out != 0 || w->reaped)
+	if (w->shm == NULL || s == NULL || w->state != W_LEASED ||
+	    w->timed_out != 0 || w->reaped || w->closed)
 		return;
-	cur = shm_load(&w->shm->cur);
-	started = shm_load(&w->shm->started);
+	if (s->state == S_COMPLETING && w == s->completer)
+		cur = TIMEOUT_COMPLETE;
+	else if (s->state != S_RUNNING || w->returned)
+		cur = 0;
+	else {
+		cur = shm_load(&w->shm->cur);
+		started = shm_load(&w->shm->started);
+		if (cur == 0 && shm_load(&w->shm->ended))
+			cur = TIMEOUT_END;
+	}
 	if (cur == 0) {
 		w->watch_cur = 0;
 		return;
@@ -458,10 +482,18 @@ worker_watch(struct worker *w, double now)
 	}
 	if (now - w->watch_since < w->pool->pc->item_timeout)
 		return;
-	log_warnx("pool %s: worker %u (pid %ld) has spent more than %g s on "
-	    "item %" PRIu64 " of stream %" PRIu64 " (item_timeout); killing "
-	    "it", w->pool->pc->name, w->slot, (long)w->pid,
-	    w->pool->pc->item_timeout, cur, w->stream->id);
+	what = cur == TIMEOUT_COMPLETE ? "in its completion handler" :
+	    cur == TIMEOUT_END ? "in consume after its items ended" : NULL;
+	if (what != NULL)
+		log_warnx("pool %s: worker %u (pid %ld) has spent more than %g "
+		    "s %s, stream %" PRIu64 " (item_timeout); killing it",
+		    w->pool->pc->name, w->slot, (long)w->pid,
+		    w->pool->pc->item_timeout, what, s->id);
+	else
+		log_warnx("pool %s: worker %u (pid %ld) has spent more than %g "
+		    "s on item %" PRIu64 " of stream %" PRIu64 " (item_timeout);"
+		    " killing it", w->pool->pc->name, w->slot, (long)w->pid,
+		    w->pool->pc->item_timeout, cur, s->id);
 	w->timed_out = cur;
 	kill(w->pid, SIGKILL);
 }

@@ -245,6 +245,38 @@ class ItemTimeout(unittest.TestCase):
                              r"stream \d+ \(item_timeout\); killing it")
 
 
+    def test_hang_after_items_ended(self):
+        # A consume that never returns after its last item would hold the
+        # stream forever; item_timeout ends it, and the call is run again
+        # (it hangs again) until max_attempts says the lane is lost.
+        pools = {"h": {"plugin": test_plugin("hang"), "workers": 1,
+                       "item_timeout": 0.3, "max_attempts": 2}}
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "h", "params": {"end": "hang"}},
+                lines([1, 2, 3]))
+            self.assertEqual(final["crashes"], 2)
+            self.assertEqual(final["unconsumed"], 3)
+            self.assertIn("consume did not return after its items ended",
+                          final["errors"][0]["error"])
+            assert_invariant(self, final)
+            self.assertIn("in consume after its items ended", d.log_text())
+
+    def test_hung_completion_handler(self):
+        pools = {"h": {"plugin": test_plugin("hang"), "workers": 2,
+                       "item_timeout": 0.3}}
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "h",
+                 "params": {"complete": "hang"}}, lines(range(1, 11)))
+            self.assertEqual(sum(final["results"]), 55)
+            self.assertIsNone(final["completion"])
+            self.assertEqual(final["errors"][0]["stage"], "complete")
+            self.assertIn("killed after item_timeout (0.3 s) in the "
+                          "completion handler", final["errors"][0]["error"])
+            assert_invariant(self, final)
+
+
 class BrokenPools(unittest.TestCase):
 
     def test_broken_init_pool_fails_others_serve(self):

@@ -1,5 +1,7 @@
-"""Review findings on the failure model (branch review).  Each test here
-failed on main at 502bbab; see the docstrings for the mechanism.
+"""Races and lies around the failure model: a worker dead but not yet
+reaped, a worker dead before it read BEGIN, a stream finishing while a lane
+waits, a plugin that forges the shared progress page.  Each test failed
+before its fix; the docstrings give the mechanism.
 
 Some tests stop the master with SIGSTOP so that several things (a worker's
 death, a client's header) are pending at once when it resumes; that only
