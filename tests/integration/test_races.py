@@ -7,6 +7,7 @@ Some tests stop the master with SIGSTOP so that several things (a worker's
 death, a client's header) are pending at once when it resumes; that only
 orders events the master could see in the same loop turn anyway.
 """
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,17 @@ from harness import (Daemon, assert_invariant, final_of, lines, main,
 def quarantines(replies):
     return {r["quarantined"]["seq"]: r["quarantined"] for r in replies
             if isinstance(r.get("quarantined"), dict)}
+
+
+@contextlib.contextmanager
+def master_stopped(d):
+    """The master is stopped (SIGSTOP) inside the block, so what the block
+    does is all pending at once when it resumes."""
+    os.kill(d.pid(), signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(d.pid(), signal.SIGCONT)
 
 
 def wait_for(pred, timeout=10, what="condition"):
@@ -65,16 +77,13 @@ class StaleSharedPage(unittest.TestCase):
             s = d.connect()
             s.settimeout(30)
             time.sleep(0.3)
-            os.kill(d.pid(), signal.SIGSTOP)
-            try:
+            with master_stopped(d):
                 s.sendall(b'{"op":"submit","pool":"r"}\n' +
                           lines(list(range(1, 21))))
                 s.shutdown(socket.SHUT_WR)
                 time.sleep(0.2)
                 os.kill(w, signal.SIGKILL)
                 time.sleep(0.2)
-            finally:
-                os.kill(d.pid(), signal.SIGCONT)
             replies = read_lines(s)
             s.close()
             final = final_of(replies)
@@ -108,16 +117,13 @@ class ZeroWorkerLease(unittest.TestCase):
             s = d.connect()
             s.settimeout(30)
             time.sleep(0.3)
-            os.kill(d.pid(), signal.SIGSTOP)
-            try:
+            with master_stopped(d):
                 os.kill(w, signal.SIGKILL)
                 time.sleep(0.2)
                 s.sendall(b'{"op":"submit","pool":"sum"}\n' +
                           lines(list(range(1, 11))))
                 s.shutdown(socket.SHUT_WR)
                 time.sleep(0.2)
-            finally:
-                os.kill(d.pid(), signal.SIGCONT)
             replies = read_lines(s)
             s.close()
             final = final_of(replies)
@@ -240,12 +246,9 @@ class CompleterDeadNotReaped(unittest.TestCase):
             sleeping = [p for p in pids if "nanosleep" in wchan(p)]
             self.assertEqual(len(sleeping), 1, pids)
             done = [p for p in pids if p not in sleeping][0]
-            os.kill(d.pid(), signal.SIGSTOP)
-            try:
+            with master_stopped(d):
                 os.kill(done, signal.SIGKILL)
                 time.sleep(1.5)         # the sleeper's RESULT is queued
-            finally:
-                os.kill(d.pid(), signal.SIGCONT)
             replies = read_lines(s)
             s.close()
             final = final_of(replies)

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <consumers/plugin.h>
+#include "total.h"
 
 static int
 flaky_init(const cns_ctx *ctx, void **state)
@@ -43,18 +44,5 @@ flaky_consume(cns_items *items, const cns_ctx *ctx)
 	return json_integer(sum);
 }
 
-static json_t *
-flaky_complete(json_t *results, const cns_ctx *ctx)
-{
-	json_int_t total = 0;
-	size_t i;
-	json_t *r;
-
-	(void)ctx;
-	json_array_foreach(results, i, r)
-		total += json_integer_value(r);
-	return json_integer(total);
-}
-
 CONSUMERS_PLUGIN(.init = flaky_init, .consume = flaky_consume,
-    .complete = flaky_complete);
+    .complete = total_complete);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <consumers/plugin.h>
+#include "total.h"
 
 static int
 record_init(const cns_ctx *ctx, void **state)
@@ -55,19 +56,6 @@ record_consume(cns_items *items, const cns_ctx *ctx)
 	return json_integer(sum);
 }
 
-static json_t *
-record_complete(json_t *results, const cns_ctx *ctx)
-{
-	json_int_t total = 0;
-	size_t i;
-	json_t *r;
-
-	(void)ctx;
-	json_array_foreach(results, i, r)
-		total += json_integer_value(r);
-	return json_integer(total);
-}
-
 static void
 record_fini(void *state)
 {
@@ -76,4 +64,4 @@ record_fini(void *state)
 }
 
 CONSUMERS_PLUGIN(.init = record_init, .consume = record_consume,
-    .complete = record_complete, .fini = record_fini);
+    .complete = total_complete, .fini = record_fini);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <consumers/plugin.h>
+#include "total.h"
 
 static json_int_t
 knob(const cns_ctx *ctx, const char *name, json_int_t dflt)
@@ -27,17 +28,4 @@ slow_consume(cns_items *items, const cns_ctx *ctx)
 	return json_integer(n);
 }
 
-static json_t *
-slow_complete(json_t *results, const cns_ctx *ctx)
-{
-	json_int_t total = 0;
-	size_t i;
-	json_t *r;
-
-	(void)ctx;
-	json_array_foreach(results, i, r)
-		total += json_integer_value(r);
-	return json_integer(total);
-}
-
-CONSUMERS_PLUGIN(.consume = slow_consume, .complete = slow_complete);
+CONSUMERS_PLUGIN(.consume = slow_consume, .complete = total_complete);
