@@ -253,7 +253,8 @@ struct lane {
 	enum lane_state	 state;
 	int		 spool;		/* fd of the spool file, -1: none */
 	int		 spool_broken;	/* a write failed: no resend */
-	uint64_t	 spool_len;	/* bytes written */
+	struct evbuffer	*spool_stage;	/* records not yet written */
+	uint64_t	 spool_len;	/* bytes written and staged */
 	uint64_t	 resend_off;	/* next spool record to resend */
 	uint64_t	 resend_end;	/* resend records before this */
 	uint64_t	 resend_from;	/* and only seqs from this one */
@@ -329,8 +330,9 @@ struct spool_rec {
 	uint32_t	 nbytes;	/* bytes of lines, newlines included */
 };
 int		 spool_open(const char *dir);
-ssize_t		 spool_append(int fd, uint64_t off, uint64_t first,
-		    uint32_t count, struct evbuffer *, size_t nbytes);
+void		 spool_stage(struct evbuffer *stage, uint64_t first,
+		    uint32_t count, struct evbuffer *in, size_t nbytes);
+int		 spool_flush(int fd, struct evbuffer *stage);
 int		 spool_rec_at(int fd, uint64_t off, struct spool_rec *);
 char		*spool_lines(int fd, uint64_t off, const struct spool_rec *);
 char		*spool_find(int fd, uint64_t len, uint64_t seq);

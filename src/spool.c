@@ -6,7 +6,6 @@
  * in spool_dir, not in RAM; it vanishes with its descriptor.
  */
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -44,77 +43,57 @@ spool_open(const char *dir)
 	return fd;
 }
 
-static int
-spool_pwritev(int fd, struct iovec *iov, int n, uint64_t off)
-{
-	while (n > 0) {
-		ssize_t w = pwritev(fd, iov, n, (off_t)off);
-		if (w == -1) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (w == 0) {
-			errno = ENOSPC;
-			return -1;
-		}
-		off += (uint64_t)w;
-		while (n > 0 && (size_t)w >= iov->iov_len) {
-			w -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
-		}
-	}
-	return 0;
-}
-
 /*
- * Append one record: the first `nbytes` of `in` (left in place) hold
- * `count` lines starting at seq `first`.  Returns the record's size, or
- * -1 with errno.
+ * Stage one record: the first `nbytes` of `in` (left in place) hold
+ * `count` lines from seq `first`.  Staged records reach the file with
+ * spool_flush, many per write.
  */
-ssize_t
-spool_append(int fd, uint64_t off, uint64_t first, uint32_t count,
+void
+spool_stage(struct evbuffer *stage, uint64_t first, uint32_t count,
     struct evbuffer *in, size_t nbytes)
 {
 	struct spool_rec r = { first, count, (uint32_t)nbytes };
-	struct iovec iov[SPOOL_IOV + 1];
+	struct evbuffer_iovec v[SPOOL_IOV];
 	struct evbuffer_ptr pos;
 	size_t done = 0;
-	int n;
 
-	iov[0].iov_base = &r;
-	iov[0].iov_len = sizeof r;
-	if (spool_pwritev(fd, iov, 1, off) == -1)
-		return -1;
-	off += sizeof r;
+	evbuffer_add(stage, &r, sizeof r);
 	evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
 	while (done < nbytes) {
-		size_t chunk = 0;
-		n = evbuffer_peek(in, (ev_ssize_t)(nbytes - done), &pos, iov,
+		int n = evbuffer_peek(in, (ev_ssize_t)(nbytes - done), &pos, v,
 		    SPOOL_IOV);
+		size_t chunk = 0;
 		if (n > SPOOL_IOV)
 			n = SPOOL_IOV;
+		if (n <= 0)
+			fatalx("%s: fewer bytes than the record says", __func__);
 		for (int i = 0; i < n; i++) {
-			if (chunk + iov[i].iov_len > nbytes - done)
-				iov[i].iov_len = nbytes - done - chunk;
-			chunk += iov[i].iov_len;
+			size_t len = v[i].iov_len;
+			if (len > nbytes - done - chunk)
+				len = nbytes - done - chunk;
+			evbuffer_add(stage, v[i].iov_base, len);
+			chunk += len;
 		}
-		if (n <= 0 || chunk == 0) {
-			errno = EIO;
-			return -1;
-		}
-		if (spool_pwritev(fd, iov, n, off) == -1)
-			return -1;
-		off += chunk;
 		done += chunk;
 		evbuffer_ptr_set(in, &pos, chunk, EVBUFFER_PTR_ADD);
 	}
-	return (ssize_t)(sizeof r + nbytes);
+}
+
+/* Write what is staged to the end of the file; -1 with errno. */
+int
+spool_flush(int fd, struct evbuffer *stage)
+{
+	while (evbuffer_get_length(stage) > 0) {
+		int w = evbuffer_write(stage, fd);
+		if (w == -1 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			if (w == 0)
+				errno = ENOSPC;
+			return -1;
+		}
+	}
+	return 0;
 }
 
 static int

@@ -36,6 +36,7 @@ static uint64_t	stream_next_id = 1;
 static void	stream_finish(struct stream *);
 static void	stream_orphaned(struct stream *);
 static void	stream_check(struct stream *);
+static void	lane_spool_close(struct lane *);
 
 static void
 stream_timeout(evutil_socket_t fd, short ev, void *arg)
@@ -87,8 +88,7 @@ stream_free(struct stream *s)
 		struct lane *l = &s->lanes[i];
 		if (l->state == L_WAITING)
 			pool_lane_unwait(s->pool, l);
-		if (l->spool != -1)
-			close(l->spool);
+		lane_spool_close(l);
 		free(l->ranges);
 	}
 	free(s->lanes);
@@ -245,32 +245,63 @@ lane_holds(const struct lane *l, uint64_t seq)
 	return 0;
 }
 
-/* Keep a batch in the lane's spool, for a replay after a crash. */
-static void
-lane_spool(struct stream *s, struct lane *l, uint64_t first, uint32_t count,
-    struct evbuffer *in, size_t nbytes)
-{
-	ssize_t n;
+#define SPOOL_STAGE_MAX	(64u << 10)	/* bytes staged before a write */
 
-	if (s->pool->pc->on_crash == CRASH_FAIL || l->spool_broken)
-		return;
-	if (l->spool == -1 && (l->spool = spool_open(cns_conf->spool_dir)) ==
-	    -1) {
-		log_warn("stream %" PRIu64 ": cannot create a spool file in %s; "
-		    "a crash of worker %u will lose its items",
-		    s->id, cns_conf->spool_dir, l->index + 1);
-		l->spool_broken = 1;
-		return;
-	}
-	if ((n = spool_append(l->spool, l->spool_len, first, count, in,
-	    nbytes)) == -1) {
+/* Write the lane's staged records to its file; -1 if that failed. */
+static int
+lane_spool_flush(struct stream *s, struct lane *l)
+{
+	if (l->spool == -1 || l->spool_stage == NULL || l->spool_broken)
+		return l->spool_broken ? -1 : 0;
+	if (spool_flush(l->spool, l->spool_stage) == -1) {
 		log_warn("stream %" PRIu64 ": writing the spool file in %s; "
 		    "a crash of its lane %u will lose its items", s->id,
 		    cns_conf->spool_dir, l->index + 1);
 		l->spool_broken = 1;
-		return;
+		return -1;
 	}
-	l->spool_len += (uint64_t)n;
+	return 0;
+}
+
+static void
+lane_spool_close(struct lane *l)
+{
+	if (l->spool != -1) {
+		close(l->spool);
+		l->spool = -1;
+	}
+	if (l->spool_stage != NULL) {
+		evbuffer_free(l->spool_stage);
+		l->spool_stage = NULL;
+	}
+}
+
+/*
+ * Keep a batch in the lane's spool, for a replay after a crash.  Batches
+ * are staged and written 64 KiB at a time: a write per batch would cost
+ * more than the batch.
+ */
+static void
+lane_spool(struct stream *s, struct lane *l, uint64_t first, uint32_t count,
+    struct evbuffer *in, size_t nbytes)
+{
+	if (s->pool->pc->on_crash == CRASH_FAIL || l->spool_broken)
+		return;
+	if (l->spool == -1) {
+		if ((l->spool = spool_open(cns_conf->spool_dir)) == -1) {
+			log_warn("stream %" PRIu64 ": cannot create a spool "
+			    "file in %s; a crash of its lane %u will lose its "
+			    "items", s->id, cns_conf->spool_dir, l->index + 1);
+			l->spool_broken = 1;
+			return;
+		}
+		if ((l->spool_stage = evbuffer_new()) == NULL)
+			fatalx("%s: evbuffer_new", __func__);
+	}
+	spool_stage(l->spool_stage, first, count, in, nbytes);
+	l->spool_len += sizeof(struct spool_rec) + nbytes;
+	if (evbuffer_get_length(l->spool_stage) >= SPOOL_STAGE_MAX)
+		lane_spool_flush(s, l);
 }
 
 static void
@@ -698,10 +729,7 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 		return -1;
 	w->returned = 1;
 	l->state = L_RETURNED;
-	if (l->spool != -1) {
-		close(l->spool);	/* the call returned: nothing to replay */
-		l->spool = -1;
-	}
+	lane_spool_close(l);	/* the call returned: nothing to replay */
 	s->nreturned++;
 	json_array_set(s->results, w->index, json_object_get(v, "result"));
 	if (json_is_string(err))
@@ -781,10 +809,7 @@ lane_dead(struct stream *s, struct lane *l, struct worker *w,
 	else if (w != NULL && WIFSIGNALED(status))
 		json_object_set_new(e, "signal", json_integer(WTERMSIG(status)));
 	s->unconsumed += lost;
-	if (l->spool != -1) {
-		close(l->spool);
-		l->spool = -1;
-	}
+	lane_spool_close(l);
 }
 
 /* Tell the client an item is quarantined, with its line. */
@@ -792,8 +817,8 @@ static void
 stream_quarantine(struct stream *s, struct lane *l, uint64_t seq,
     const char *reason)
 {
-	char *line = l->spool != -1 ? spool_find(l->spool, l->spool_len, seq) :
-	    NULL;
+	char *line = l->spool != -1 && lane_spool_flush(s, l) == 0 ?
+	    spool_find(l->spool, l->spool_len, seq) : NULL;
 	json_t *item = NULL, *v;
 
 	if (line != NULL) {
@@ -874,7 +899,7 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 		lane_dead(s, l, w, how, w->status, NULL);
 		return;
 	}
-	if (l->spool_broken) {
+	if (lane_spool_flush(s, l) == -1) {
 		lane_dead(s, l, w, how, w->status, " (its items could not be "
 		    "spooled, so they cannot be sent again)");
 		return;
@@ -975,6 +1000,7 @@ stream_lane_leased(struct lane *l, struct worker *w)
 	s->nlive++;
 	l->state = L_LIVE;
 	l->resend_off = 0;
+	/* The lane's staged records were flushed when its worker died. */
 	l->resend_end = l->spool != -1 ? l->spool_len : 0;
 	log_info("stream %" PRIu64 ": pool %s: worker %u takes over lane %u "
 	    "(%" PRIu64 " bytes to resend)", s->id, s->pool->pc->name, w->slot,
@@ -1037,10 +1063,7 @@ stream_finish(struct stream *s)
 			pool_lane_unwait(s->pool, l);
 			l->state = L_DEAD;
 		}
-		if (l->spool != -1) {
-			close(l->spool);
-			l->spool = -1;
-		}
+		lane_spool_close(l);
 	}
 	s->nwaiting = 0;
 	for (unsigned i = 0; i < s->nw; i++) {

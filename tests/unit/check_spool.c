@@ -1,7 +1,8 @@
 /*
- * check_spool.c - unit tests for src/spool.c: records appended from an
- * evbuffer (left in place, across many chains) read back by offset, a
- * line found by its seq, and a spool file that is unlinked from the start.
+ * check_spool.c - unit tests for src/spool.c: records staged from an
+ * evbuffer (left in place, across many chains) and flushed, read back by
+ * offset, a line found by its seq, and a spool file that is unlinked from
+ * the start.
  */
 #include <sys/stat.h>
 #include <errno.h>
@@ -45,6 +46,23 @@ START_TEST(test_open_is_unlinked)
 }
 END_TEST
 
+/* Stage one record and write it at once; its size, or -1. */
+static ssize_t
+append(int fd, uint64_t first, uint32_t count, struct evbuffer *in,
+    size_t nbytes)
+{
+	struct evbuffer *st = evbuffer_new();
+	ssize_t n;
+
+	spool_stage(st, first, count, in, nbytes);
+	n = (ssize_t)evbuffer_get_length(st);
+	if (spool_flush(fd, st) == -1)
+		n = -1;
+	ck_assert_uint_eq(evbuffer_get_length(st), 0);
+	evbuffer_free(st);
+	return n;
+}
+
 START_TEST(test_open_bad_dir)
 {
 	ck_assert_int_eq(spool_open("/nonexistent/spool/dir"), -1);
@@ -74,7 +92,7 @@ START_TEST(test_append_read_back)
 	int fd = spool_open(dir);
 
 	ck_assert_int_ge(fd, 0);
-	n = spool_append(fd, off, 1, 3, in, strlen(a));
+	n = append(fd, 1, 3, in, strlen(a));
 	ck_assert_int_eq(n, (ssize_t)(sizeof r + strlen(a)));
 	/* The caller moves the bytes on; the spool only copied them. */
 	ck_assert_uint_eq(evbuffer_get_length(in), strlen(a));
@@ -82,7 +100,7 @@ START_TEST(test_append_read_back)
 	off += (uint64_t)n;
 	in = chained(b);
 	evbuffer_add(in, "tail-not-spooled", 16);
-	n = spool_append(fd, off, 4, 2, in, strlen(b));
+	n = append(fd, 4, 2, in, strlen(b));
 	ck_assert_int_eq(n, (ssize_t)(sizeof r + strlen(b)));
 	evbuffer_free(in);
 
@@ -113,10 +131,10 @@ START_TEST(test_find)
 	char *line;
 	int fd = spool_open(dir);
 
-	len += (uint64_t)spool_append(fd, len, 10, 3, in, strlen(a));
+	len += (uint64_t)append(fd, 10, 3, in, strlen(a));
 	evbuffer_free(in);
 	in = chained(b);
-	len += (uint64_t)spool_append(fd, len, 20, 2, in, strlen(b));
+	len += (uint64_t)append(fd, 20, 2, in, strlen(b));
 	evbuffer_free(in);
 	line = spool_find(fd, len, 11);
 	ck_assert_str_eq(line, "22");
@@ -162,13 +180,47 @@ START_TEST(test_many_chains)
 	len = evbuffer_get_length(in);
 	want = malloc(len);
 	evbuffer_copyout(in, want, len);
-	ck_assert_int_eq(spool_append(fd, 0, 1, (uint32_t)n, in, len),
+	ck_assert_int_eq(append(fd, 1, (uint32_t)n, in, len),
 	    (ssize_t)(sizeof r + len));
 	ck_assert_int_eq(spool_rec_at(fd, 0, &r), 0);
 	lines = spool_lines(fd, 0, &r);
 	ck_assert_mem_eq(lines, want, len);
 	free(lines);
 	free(want);
+	evbuffer_free(in);
+	close(fd);
+}
+END_TEST
+
+/* Records staged one after another land in one write, in order. */
+START_TEST(test_stage_many_flush_once)
+{
+	struct evbuffer *st = evbuffer_new(), *in = evbuffer_new();
+	struct spool_rec r;
+	uint64_t off = 0;
+	char *lines;
+	int fd = spool_open(dir);
+
+	for (unsigned i = 0; i < 100; i++) {
+		evbuffer_add_printf(in, "%u\n%u\n", i * 2 + 1, i * 2 + 2);
+		spool_stage(st, i * 2 + 1, 2, in, evbuffer_get_length(in));
+		evbuffer_drain(in, evbuffer_get_length(in));
+	}
+	ck_assert_int_eq(spool_flush(fd, st), 0);
+	for (unsigned i = 0; i < 100; i++) {
+		char want[32];
+		int k = snprintf(want, sizeof want, "%u\n%u\n", i * 2 + 1,
+		    i * 2 + 2);
+		ck_assert_int_eq(spool_rec_at(fd, off, &r), 0);
+		ck_assert_uint_eq(r.first, i * 2 + 1);
+		ck_assert_uint_eq(r.count, 2);
+		ck_assert_uint_eq(r.nbytes, (unsigned)k);
+		lines = spool_lines(fd, off, &r);
+		ck_assert_mem_eq(lines, want, (size_t)k);
+		free(lines);
+		off += sizeof r + r.nbytes;
+	}
+	evbuffer_free(st);
 	evbuffer_free(in);
 	close(fd);
 }
@@ -186,6 +238,7 @@ spool_suite(void)
 	tcase_add_test(tc, test_append_read_back);
 	tcase_add_test(tc, test_find);
 	tcase_add_test(tc, test_many_chains);
+	tcase_add_test(tc, test_stage_many_flush_once);
 	suite_add_tcase(s, tc);
 	return s;
 }
