@@ -6,6 +6,8 @@
  */
 #include <sys/stat.h>
 #include <ctype.h>
+#include <grp.h>
+#include <pwd.h>
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -385,8 +387,84 @@ valid_pool_name(const char *s, size_t len)
 static const char *const pool_keys[] = {
 	"plugin", "workers", "stream_workers", "args", "kwargs",
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
-	"max_init_failures", NULL
+	"max_init_failures", "allow", NULL
 };
+
+/* A group name from the system's database; -1 with an error if unknown. */
+static int
+group_id(struct cfile *f, const char *key, const char *name, gid_t *out)
+{
+	struct group *g = getgrnam(name);
+
+	if (g == NULL) {
+		key_error(f, key, "\"%s\": no group named \"%.100s\" on this "
+		    "system", key, name);
+		return -1;
+	}
+	*out = g->gr_gid;
+	return 0;
+}
+
+/*
+ * "allow": {"users": [names], "groups": [names]}: who may submit to the
+ * pool.  Names are looked up once, here.
+ */
+static int
+get_allow(struct cfile *f, json_t *root, struct pool_conf *pc)
+{
+	json_t *v = json_object_get(root, "allow"), *users, *groups, *e;
+	const char *key;
+	size_t i;
+	int bad = 0;
+
+	if (v == NULL)
+		return 0;
+	json_object_foreach(v, key, e)
+		if (strcmp(key, "users") != 0 && strcmp(key, "groups") != 0) {
+			key_error(f, "allow", "\"allow\" takes \"users\" and "
+			    "\"groups\", not \"%.100s\"", key);
+			return -1;
+		}
+	users = json_object_get(v, "users");
+	groups = json_object_get(v, "groups");
+	if (!json_is_object(v) || (users != NULL && !json_is_array(users)) ||
+	    (groups != NULL && !json_is_array(groups))) {
+		key_error(f, "allow", "\"allow\" must be like {\"users\": "
+		    "[\"alice\"], \"groups\": [\"etl\"]}");
+		return -1;
+	}
+	pc->allow = 1;
+	pc->allow_uids = calloc(json_array_size(users) + 1, sizeof(uid_t));
+	pc->allow_gids = calloc(json_array_size(groups) + 1, sizeof(gid_t));
+	if (pc->allow_uids == NULL || pc->allow_gids == NULL)
+		fatal("%s: calloc", __func__);
+	json_array_foreach(users, i, e) {
+		struct passwd *pw = json_is_string(e) ?
+		    getpwnam(json_string_value(e)) : NULL;
+		if (pw == NULL) {
+			key_error(f, "allow", "\"allow\": %s%.100s%s is not a "
+			    "user on this system", json_is_string(e) ? "\"" :
+			    "", json_is_string(e) ? json_string_value(e) :
+			    "a non-string", json_is_string(e) ? "\"" : "");
+			bad = 1;
+			continue;
+		}
+		pc->allow_uids[pc->nallow_uids++] = pw->pw_uid;
+	}
+	json_array_foreach(groups, i, e) {
+		if (!json_is_string(e) || group_id(f, "allow",
+		    json_string_value(e), &pc->allow_gids[pc->nallow_gids]) ==
+		    -1) {
+			if (!json_is_string(e))
+				key_error(f, "allow", "\"allow\": group names "
+				    "are strings");
+			bad = 1;
+			continue;
+		}
+		pc->nallow_gids++;
+	}
+	return bad ? -1 : 0;
+}
 
 /* A number of seconds in [0, hi]; 0 may mean "none" to the caller. */
 static int
@@ -486,6 +564,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	u = pc->max_init_failures;
 	bad |= get_uint(&f, root, "max_init_failures", 1, 1000, &u);
 	pc->max_init_failures = (unsigned)u;
+	bad |= get_allow(&f, root, pc);
 	v = json_object_get(root, "on_crash");
 	if (v != NULL) {
 		int found = -1;
@@ -531,6 +610,8 @@ pool_conf_clear(struct pool_conf *pc)
 	free(pc->plugin);
 	json_decref(pc->args);
 	json_decref(pc->kwargs);
+	free(pc->allow_uids);
+	free(pc->allow_gids);
 }
 
 static int
@@ -585,7 +666,8 @@ pools_load(struct conf *c, json_t *errors)
 static const char *const daemon_keys[] = {
 	"socket", "socket_mode", "plugin_dir", "pools_dir", "max_item_bytes",
 	"window_bytes", "window_items", "log_level", "spool_dir",
-	"header_timeout", "idle_timeout", "max_connections_per_uid", NULL
+	"header_timeout", "idle_timeout", "max_connections_per_uid",
+	"shutdown_timeout", "admin_group", "socket_group", NULL
 };
 
 static int
@@ -645,6 +727,16 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 	s = NULL;
 	bad |= get_seconds(f, root, "header_timeout", 3600, &c->header_timeout);
 	bad |= get_seconds(f, root, "idle_timeout", 86400, &c->idle_timeout);
+	bad |= get_seconds(f, root, "shutdown_timeout", 86400,
+	    &c->shutdown_timeout);
+	if (get_string(f, root, "admin_group", &c->admin_group) == -1 ||
+	    (c->admin_group != NULL && group_id(f, "admin_group",
+	    c->admin_group, &c->admin_gid) == -1))
+		bad = 1;
+	if (get_string(f, root, "socket_group", &c->socket_group) == -1 ||
+	    (c->socket_group != NULL && group_id(f, "socket_group",
+	    c->socket_group, &c->socket_gid) == -1))
+		bad = 1;
 	u = c->max_conn_per_uid;
 	bad |= get_uint(f, root, "max_connections_per_uid", 0, 1000000, &u);
 	c->max_conn_per_uid = (unsigned)u;
@@ -689,6 +781,7 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 	c->window_items = 8192;
 	c->log_level = LOG_LVL_INFO;
 	c->header_timeout = 10;
+	c->shutdown_timeout = 30;
 	c->idle_timeout = 300;
 	c->max_conn_per_uid = 256;
 	if (cfile_read(&f, &root) == -1 || daemon_load(c, &f, root) == -1)
@@ -745,6 +838,8 @@ conf_free(struct conf *c)
 	free(c->plugin_dir);
 	free(c->pools_dir);
 	free(c->spool_dir);
+	free(c->admin_group);
+	free(c->socket_group);
 	free(c);
 }
 

@@ -41,6 +41,11 @@ struct pool_conf {
 	unsigned	 max_attempts;	/* crashes on one item: poison */
 	double		 item_timeout;	/* seconds on one item, 0: none */
 	unsigned	 max_init_failures; /* in a row: the pool fails */
+	int		 allow;		/* "allow" given: only these submit */
+	uid_t		*allow_uids;
+	size_t		 nallow_uids;
+	gid_t		*allow_gids;
+	size_t		 nallow_gids;
 };
 
 struct conf {
@@ -57,6 +62,11 @@ struct conf {
 	double		 header_timeout; /* connect to header, at most */
 	double		 idle_timeout;	/* a stream's client silent */
 	unsigned	 max_conn_per_uid; /* 0: no limit */
+	double		 shutdown_timeout; /* open streams may finish */
+	char		*admin_group;	/* may see status of all pools */
+	gid_t		 admin_gid;
+	char		*socket_group;	/* the socket's group, if set */
+	gid_t		 socket_gid;
 	struct pool_conf *pools;
 	size_t		 npools;
 };

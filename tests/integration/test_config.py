@@ -95,6 +95,34 @@ class Config(unittest.TestCase):
         self.assertIn(pool + ':4:2: "item_timeout" must be a number of '
                       'seconds from 0 to 86400, not a string', err)
 
+    def test_access_keys(self):
+        self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
+                   ' "admin_group": "no-such-group-x",\n'
+                   ' "shutdown_timeout": "soon"}' % PLUGIN_DIR)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(self.conf + ':2:2: "admin_group": no group named '
+                      '"no-such-group-x" on this system', err)
+        self.assertIn(self.conf + ':3:2: "shutdown_timeout" must be a '
+                      'number of seconds', err)
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        pool = self.write("pools.d/p.json", '{"plugin": "sum",\n'
+                          ' "allow": {"users": ["root", "no-such-user-x"],'
+                          ' "groups": ["root"]}}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(pool + ':2:2: "allow": "no-such-user-x" is not a user '
+                      'on this system', err)
+        self.write("pools.d/p.json", '{"plugin": "sum", "allow": '
+                   '{"users": ["root"], "groups": ["root"]}}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
+        self.write("pools.d/p.json", '{"plugin": "sum", "allow": '
+                   '{"people": []}}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertIn('"allow" takes "users" and "groups", not "people"',
+                      err)
+
     def test_unusable_spool_dir(self):
         # Replay needs somewhere to spool: the daemon says where it
         # looked and what to do, and does not start.
