@@ -594,6 +594,14 @@ pool_load(struct conf *c, const char *path, const char *name,
 			    "daemon config, or give a path)", plugin,
 			    pc->plugin, strerror(errno));
 			bad = 1;
+		} else {
+			/* Which file it is: a rebuilt plugin is a change. */
+			struct stat st;
+			if (stat(pc->plugin, &st) == 0) {
+				pc->plugin_dev = st.st_dev;
+				pc->plugin_ino = st.st_ino;
+				pc->plugin_mtime = st.st_mtim;
+			}
 		}
 	}
 	free(plugin);
@@ -770,6 +778,7 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 
 	if ((c = calloc(1, sizeof *c)) == NULL)
 		fatal("%s: calloc", __func__);
+	c->refs = 1;
 	if ((c->file = strdup(file)) == NULL ||
 	    (c->socket = strdup(CNS_DEFAULT_SOCKET)) == NULL ||
 	    (c->plugin_dir = strdup(CNS_PLUGIN_DIR)) == NULL)
@@ -841,6 +850,47 @@ conf_free(struct conf *c)
 	free(c->admin_group);
 	free(c->socket_group);
 	free(c);
+}
+
+struct conf *
+conf_ref(struct conf *c)
+{
+	c->refs++;
+	return c;
+}
+
+void
+conf_unref(struct conf *c)
+{
+	if (c != NULL && --c->refs == 0)
+		conf_free(c);
+}
+
+static int
+same_ids(const void *a, size_t na, const void *b, size_t nb, size_t size)
+{
+	return na == nb && (na == 0 || memcmp(a, b, na * size) == 0);
+}
+
+/* Whether a reload leaves a pool as it is: same plugin file, same keys. */
+int
+conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
+{
+	return strcmp(a->plugin, b->plugin) == 0 &&
+	    a->plugin_dev == b->plugin_dev && a->plugin_ino == b->plugin_ino &&
+	    a->plugin_mtime.tv_sec == b->plugin_mtime.tv_sec &&
+	    a->plugin_mtime.tv_nsec == b->plugin_mtime.tv_nsec &&
+	    a->workers == b->workers && a->stream_workers == b->stream_workers &&
+	    json_equal(a->args, b->args) && json_equal(a->kwargs, b->kwargs) &&
+	    a->queue_timeout == b->queue_timeout &&
+	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
+	    a->item_timeout == b->item_timeout &&
+	    a->max_init_failures == b->max_init_failures &&
+	    a->allow == b->allow &&
+	    same_ids(a->allow_uids, a->nallow_uids, b->allow_uids,
+	    b->nallow_uids, sizeof(uid_t)) &&
+	    same_ids(a->allow_gids, a->nallow_gids, b->allow_gids,
+	    b->nallow_gids, sizeof(gid_t));
 }
 
 struct pool_conf *

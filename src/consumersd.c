@@ -30,11 +30,15 @@
 
 struct event_base	*cns_base;
 struct conf		*cns_conf;
+struct conf_overrides	 cns_overrides;	/* -s, -P: kept for reloads */
+int			 cns_debug;	/* -d: debug logs whatever the config */
 
 int			 cns_startup;
 static unsigned		 startup_pending;
 static struct event	*startup_timer;
 static int		 stopping;
+static int		 draining;	/* open streams may still finish */
+static struct event	*drain_timer;
 static struct event	*stop_timer;
 static char		*title_base;	/* argv's storage, for the title */
 static size_t		 title_len;
@@ -131,11 +135,108 @@ cns_maybe_exit(void)
 		event_base_loopexit(cns_base, NULL);
 }
 
+int
+cns_draining(void)
+{
+	return stopping;
+}
+
+/* The last phase of a stop: workers are told to exit, then killed. */
 static void
-on_signal(evutil_socket_t sig, short ev, void *arg)
+stop_workers(void)
 {
 	struct timeval tv = { STOP_GRACE, 0 };
 
+	draining = 0;
+	if (drain_timer != NULL)
+		evtimer_del(drain_timer);
+	pool_stop_all();
+	worker_stop_all();
+	if (stop_timer == NULL) {
+		stop_timer = evtimer_new(cns_base, on_stop_timer, NULL);
+		evtimer_add(stop_timer, &tv);
+	}
+	cns_maybe_exit();
+}
+
+/* A stream was freed: the stop may go on once none is left. */
+void
+cns_stream_freed(void)
+{
+	if (draining && stream_count() == 0) {
+		log_info("every open stream has finished");
+		stop_workers();
+	}
+}
+
+static void
+on_drain_timer(evutil_socket_t fd, short ev, void *arg)
+{
+	char why[160];
+
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	log_warnx("%u stream%s still open after shutdown_timeout (%g s); "
+	    "ending them", stream_count(), stream_count() == 1 ? "" : "s",
+	    cns_conf->shutdown_timeout);
+	snprintf(why, sizeof why, "consumersd is shutting down: the stream "
+	    "was still open after shutdown_timeout (%g s)",
+	    cns_conf->shutdown_timeout);
+	draining = 0;
+	client_abort_all(why);
+	stop_workers();
+}
+
+/*
+ * SIGTERM, SIGINT: stop accepting, let open streams finish for up to
+ * shutdown_timeout (queued ones are refused: they have not started), then
+ * end what is left and stop the workers.  A second signal ends the wait.
+ */
+static void
+stop(int sig)
+{
+	struct timeval tv;
+	struct pool *p;
+
+	if (stopping) {
+		if (draining) {
+			log_info("%s again: ending the open streams now",
+			    strsignal(sig));
+			draining = 0;
+			client_abort_all("consumersd is shutting down");
+			stop_workers();
+		}
+		return;
+	}
+	stopping = 1;
+#ifdef HAVE_SYSTEMD
+	sd_notify(0, "STOPPING=1");
+#endif
+	client_close_listener();
+	if (cns_conf->shutdown_timeout <= 0 || stream_count() == 0) {
+		log_info("%s: stopping", strsignal(sig));
+		client_abort_all("consumersd is shutting down");
+		stop_workers();
+		return;
+	}
+	log_info("%s: stopping; %u open stream%s may finish within %g s "
+	    "(shutdown_timeout)", strsignal(sig), stream_count(),
+	    stream_count() == 1 ? "" : "s", cns_conf->shutdown_timeout);
+	draining = 1;
+	TAILQ_FOREACH(p, pool_all(), entry)
+		pool_dispatch(p);	/* refuses what is queued */
+	tv.tv_sec = (time_t)cns_conf->shutdown_timeout;
+	tv.tv_usec = (suseconds_t)((cns_conf->shutdown_timeout -
+	    (double)tv.tv_sec) * 1e6);
+	drain_timer = evtimer_new(cns_base, on_drain_timer, NULL);
+	evtimer_add(drain_timer, &tv);
+	cns_stream_freed();	/* the refused ones may be all there was */
+}
+
+static void
+on_signal(evutil_socket_t sig, short ev, void *arg)
+{
 	(void)ev;
 	(void)arg;
 	switch (sig) {
@@ -143,28 +244,17 @@ on_signal(evutil_socket_t sig, short ev, void *arg)
 		worker_reap();
 		return;
 	case SIGHUP:
-		log_warnx("SIGHUP: configuration reload is not supported by "
-		    "this version; restart the daemon to apply changes");
+		if (stopping)
+			log_info("SIGHUP while stopping: ignored");
+		else
+			cns_reload();
 		return;
 	}
-	if (stopping)
-		return;
-	log_info("%s: stopping", strsignal((int)sig));
-#ifdef HAVE_SYSTEMD
-	sd_notify(0, "STOPPING=1");
-#endif
-	stopping = 1;
-	client_close_listener();
-	pool_stop_all();
-	client_abort_all("consumersd is shutting down");
-	worker_stop_all();
-	stop_timer = evtimer_new(cns_base, on_stop_timer, NULL);
-	evtimer_add(stop_timer, &tv);
-	cns_maybe_exit();
+	stop((int)sig);
 }
 
 /* Whether a replay/redeliver pool can spool; 0, or -1 with why. */
-static int
+int
 check_spool(const struct conf *c, char *why, size_t whylen)
 {
 	int fd, need = 0;
@@ -303,6 +393,12 @@ main(int argc, char **argv)
 	}
 	json_decref(errors);
 	log_setlevel(debug ? LOG_LVL_DEBUG : cns_conf->log_level);
+	/* Copies: the process title is written over argv's strings. */
+	if ((ov.socket != NULL && (cns_overrides.socket = strdup(ov.socket)) ==
+	    NULL) || (ov.plugin_dir != NULL && (cns_overrides.plugin_dir =
+	    strdup(ov.plugin_dir)) == NULL))
+		fatal("strdup");
+	cns_debug = debug;
 	proctitle_init(argc, argv);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -327,6 +423,7 @@ main(int argc, char **argv)
 	cns_startup = 1;
 	for (size_t i = 0; i < cns_conf->npools; i++) {
 		struct pool *p = pool_new(&cns_conf->pools[i]);
+		p->conf = conf_ref(cns_conf);
 		pool_add(p);
 		pool_start(p);
 	}
@@ -348,9 +445,13 @@ main(int argc, char **argv)
 		event_free(sigs[i]);
 	if (stop_timer != NULL)
 		event_free(stop_timer);
+	if (drain_timer != NULL)
+		event_free(drain_timer);
 	if (startup_timer != NULL)
 		event_free(startup_timer);
 	event_base_free(cns_base);
-	conf_free(cns_conf);
+	conf_unref(cns_conf);
+	free((char *)cns_overrides.socket);
+	free((char *)cns_overrides.plugin_dir);
 	return 0;
 }

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <jansson.h>
 
 #include "proto.h"
@@ -30,6 +31,9 @@ struct pool_conf {
 	char		*name;		/* the pool file's stem */
 	char		*file;		/* the pool file, for messages */
 	char		*plugin;	/* resolved path of the .so */
+	dev_t		 plugin_dev;	/* which file: a rebuilt one is new */
+	ino_t		 plugin_ino;
+	struct timespec	 plugin_mtime;
 	int		 plugin_line;	/* where "plugin" stands in file */
 	int		 plugin_column;
 	unsigned	 workers;
@@ -49,6 +53,7 @@ struct pool_conf {
 };
 
 struct conf {
+	unsigned	 refs;		/* cns_conf, and each pool using it */
 	char		*file;
 	char		*socket;
 	mode_t		 socket_mode;
@@ -80,6 +85,10 @@ struct conf_overrides {
 struct conf	*conf_load(const char *file, const struct conf_overrides *,
 		    json_t *errors);
 void		 conf_free(struct conf *);
+struct conf	*conf_ref(struct conf *);
+void		 conf_unref(struct conf *);
+int		 conf_pool_same(const struct pool_conf *,
+		    const struct pool_conf *);
 const char	*conf_crash_policy(int);
 struct pool_conf *conf_pool(struct conf *, const char *name);
 int		 conf_keypos(const char *text, size_t len, const char *key,
@@ -150,6 +159,10 @@ TAILQ_HEAD(laneq, lane);
 
 struct pool {
 	struct pool_conf *pc;
+	struct conf	*conf;		/* holds pc; a reference */
+	int		 retiring;	/* replaced or removed by a reload */
+	unsigned	 nstreams;	/* streams that point here */
+	unsigned	 nrunning;	/* of those, leased and not done */
 	struct workerq	 workers;
 	struct streamq	 queue;		/* streams waiting, FIFO */
 	struct laneq	 lanes;		/* lanes waiting for a new worker */
@@ -182,6 +195,10 @@ void		 pool_lane_unwait(struct pool *, struct lane *);
 unsigned	 pool_slot(struct pool *);
 const char	*pool_unavailable(struct pool *);
 void		 pool_stop_all(void);
+void		 pool_retire(struct pool *, struct pool *successor);
+void		 pool_retire_check(struct pool *);
+void		 pool_stream_new(struct pool *);
+void		 pool_stream_free(struct pool *);
 void		 pool_free_all(void);
 
 /* worker.c: the master's side of worker processes, a table keyed by pid */
@@ -332,6 +349,7 @@ void		 stream_worker_gone(struct stream *, struct worker *,
 void		 stream_abort(struct stream *, const char *why);
 void		 stream_lane_leased(struct lane *, struct worker *);
 void		 stream_lane_fail(struct lane *, const char *why);
+unsigned	 stream_count(void);	/* streams not yet freed */
 
 /* spool.c: replay spool files */
 struct spool_rec {
@@ -371,6 +389,14 @@ void		 cns_proctitle(const char *fmt, ...)
 		    __attribute__((format(printf, 1, 2)));
 void		 cns_maybe_exit(void);
 extern int	 cns_startup;	/* spawning the first workers */
+int		 cns_draining(void);	/* stopping: no new streams */
+extern struct conf_overrides cns_overrides;
+extern int	 cns_debug;
+int		 check_spool(const struct conf *, char *why, size_t whylen);
+void		 cns_stream_freed(void);
+
+/* reload.c: SIGHUP */
+void		 cns_reload(void);
 void		 cns_worker_settled(void);
 
 /* child.c: the worker process, never returns */

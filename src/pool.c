@@ -16,6 +16,7 @@
 #define RESPAWN_MAX_MS	30000
 
 static struct poolq	pools = TAILQ_HEAD_INITIALIZER(pools);
+static struct poolq	retired = TAILQ_HEAD_INITIALIZER(retired);
 static int		pools_stopping;
 
 struct poolq *
@@ -118,7 +119,75 @@ pool_free(struct pool *p)
 	if (p->watch_ev != NULL)
 		event_free(p->watch_ev);
 	free(p->last_error);
+	conf_unref(p->conf);
 	free(p);
+}
+
+/*
+ * A reload replaced the pool (`successor`) or removed it (NULL).  It takes
+ * no new streams: queued ones move to the successor or are refused.  Its
+ * running streams finish on its own workers, which then exit; the pool is
+ * freed when nothing points to it any more.
+ */
+void
+pool_retire(struct pool *p, struct pool *successor)
+{
+	struct stream *s;
+	char msg[200];
+
+	TAILQ_REMOVE(&pools, p, entry);
+	TAILQ_INSERT_TAIL(&retired, p, entry);
+	p->retiring = 1;
+	while ((s = TAILQ_FIRST(&p->queue)) != NULL) {
+		if (successor == NULL) {
+			snprintf(msg, sizeof msg, "pool %s was removed by a "
+			    "configuration reload", p->pc->name);
+			stream_refuse(s, msg);
+			continue;
+		}
+		TAILQ_REMOVE(&p->queue, s, qentry);
+		p->nstreams--;
+		s->pool = successor;
+		successor->nstreams++;
+		TAILQ_INSERT_TAIL(&successor->queue, s, qentry);
+	}
+	pool_retire_check(p);
+}
+
+/* A retiring pool: stop its workers once its streams are done; free it
+ * once nothing points to it. */
+void
+pool_retire_check(struct pool *p)
+{
+	struct worker *w, *next;
+
+	if (!p->retiring)
+		return;
+	if (p->nrunning == 0)
+		for (w = TAILQ_FIRST(&p->workers); w != NULL; w = next) {
+			next = TAILQ_NEXT(w, entry);
+			if (w->state != W_EXITING)
+				worker_stop(w);
+		}
+	if (p->nworkers == 0 && p->nstreams == 0) {
+		log_info("pool %s: the configuration it ran under is retired",
+		    p->pc->name);
+		TAILQ_REMOVE(&retired, p, entry);
+		pool_free(p);
+	}
+}
+
+void
+pool_stream_new(struct pool *p)
+{
+	p->nstreams++;
+}
+
+void
+pool_stream_free(struct pool *p)
+{
+	p->nstreams--;
+	pool_retire_check(p);
 }
 
 /* The lowest slot number no live worker of the pool uses. */
@@ -143,7 +212,7 @@ pool_start(struct pool *p)
 	struct worker *w;
 	unsigned live = 0;
 
-	if (pools_stopping)
+	if (pools_stopping || (p->retiring && p->nrunning == 0))
 		return;
 	TAILQ_FOREACH(w, &p->workers, entry)
 		if (w->state != W_EXITING)
@@ -202,8 +271,19 @@ pool_idle(struct pool *p, struct worker *w)
  * Why the pool cannot take streams now, or NULL: its workers keep failing
  * to start and none is up, so waiting would only end in a timeout.
  */
+static const char *pool_broken(struct pool *);
+
 const char *
 pool_unavailable(struct pool *p)
+{
+	if (cns_draining())
+		return "consumersd is shutting down";
+	return pool_broken(p);
+}
+
+/* Why the pool's own workers cannot serve: failed starts. */
+static const char *
+pool_broken(struct pool *p)
 {
 	struct worker *w;
 
@@ -226,7 +306,9 @@ pool_dispatch(struct pool *p)
 	struct stream *s;
 	const char *why;
 
-	if ((why = pool_unavailable(p)) != NULL) {
+	/* Lanes of running streams are served while the daemon stops, since
+	 * open streams may finish; only a broken pool fails them. */
+	if ((why = pool_broken(p)) != NULL) {
 		struct lane *l;
 		while ((l = TAILQ_FIRST(&p->lanes)) != NULL) {
 			char msg[1200];
@@ -256,6 +338,12 @@ pool_dispatch(struct pool *p)
 			break;
 		pool_lane_unwait(p, l);
 		stream_lane_leased(l, w);
+	}
+	if (cns_draining()) {
+		/* Queued streams have not started: they are refused. */
+		while ((s = TAILQ_FIRST(&p->queue)) != NULL)
+			stream_refuse(s, "consumersd is shutting down");
+		return;
 	}
 	while (p->nidle > 0 && (s = TAILQ_FIRST(&p->queue)) != NULL) {
 		unsigned n;
@@ -306,6 +394,7 @@ pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
 	if (p->respawn_ev != NULL && !evtimer_pending(p->respawn_ev, NULL))
 		evtimer_add(p->respawn_ev, &tv);
 	pool_dispatch(p);
+	pool_retire_check(p);	/* may free p */
 }
 
 void
@@ -320,6 +409,9 @@ pool_stop_all(void)
 		if (p->watch_ev != NULL)
 			event_del(p->watch_ev);
 	}
+	TAILQ_FOREACH(p, &retired, entry)
+		if (p->respawn_ev != NULL)
+			evtimer_del(p->respawn_ev);
 }
 
 void
@@ -329,6 +421,10 @@ pool_free_all(void)
 
 	while ((p = TAILQ_FIRST(&pools)) != NULL) {
 		TAILQ_REMOVE(&pools, p, entry);
+		pool_free(p);
+	}
+	while ((p = TAILQ_FIRST(&retired)) != NULL) {
+		TAILQ_REMOVE(&retired, p, entry);
 		pool_free(p);
 	}
 }

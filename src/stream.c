@@ -32,6 +32,13 @@
 #define CRASHES_MAX	1000	/* workers a stream may lose in all */
 
 static uint64_t	stream_next_id = 1;
+static unsigned	stream_total;		/* allocated, not yet freed */
+
+unsigned
+stream_count(void)
+{
+	return stream_total;
+}
 
 static void	stream_finish(struct stream *);
 static void	stream_orphaned(struct stream *);
@@ -61,8 +68,10 @@ stream_new(struct client *c, struct pool *p, unsigned want, json_t *params)
 	if ((s = calloc(1, sizeof *s)) == NULL)
 		fatal("%s: calloc", __func__);
 	s->id = stream_next_id++;
+	stream_total++;
 	s->client = c;
 	s->pool = p;
+	pool_stream_new(p);
 	s->want = want;
 	s->params = params != NULL ? json_incref(params) : json_null();
 	s->errors = json_array();
@@ -98,7 +107,10 @@ stream_free(struct stream *s)
 	json_decref(s->errors);
 	json_decref(s->completion);
 	free(s->w);
+	pool_stream_free(s->pool);	/* may free a retiring pool */
 	free(s);
+	stream_total--;
+	cns_stream_freed();
 }
 
 /* A worker starts a consume call for lane i. */
@@ -131,6 +143,7 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 
 	evtimer_del(s->timer);
 	s->state = S_RUNNING;
+	s->pool->nrunning++;
 	s->w = ws;
 	s->nw = s->nlive = n;
 	s->results = json_array();
@@ -1082,6 +1095,8 @@ stream_finish(struct stream *s)
 		pool_idle(w->pool, w);
 	}
 	s->pool->streams_done++;
+	s->pool->nrunning--;
+	pool_retire_check(s->pool);	/* stops a retired pool's workers */
 	final = json_pack("{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:i,s:O,s:O,s:O}",
 	    "ok", json_array_size(s->errors) == 0,
 	    "stream", (json_int_t)s->id,

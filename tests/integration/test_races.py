@@ -147,7 +147,9 @@ class FinishLeasesOwnLane(unittest.TestCase):
     worker that cannot start."""
 
     def test_sigterm_with_returned_and_waiting_lanes(self):
-        d = Daemon({})
+        # shutdown_timeout 0: SIGTERM ends open streams at once, the
+        # path where a finishing stream still has a waiting lane.
+        d = Daemon({}, {"shutdown_timeout": 0})
         flag = os.path.join(d.dir, "fail")
         with open(os.path.join(d.dir, "pools.d", "f.json"), "w") as f:
             json.dump({"plugin": test_plugin("flaky"), "workers": 2,

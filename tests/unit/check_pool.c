@@ -4,8 +4,8 @@
  * respawn backoff.
  *
  * Workers and streams are plain structs made here.  worker_spawn,
- * worker_watch, stream_leased, stream_refuse, stream_lane_leased and
- * stream_lane_fail are fakes that record what pool.c asked
+ * worker_watch, worker_stop, cns_draining, stream_leased, stream_refuse,
+ * stream_lane_leased and stream_lane_fail are fakes that record what pool.c asked
  * for, so worker.o and stream.o (and the daemon's main file they need)
  * are not linked in.
  */
@@ -139,6 +139,21 @@ stream_lane_fail(struct lane *l, const char *why)
 	pool_lane_unwait(l->stream->pool, l);
 	l->state = L_DEAD;
 	lane_failed[nlane_failed++] = l;
+}
+
+int
+cns_draining(void)
+{
+	return 0;
+}
+
+/* What worker.c's does to the pool: the worker is on its way out. */
+void
+worker_stop(struct worker *w)
+{
+	if (w->state == W_IDLE)
+		w->pool->nidle--;
+	w->state = W_EXITING;
 }
 
 void

@@ -1,0 +1,188 @@
+"""Stopping and reloading the real daemon: SIGTERM lets open streams finish
+(up to shutdown_timeout) and refuses queued ones; SIGHUP reloads the
+configuration without cutting an open stream, and a broken configuration
+changes nothing."""
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import unittest
+
+from harness import (Daemon, assert_invariant, final_of, lines, main,
+                     read_lines, test_plugin)
+
+SLOW = {"plugin": test_plugin("slow"), "workers": 1,
+        "kwargs": {"usec": 1000, "every": 1}}
+
+
+def wait_for(pred, timeout=10, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.01)
+
+
+def open_stream(d, pool, first=b""):
+    """A stream whose lease reply was read; the client keeps it open."""
+    s = d.connect()
+    s.settimeout(60)
+    s.sendall(json.dumps({"op": "submit", "pool": pool}).encode() + b"\n" +
+              first)
+    buf = b""
+    while b"\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    line, _, rest = buf.partition(b"\n")
+    return s, json.loads(line), rest
+
+
+def finish(s, body=b"", rest=b""):
+    s.sendall(body)
+    s.shutdown(socket.SHUT_WR)
+    replies = read_lines(s)
+    s.close()
+    if rest:
+        replies = [json.loads(l) for l in rest.splitlines() if l] + replies
+    return final_of(replies)
+
+
+class Shutdown(unittest.TestCase):
+
+    def test_open_stream_finishes(self):
+        with Daemon({"s": SLOW}, {"shutdown_timeout": 30}) as d:
+            s, lease, rest = open_stream(d, "s", lines(range(1, 101)))
+            self.assertTrue(lease["ok"], lease)
+            d.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "may finish within 30 s" in d.log_text())
+            # No new client gets in.
+            with socket.socket(socket.AF_UNIX) as c:
+                with self.assertRaises(OSError):
+                    c.connect(d.socket)
+            # The open one goes on, sends the rest, and completes.
+            final = finish(s, lines(range(101, 301)), rest)
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["consumed"], 300)
+            self.assertEqual(final["completion"], 300)
+            assert_invariant(self, final)
+            self.assertEqual(d.proc.wait(timeout=30), 0)
+            self.assertIn("every open stream has finished", d.log_text())
+
+    def test_queued_stream_is_refused(self):
+        with Daemon({"s": SLOW}, {"shutdown_timeout": 30}) as d:
+            a, lease, rest = open_stream(d, "s", b"1\n")
+            b = d.connect()
+            b.settimeout(30)
+            b.sendall(b'{"op":"submit","pool":"s"}\n')
+            wait_for(lambda: "waiting for a s worker" in d.log_text())
+            d.proc.send_signal(signal.SIGTERM)
+            refused = final_of(read_lines(b))
+            b.close()
+            self.assertEqual(refused, {"ok": False,
+                                       "error": "consumersd is shutting down"})
+            final = finish(a, b"2\n", rest)
+            self.assertEqual(final["completion"], 2)
+            self.assertEqual(d.proc.wait(timeout=30), 0)
+
+    def test_shutdown_timeout_ends_what_is_left(self):
+        with Daemon({"s": SLOW}, {"shutdown_timeout": 0.5}) as d:
+            s, lease, rest = open_stream(d, "s", b"1\n2\n")
+            t0 = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            replies = read_lines(s)     # the client never closes its side
+            s.close()
+            final = final_of(replies)
+            self.assertLess(time.monotonic() - t0, 10)
+            self.assertEqual(final["items"], 2)
+            assert_invariant(self, final)
+            self.assertEqual(final["errors"][-1]["stage"], "daemon")
+            self.assertIn("still open after shutdown_timeout (0.5 s)",
+                          final["errors"][-1]["error"])
+            self.assertEqual(d.proc.wait(timeout=30), 0)
+
+    def test_second_signal_ends_the_wait(self):
+        with Daemon({"s": SLOW}, {"shutdown_timeout": 60}) as d:
+            s, lease, rest = open_stream(d, "s", b"1\n")
+            d.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "may finish within 60 s" in d.log_text())
+            d.proc.send_signal(signal.SIGINT)
+            final = final_of(read_lines(s))
+            s.close()
+            self.assertEqual(final["errors"][-1]["error"],
+                             "consumersd is shutting down")
+            self.assertEqual(d.proc.wait(timeout=30), 0)
+
+
+class Reload(unittest.TestCase):
+
+    def write_pool(self, d, name, conf):
+        path = os.path.join(d.dir, "pools.d", name + ".json")
+        with open(path, "w") as f:
+            json.dump(conf, f)
+
+    def reload(self, d, expect):
+        n = d.log_text().count("SIGHUP: reloading")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.log_text().count("SIGHUP: reloading") > n and
+                 expect in d.log_text().split("SIGHUP: reloading")[-1],
+                 what=expect)
+
+    def test_reload_with_open_streams(self):
+        pools = {"s": SLOW, "gone": {"plugin": "sum"}}
+        with Daemon(pools) as d:
+            old = set(d.worker_pids())
+            s, lease, rest = open_stream(d, "s", lines(range(1, 51)))
+            # Change s, remove gone, add new.
+            changed = dict(SLOW, kwargs={"usec": 10, "every": 1})
+            self.write_pool(d, "s", changed)
+            os.unlink(os.path.join(d.dir, "pools.d", "gone.json"))
+            self.write_pool(d, "new", {"plugin": "sum", "workers": 2})
+            self.reload(d, "reload: done: 1 pool added, 1 changed, "
+                           "1 removed, 0 unchanged")
+            # The open stream finishes on its old worker, unhurt.
+            final = finish(s, lines(range(51, 101)), rest)
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["completion"], 100)
+            self.assertIn(final["errors"], [[]])
+            # The added pool serves, the removed one is gone, and s runs
+            # on new workers.
+            rc, f, err = d.cli("submit", "new", input=lines(range(1, 11)))
+            self.assertEqual((rc, f["completion"]), (0, 55), err)
+            rc, f, err = d.cli("submit", "gone", input=b"1\n")
+            self.assertEqual(rc, 1)
+            self.assertIn('no pool named "gone"', f["error"])
+            rc, f, err = d.cli("submit", "s", input=lines(range(5)))
+            self.assertEqual((rc, f["completion"]), (0, 5), err)
+            wait_for(lambda: not (old & set(d.worker_pids())),
+                     what="the old workers to exit")
+
+    def test_broken_config_changes_nothing(self):
+        with Daemon({"sum": {"plugin": "sum", "workers": 2}}) as d:
+            before = sorted(d.worker_pids())
+            self.write_pool(d, "bad", {"plugin": "sum", "workers": "two"})
+            self.reload(d, "still running the previous configuration")
+            self.assertIn('"workers" must be an integer', d.log_text())
+            self.assertEqual(sorted(d.worker_pids()), before)
+            rc, f, err = d.cli("submit", "sum", input=b"1\n2\n")
+            self.assertEqual((rc, f["completion"]), (0, 3), err)
+            # A plugin that cannot load is caught too, before the swap.
+            self.write_pool(d, "bad", {"plugin": test_plugin("badabi")})
+            self.reload(d, "still running the previous configuration")
+            self.assertIn("was built for plugin ABI 99", d.log_text())
+            self.assertEqual(sorted(d.worker_pids()), before)
+
+    def test_unchanged_pools_keep_their_workers(self):
+        with Daemon({"sum": {"plugin": "sum", "workers": 2}}) as d:
+            before = sorted(d.worker_pids())
+            self.reload(d, "0 pools added, 0 changed, 0 removed, 1 unchanged")
+            self.assertEqual(sorted(d.worker_pids()), before)
+            rc, f, err = d.cli("submit", "sum", input=b"4\n")
+            self.assertEqual((rc, f["completion"]), (0, 4), err)
+
+
+if __name__ == "__main__":
+    main()
