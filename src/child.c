@@ -5,11 +5,13 @@
  * (cns_next and friends) is implemented here, since only workers run it.
  */
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -511,6 +513,68 @@ plugin_open(const char *path, const struct cns_plugin **out, char *why,
 	return -1;
 }
 
+/*
+ * Before any plugin code runs: limits, priority, a clean environment, and
+ * the pool's user and group.  Failing here is a failed start.
+ */
+static void
+child_identity(struct child *ch, pid_t master)
+{
+	const struct pool_conf *pc = ch->pc;
+	struct rlimit rl;
+	json_t *keep, *v;
+	const char *k;
+	size_t i;
+
+	if (pc->rlimit_nofile > 0) {
+		rl.rlim_cur = rl.rlim_max = (rlim_t)pc->rlimit_nofile;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+			child_initfail(ch, "rlimit_nofile %llu: %s",
+			    (unsigned long long)pc->rlimit_nofile,
+			    strerror(errno));
+	}
+	if (pc->rlimit_as > 0) {
+		rl.rlim_cur = rl.rlim_max = (rlim_t)pc->rlimit_as;
+		if (setrlimit(RLIMIT_AS, &rl) == -1)
+			child_initfail(ch, "rlimit_as %llu: %s",
+			    (unsigned long long)pc->rlimit_as, strerror(errno));
+	}
+	if (pc->nice != 0) {
+		errno = 0;
+		if (nice(pc->nice) == -1 && errno != 0)
+			child_initfail(ch, "nice %d: %s", pc->nice,
+			    strerror(errno));
+	}
+	/* The environment: cleared, but for PATH, env_keep and env. */
+	keep = json_object();
+	json_array_foreach(pc->env_keep, i, v) {
+		const char *val = getenv(json_string_value(v));
+		if (val != NULL)
+			json_object_set_new(keep, json_string_value(v),
+			    json_string(val));
+	}
+	clearenv();
+	setenv("PATH", "/usr/local/bin:/usr/bin:/bin", 1);
+	json_object_foreach(keep, k, v)
+		setenv(k, json_string_value(v), 1);
+	json_object_foreach(pc->env, k, v)
+		setenv(k, json_string_value(v), 1);
+	json_decref(keep);
+	if (pc->user != NULL) {
+		if (initgroups(pc->user, pc->gid) == -1 ||
+		    setgid(pc->gid) == -1 || setuid(pc->uid) == -1)
+			child_initfail(ch, "cannot run as user %s (uid %lu, gid "
+			    "%lu): %s", pc->user, (unsigned long)pc->uid,
+			    (unsigned long)pc->gid, strerror(errno));
+		setenv("USER", pc->user, 1);
+		setenv("LOGNAME", pc->user, 1);
+	}
+	/* A change of credentials clears the parent-death signal. */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (getppid() != master)
+		child_exit(ch, 0);
+}
+
 static void
 child_load(struct child *ch)
 {
@@ -600,6 +664,7 @@ child_main(int fd, const struct pool_conf *pc, unsigned slot,
 		fatal("%s: malloc", __func__);
 	ch.cap = CHILD_READ;
 
+	child_identity(&ch, getppid());
 	child_load(&ch);
 	ready = json_pack("{s:b}", "complete", ch.pl->complete != NULL);
 	child_write_json(&ch, F_READY, 0, ready, NULL);

@@ -387,8 +387,124 @@ valid_pool_name(const char *s, size_t len)
 static const char *const pool_keys[] = {
 	"plugin", "workers", "stream_workers", "args", "kwargs",
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
-	"max_init_failures", "allow", NULL
+	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
+	"rlimit_as", "nice", "env", "env_keep", NULL
 };
+
+static int	group_id(struct cfile *, const char *, const char *, gid_t *);
+
+/*
+ * A daemon running as root runs plugin code as root only when told to:
+ * each pool needs a "user", or the daemon config "root_workers".  A
+ * policy of the running daemon (consumersd -t, start, reload), not of the
+ * file format, so the parser's own tests do not depend on who runs them.
+ */
+int
+conf_check_root(const struct conf *c, json_t *errors)
+{
+	int bad = 0;
+
+	if (geteuid() != 0 || c->root_workers)
+		return 0;
+	for (size_t i = 0; i < c->npools; i++)
+		if (c->pools[i].user == NULL) {
+			add_error(errors, "%s:1:1: pool \"%s\" needs a \"user\" "
+			    "(and maybe \"group\") for its workers, since "
+			    "consumersd runs as root; or set \"root_workers\": "
+			    "true in the daemon config to run them as root",
+			    c->pools[i].file, c->pools[i].name);
+			bad = 1;
+		}
+	return bad ? -1 : 0;
+}
+
+/* user, group, limits and environment of a pool's workers */
+static int
+get_identity(struct cfile *f, json_t *root, struct pool_conf *pc)
+{
+	json_t *v, *e;
+	const char *k;
+	uint64_t u;
+	size_t i;
+	int bad = 0;
+
+	if (get_string(f, root, "user", &pc->user) == -1)
+		bad = 1;
+	else if (pc->user != NULL) {
+		struct passwd *pw = getpwnam(pc->user);
+		if (pw == NULL) {
+			key_error(f, "user", "\"user\": no user named \"%.100s\" "
+			    "on this system", pc->user);
+			bad = 1;
+		} else {
+			pc->uid = pw->pw_uid;
+			pc->gid = pw->pw_gid;
+		}
+	}
+	if (get_string(f, root, "group", &pc->group) == -1 ||
+	    (pc->group != NULL && group_id(f, "group", pc->group, &pc->gid) ==
+	    -1))
+		bad = 1;
+	if (pc->group != NULL && pc->user == NULL) {
+		key_error(f, "group", "\"group\" needs \"user\"");
+		bad = 1;
+	}
+	if (pc->user != NULL && geteuid() != 0) {
+		/* Only root can switch; a user-run daemon's workers are its
+		 * own user's, as any process it starts. */
+		log_info("%s: pool \"%s\": \"user\" applies only when "
+		    "consumersd runs as root; its workers run as uid %lu",
+		    f->path, pc->name, (unsigned long)geteuid());
+		free(pc->user);
+		free(pc->group);
+		pc->user = pc->group = NULL;
+	}
+	u = 0;
+	bad |= get_uint(f, root, "rlimit_nofile", 16, 1u << 20, &u);
+	pc->rlimit_nofile = u;
+	u = 0;
+	bad |= get_uint(f, root, "rlimit_as", 16u << 20, UINT64_MAX >> 1, &u);
+	pc->rlimit_as = u;
+	v = json_object_get(root, "nice");
+	if (v != NULL) {
+		if (!json_is_integer(v) || json_integer_value(v) < -20 ||
+		    json_integer_value(v) > 19) {
+			key_error(f, "nice", "\"nice\" must be an integer from "
+			    "-20 to 19");
+			bad = 1;
+		} else
+			pc->nice = (int)json_integer_value(v);
+	}
+	v = json_object_get(root, "env");
+	if (v != NULL) {
+		int ok = json_is_object(v);
+		json_object_foreach(v, k, e)
+			ok &= json_is_string(e) && k[0] != '\0' &&
+			    strchr(k, '=') == NULL;
+		if (!ok) {
+			key_error(f, "env", "\"env\" must be an object of "
+			    "strings, like {\"LANG\": \"C.UTF-8\"}");
+			bad = 1;
+		}
+	}
+	pc->env = v != NULL && json_is_object(v) ? json_incref(v) :
+	    json_object();
+	v = json_object_get(root, "env_keep");
+	if (v != NULL) {
+		int ok = json_is_array(v);
+		json_array_foreach(v, i, e)
+			ok &= json_is_string(e) && json_string_length(e) > 0;
+		if (!ok) {
+			key_error(f, "env_keep", "\"env_keep\" must be an array "
+			    "of variable names, like [\"TZ\", \"LANG\"]");
+			bad = 1;
+		}
+	}
+	pc->env_keep = v != NULL && json_is_array(v) ? json_incref(v) :
+	    json_array();
+	return bad ? -1 : 0;
+}
+
 
 /* A group name from the system's database; -1 with an error if unknown. */
 static int
@@ -565,6 +681,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	bad |= get_uint(&f, root, "max_init_failures", 1, 1000, &u);
 	pc->max_init_failures = (unsigned)u;
 	bad |= get_allow(&f, root, pc);
+	bad |= get_identity(&f, root, pc);
 	v = json_object_get(root, "on_crash");
 	if (v != NULL) {
 		int found = -1;
@@ -620,6 +737,10 @@ pool_conf_clear(struct pool_conf *pc)
 	json_decref(pc->kwargs);
 	free(pc->allow_uids);
 	free(pc->allow_gids);
+	free(pc->user);
+	free(pc->group);
+	json_decref(pc->env);
+	json_decref(pc->env_keep);
 }
 
 static int
@@ -675,7 +796,8 @@ static const char *const daemon_keys[] = {
 	"socket", "socket_mode", "plugin_dir", "pools_dir", "max_item_bytes",
 	"window_bytes", "window_items", "log_level", "spool_dir",
 	"header_timeout", "idle_timeout", "max_connections_per_uid",
-	"shutdown_timeout", "admin_group", "socket_group", NULL
+	"shutdown_timeout", "admin_group", "socket_group", "root_workers",
+	NULL
 };
 
 static int
@@ -737,6 +859,13 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 	bad |= get_seconds(f, root, "idle_timeout", 86400, &c->idle_timeout);
 	bad |= get_seconds(f, root, "shutdown_timeout", 86400,
 	    &c->shutdown_timeout);
+	v = json_object_get(root, "root_workers");
+	if (v != NULL && !json_is_boolean(v)) {
+		key_error(f, "root_workers", "\"root_workers\" must be true or "
+		    "false");
+		bad = 1;
+	} else
+		c->root_workers = json_is_true(v);
 	if (get_string(f, root, "admin_group", &c->admin_group) == -1 ||
 	    (c->admin_group != NULL && group_id(f, "admin_group",
 	    c->admin_group, &c->admin_gid) == -1))
@@ -886,7 +1015,11 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
 	    a->item_timeout == b->item_timeout &&
 	    a->max_init_failures == b->max_init_failures &&
-	    a->allow == b->allow &&
+	    a->allow == b->allow && a->uid == b->uid && a->gid == b->gid &&
+	    (a->user == NULL) == (b->user == NULL) &&
+	    a->rlimit_nofile == b->rlimit_nofile &&
+	    a->rlimit_as == b->rlimit_as && a->nice == b->nice &&
+	    json_equal(a->env, b->env) && json_equal(a->env_keep, b->env_keep) &&
 	    same_ids(a->allow_uids, a->nallow_uids, b->allow_uids,
 	    b->nallow_uids, sizeof(uid_t)) &&
 	    same_ids(a->allow_gids, a->nallow_gids, b->allow_gids,

@@ -283,6 +283,10 @@ check_config(const char *file, const struct conf_overrides *ov, int quiet)
 	json_t *e;
 	int bad = 0;
 
+	if (c != NULL && conf_check_root(c, errors) == -1) {
+		conf_free(c);
+		c = NULL;
+	}
 	json_array_foreach(errors, i, e)
 		fprintf(stderr, "%s\n", json_string_value(e));
 	json_decref(errors);
@@ -381,6 +385,10 @@ main(int argc, char **argv)
 
 	errors = json_array();
 	cns_conf = conf_load(file, &ov, errors);
+	if (cns_conf != NULL && conf_check_root(cns_conf, errors) == -1) {
+		conf_free(cns_conf);
+		cns_conf = NULL;
+	}
 	if (cns_conf == NULL) {
 		size_t i;
 		json_t *e;

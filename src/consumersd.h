@@ -45,6 +45,15 @@ struct pool_conf {
 	unsigned	 max_attempts;	/* crashes on one item: poison */
 	double		 item_timeout;	/* seconds on one item, 0: none */
 	unsigned	 max_init_failures; /* in a row: the pool fails */
+	char		*user;		/* workers run as this user, or NULL */
+	uid_t		 uid;
+	char		*group;		/* and group (default: user's) */
+	gid_t		 gid;
+	uint64_t	 rlimit_nofile;	/* 0: inherited */
+	uint64_t	 rlimit_as;	/* bytes; 0: inherited */
+	int		 nice;		/* added to the daemon's */
+	json_t		*env;		/* object: variables workers get */
+	json_t		*env_keep;	/* array: names kept from the daemon's */
 	int		 allow;		/* "allow" given: only these submit */
 	uid_t		*allow_uids;
 	size_t		 nallow_uids;
@@ -68,6 +77,7 @@ struct conf {
 	double		 idle_timeout;	/* a stream's client silent */
 	unsigned	 max_conn_per_uid; /* 0: no limit */
 	double		 shutdown_timeout; /* open streams may finish */
+	int		 root_workers;	/* running as root, pools may omit user */
 	char		*admin_group;	/* may see status of all pools */
 	gid_t		 admin_gid;
 	char		*socket_group;	/* the socket's group, if set */
@@ -90,6 +100,7 @@ void		 conf_unref(struct conf *);
 int		 conf_pool_same(const struct pool_conf *,
 		    const struct pool_conf *);
 const char	*conf_crash_policy(int);
+int		 conf_check_root(const struct conf *, json_t *errors);
 struct pool_conf *conf_pool(struct conf *, const char *name);
 int		 conf_keypos(const char *text, size_t len, const char *key,
 		    int *line, int *column);

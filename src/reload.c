@@ -41,6 +41,10 @@ reload_load(void)
 	int bad = 0;
 
 	nc = conf_load(cns_conf->file, &cns_overrides, errors);
+	if (nc != NULL && conf_check_root(nc, errors) == -1) {
+		conf_unref(nc);
+		nc = NULL;
+	}
 	json_array_foreach(errors, i, e)
 		log_warnx("reload: %s", json_string_value(e));
 	json_decref(errors);

@@ -190,8 +190,14 @@ class Daemon:
         self.socket = os.path.join(self.dir, "consumersd.sock")
         self.conf = os.path.join(self.dir, "consumersd.conf")
         os.mkdir(os.path.join(self.dir, "pools.d"))
+        conf = dict(settings or {})
+        # Tests that run as root run most pools' workers as root too; the
+        # ones about "user" set it.  (Without this a root daemon requires
+        # "user" in every pool.)
+        if os.geteuid() == 0:
+            conf.setdefault("root_workers", True)
         with open(self.conf, "w") as f:
-            json.dump(dict(settings or {}), f)
+            json.dump(conf, f)
         for name, pool in pools.items():
             with open(os.path.join(self.dir, "pools.d", name + ".json"),
                       "w") as f:

@@ -66,7 +66,13 @@ ${CC:-cc} -shared -fPIC -Wall -Werror $cflags -o "$stage/upper.so" \
 	|| fail "the plugin does not build against the installed header"
 
 mkdir "$stage/pools.d"
-echo '{}' > "$stage/consumersd.conf"
+# As root, pools need "user" unless root workers are allowed; the stage
+# directory is private to root, so allow them here.
+if [ "$(id -u)" -eq 0 ]; then
+	echo '{"root_workers": true}' > "$stage/consumersd.conf"
+else
+	echo '{}' > "$stage/consumersd.conf"
+fi
 echo '{"plugin": "../upper.so", "workers": 1}' > "$stage/pools.d/upper.json"
 "$daemon" -t -c "$stage/consumersd.conf" -P "$plugins" >/dev/null \
 	|| fail "consumersd -t rejects the config"

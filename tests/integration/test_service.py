@@ -4,14 +4,16 @@ configuration without cutting an open stream, and a broken configuration
 changes nothing."""
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 import unittest
 
-from harness import (Daemon, assert_invariant, final_of, lines, main,
-                     read_lines, test_plugin)
+from harness import (DAEMON, PLUGIN_DIR, Daemon, assert_invariant,
+                     final_of, lines, main, read_lines, test_plugin)
 
 SLOW = {"plugin": test_plugin("slow"), "workers": 1,
         "kwargs": {"usec": 1000, "every": 1}}
@@ -182,6 +184,78 @@ class Reload(unittest.TestCase):
             self.assertEqual(sorted(d.worker_pids()), before)
             rc, f, err = d.cli("submit", "sum", input=b"4\n")
             self.assertEqual((rc, f["completion"]), (0, 4), err)
+
+
+class Identity(unittest.TestCase):
+
+    def test_user_limits_nice_env(self):
+        if os.geteuid() != 0:
+            self.skipTest("switching workers to another user needs the "
+                          "tests to run as root")
+        pool = {"plugin": test_plugin("whoami"), "workers": 1,
+                "user": "nobody",
+                "rlimit_nofile": 256, "rlimit_as": 1 << 30, "nice": 5,
+                "env": {"FOO": "bar"}, "env_keep": ["CNS_TEST_KEEP"]}
+        os.environ["CNS_TEST_KEEP"] = "kept"
+        os.environ["CNS_TEST_DROP"] = "dropped"
+        self.addCleanup(os.environ.pop, "CNS_TEST_KEEP")
+        self.addCleanup(os.environ.pop, "CNS_TEST_DROP")
+        with Daemon({"p": pool}, {"root_workers": False}) as d:
+            rc, f, err = d.cli("submit", "p", input=b"1\n")
+            self.assertEqual(rc, 0, err)
+            me = f["results"][0]
+            self.assertEqual((me["uid"], me["gid"]), (65534, 65534))
+            env = me["env"]
+            self.assertEqual(env["FOO"], "bar")
+            self.assertEqual(env["CNS_TEST_KEEP"], "kept")
+            self.assertEqual(env["USER"], "nobody")
+            self.assertNotIn("CNS_TEST_DROP", env)
+            self.assertNotIn("HOME", env)
+            w = d.worker_pids()[0]
+            with open("/proc/%d/status" % w) as fh:
+                status = fh.read()
+            uid = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
+            self.assertEqual(uid.groups(), ("65534", "65534"))
+            with open("/proc/%d/limits" % w) as fh:
+                limits = fh.read()
+            self.assertRegex(limits, r"Max open files\s+256\s+256")
+            self.assertRegex(limits, r"Max address space\s+1073741824")
+            with open("/proc/%d/stat" % w) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            self.assertEqual(int(fields[16]), 5)       # nice
+
+    def test_root_needs_user(self):
+        if os.geteuid() != 0:
+            self.skipTest("the rule is for a daemon running as root")
+        d = Daemon({"p": {"plugin": "sum"}}, {"root_workers": False})
+        with open(d.conf) as fh:
+            self.assertFalse(json.load(fh)["root_workers"])
+        p = subprocess.run([DAEMON, "-t", "-c", d.conf, "-P", PLUGIN_DIR],
+                           capture_output=True, text=True)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn('pool "p" needs a "user" (and maybe "group") for its '
+                      'workers, since consumersd runs as root', p.stderr)
+
+    def test_user_that_cannot_load_the_plugin(self):
+        # The plugin is loaded after the switch: a file the user cannot
+        # read is a failed start with the reason.
+        if os.geteuid() != 0:
+            self.skipTest("switching workers to another user needs root")
+        d = Daemon({}, {"root_workers": False})
+        private = os.path.join(d.dir, "private.so")
+        with open(test_plugin("echo"), "rb") as src, \
+                open(private, "wb") as dst:
+            dst.write(src.read())
+        os.chmod(private, 0o600)
+        os.chmod(d.dir, 0o711)
+        with open(os.path.join(d.dir, "pools.d", "p.json"), "w") as fh:
+            json.dump({"plugin": private, "user": "nobody"}, fh)
+        with d:
+            rc, f, err = d.cli("submit", "p", input=b"1\n")
+            self.assertEqual(rc, 1)
+            self.assertIn("pool p cannot start its workers: cannot load "
+                          "plugin", f["error"])
+            self.assertIn("Permission denied", f["error"])
 
 
 if __name__ == "__main__":
