@@ -5,6 +5,7 @@ changes nothing."""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,7 +193,7 @@ class Identity(unittest.TestCase):
         if os.geteuid() != 0:
             self.skipTest("switching workers to another user needs the "
                           "tests to run as root")
-        pool = {"plugin": test_plugin("whoami"), "workers": 1,
+        pool = {"plugin": "./whoami.so", "workers": 1,
                 "user": "nobody",
                 "rlimit_nofile": 256, "rlimit_as": 1 << 30, "nice": 5,
                 "env": {"FOO": "bar"}, "env_keep": ["CNS_TEST_KEEP"]}
@@ -200,7 +201,13 @@ class Identity(unittest.TestCase):
         os.environ["CNS_TEST_DROP"] = "dropped"
         self.addCleanup(os.environ.pop, "CNS_TEST_KEEP")
         self.addCleanup(os.environ.pop, "CNS_TEST_DROP")
-        with Daemon({"p": pool}, {"root_workers": False}) as d:
+        d = Daemon({"p": pool}, {"root_workers": False})
+        # nobody must be able to read the plugin: the build tree may be
+        # where it cannot (a clone under /root).
+        shutil.copy(test_plugin("whoami"), os.path.join(d.dir, "pools.d"))
+        os.chmod(d.dir, 0o711)
+        os.chmod(os.path.join(d.dir, "pools.d"), 0o755)
+        with d:
             rc, f, err = d.cli("submit", "p", input=b"1\n")
             self.assertEqual(rc, 0, err)
             me = f["results"][0]
