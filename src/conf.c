@@ -388,10 +388,69 @@ static const char *const pool_keys[] = {
 	"plugin", "workers", "stream_workers", "args", "kwargs",
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
-	"rlimit_as", "nice", "env", "env_keep", NULL
+	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
+	"max_spare", "idle_timeout", "max_streams", NULL
 };
 
+static int	get_seconds(struct cfile *, json_t *, const char *, double,
+		    double *);
+
+static const char *const modes[] = {
+	[MODE_STATIC] = "static", [MODE_DYNAMIC] = "dynamic",
+	[MODE_ONDEMAND] = "ondemand"
+};
+
+const char *
+conf_mode(int mode)
+{
+	return modes[mode];
+}
+
+/* The process manager: mode, spare workers, idle life, recycling. */
+static int
+get_mode(struct cfile *f, json_t *root, struct pool_conf *pc)
+{
+	json_t *v = json_object_get(root, "mode");
+	uint64_t u;
+	int bad = 0;
+
+	pc->mode = MODE_STATIC;
+	if (v != NULL) {
+		int found = -1;
+		for (int i = 0; i < MODE_NMODES; i++)
+			if (json_is_string(v) &&
+			    strcmp(json_string_value(v), modes[i]) == 0)
+				found = i;
+		if (found == -1) {
+			key_error(f, "mode", "\"mode\" must be \"static\", "
+			    "\"dynamic\" or \"ondemand\"");
+			bad = 1;
+		} else
+			pc->mode = found;
+	}
+	u = 1;
+	bad |= get_uint(f, root, "min_spare", 0, CNS_MAX_WORKERS, &u);
+	pc->min_spare = (unsigned)u;
+	u = pc->workers;
+	bad |= get_uint(f, root, "max_spare", 1, CNS_MAX_WORKERS, &u);
+	pc->max_spare = (unsigned)u;
+	pc->idle_timeout = 10;
+	bad |= get_seconds(f, root, "idle_timeout", 86400, &pc->idle_timeout);
+	u = 0;
+	bad |= get_uint(f, root, "max_streams", 0, UINT32_MAX, &u);
+	pc->max_streams = (unsigned)u;
+	if (!bad && pc->mode == MODE_DYNAMIC && (pc->min_spare >
+	    pc->max_spare || pc->max_spare > pc->workers)) {
+		key_error(f, "max_spare", "dynamic pools need min_spare (%u) <= "
+		    "max_spare (%u) <= workers (%u)", pc->min_spare,
+		    pc->max_spare, pc->workers);
+		bad = 1;
+	}
+	return bad ? -1 : 0;
+}
+
 static int	group_id(struct cfile *, const char *, const char *, gid_t *);
+
 
 /*
  * A daemon running as root runs plugin code as root only when told to:
@@ -682,6 +741,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	pc->max_init_failures = (unsigned)u;
 	bad |= get_allow(&f, root, pc);
 	bad |= get_identity(&f, root, pc);
+	bad |= get_mode(&f, root, pc);
 	v = json_object_get(root, "on_crash");
 	if (v != NULL) {
 		int found = -1;
@@ -797,7 +857,7 @@ static const char *const daemon_keys[] = {
 	"window_bytes", "window_items", "log_level", "spool_dir",
 	"header_timeout", "idle_timeout", "max_connections_per_uid",
 	"shutdown_timeout", "admin_group", "socket_group", "root_workers",
-	NULL
+	"max_workers", NULL
 };
 
 static int
@@ -874,6 +934,9 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 	    (c->socket_group != NULL && group_id(f, "socket_group",
 	    c->socket_group, &c->socket_gid) == -1))
 		bad = 1;
+	u = 0;
+	bad |= get_uint(f, root, "max_workers", 0, 1u << 20, &u);
+	c->max_workers = (unsigned)u;
 	u = c->max_conn_per_uid;
 	bad |= get_uint(f, root, "max_connections_per_uid", 0, 1000000, &u);
 	c->max_conn_per_uid = (unsigned)u;
@@ -1015,6 +1078,9 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
 	    a->item_timeout == b->item_timeout &&
 	    a->max_init_failures == b->max_init_failures &&
+	    a->mode == b->mode && a->min_spare == b->min_spare &&
+	    a->max_spare == b->max_spare && a->idle_timeout == b->idle_timeout &&
+	    a->max_streams == b->max_streams &&
 	    a->allow == b->allow && a->uid == b->uid && a->gid == b->gid &&
 	    (a->user == NULL) == (b->user == NULL) &&
 	    a->rlimit_nofile == b->rlimit_nofile &&

@@ -26,6 +26,7 @@ struct bufferevent;
 
 /* conf.c: the configuration, parsed into a fresh structure and swapped whole */
 enum { CRASH_REPLAY, CRASH_REDELIVER, CRASH_FAIL, CRASH_NPOLICIES };
+enum { MODE_STATIC, MODE_DYNAMIC, MODE_ONDEMAND, MODE_NMODES };
 
 struct pool_conf {
 	char		*name;		/* the pool file's stem */
@@ -45,6 +46,11 @@ struct pool_conf {
 	unsigned	 max_attempts;	/* crashes on one item: poison */
 	double		 item_timeout;	/* seconds on one item, 0: none */
 	unsigned	 max_init_failures; /* in a row: the pool fails */
+	int		 mode;		/* MODE_*: how many workers run */
+	unsigned	 min_spare;	/* dynamic: idle workers kept, at least */
+	unsigned	 max_spare;	/* dynamic: idle workers kept, at most */
+	double		 idle_timeout;	/* ondemand: an idle worker's life */
+	unsigned	 max_streams;	/* a worker is replaced after; 0: never */
 	char		*user;		/* workers run as this user, or NULL */
 	uid_t		 uid;
 	char		*group;		/* and group (default: user's) */
@@ -78,6 +84,7 @@ struct conf {
 	unsigned	 max_conn_per_uid; /* 0: no limit */
 	double		 shutdown_timeout; /* open streams may finish */
 	int		 root_workers;	/* running as root, pools may omit user */
+	unsigned	 max_workers;	/* all pools together; 0: no limit */
 	char		*admin_group;	/* may see status of all pools */
 	gid_t		 admin_gid;
 	char		*socket_group;	/* the socket's group, if set */
@@ -100,6 +107,7 @@ void		 conf_unref(struct conf *);
 int		 conf_pool_same(const struct pool_conf *,
 		    const struct pool_conf *);
 const char	*conf_crash_policy(int);
+const char	*conf_mode(int);
 int		 conf_check_root(const struct conf *, json_t *errors);
 struct pool_conf *conf_pool(struct conf *, const char *name);
 int		 conf_keypos(const char *text, size_t len, const char *key,
@@ -185,6 +193,9 @@ struct pool {
 	int		 failed;	/* max_init_failures reached */
 	struct event	*respawn_ev;
 	struct event	*watch_ev;	/* item_timeout checks */
+	struct event	*manage_ev;	/* dynamic, ondemand: once a tick */
+	unsigned	 spawn_rate;	/* dynamic: spawns this tick, doubling */
+	uint64_t	 respawns;	/* workers started to replace others */
 	uint64_t	 streams_done;
 	uint64_t	 crashes;	/* workers lost inside a stream */
 	TAILQ_ENTRY(pool) entry;
@@ -210,6 +221,8 @@ void		 pool_retire(struct pool *, struct pool *successor);
 void		 pool_retire_check(struct pool *);
 void		 pool_stream_new(struct pool *);
 void		 pool_stream_free(struct pool *);
+void		 pool_demand(struct pool *);
+double		 cns_now(void);
 void		 pool_free_all(void);
 
 /* worker.c: the master's side of worker processes, a table keyed by pid */
@@ -256,6 +269,7 @@ struct worker {
 	uint64_t	 rejected;	/* of those, rejected by the worker */
 	int		 returned;	/* its consume call returned */
 	unsigned	 streams_served;
+	double		 idle_since;	/* monotonic seconds, while idle */
 	TAILQ_ENTRY(worker) entry;	/* pool->workers */
 	struct worker	*hnext;		/* pid hash chain */
 };

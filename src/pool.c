@@ -17,6 +17,8 @@
 
 static struct poolq	pools = TAILQ_HEAD_INITIALIZER(pools);
 static struct poolq	retired = TAILQ_HEAD_INITIALIZER(retired);
+
+static void	pool_manage(evutil_socket_t, short, void *);
 static int		pools_stopping;
 
 struct poolq *
@@ -76,6 +78,20 @@ pool_new(struct pool_conf *pc)
 	TAILQ_INIT(&p->lanes);
 	if (cns_base != NULL)
 		p->respawn_ev = evtimer_new(cns_base, pool_respawn, p);
+	p->spawn_rate = 1;
+	if (cns_base != NULL && pc->mode != MODE_STATIC) {
+		/* A tick of a second; ondemand's idle limit may ask less. */
+		double every = pc->mode == MODE_ONDEMAND &&
+		    pc->idle_timeout / 4 < 1 ? pc->idle_timeout / 4 : 1;
+		struct timeval tv;
+		if (every < 0.05)
+			every = 0.05;
+		tv.tv_sec = (time_t)every;
+		tv.tv_usec = (suseconds_t)((every - (double)tv.tv_sec) * 1e6);
+		p->manage_ev = event_new(cns_base, -1, EV_PERSIST, pool_manage,
+		    p);
+		event_add(p->manage_ev, &tv);
+	}
 	if (cns_base != NULL && pc->item_timeout > 0) {
 		/* Look five times per timeout: a stuck item is killed
 		 * within 1.2 timeouts, or 1 s after, whichever is less. */
@@ -118,6 +134,8 @@ pool_free(struct pool *p)
 		event_free(p->respawn_ev);
 	if (p->watch_ev != NULL)
 		event_free(p->watch_ev);
+	if (p->manage_ev != NULL)
+		event_free(p->manage_ev);
 	free(p->last_error);
 	conf_unref(p->conf);
 	free(p);
@@ -205,19 +223,83 @@ pool_slot(struct pool *p)
 	}
 }
 
+double
+cns_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Workers that streams are waiting for: queued wants and lanes. */
+static unsigned
+pool_wanted(struct pool *p)
+{
+	struct stream *s;
+	struct lane *l;
+	unsigned n = 0;
+
+	TAILQ_FOREACH(s, &p->queue, qentry)
+		n += s->want;
+	TAILQ_FOREACH(l, &p->lanes, wentry)
+		n++;
+	return n;
+}
+
+/*
+ * How many workers the pool should have now, by its mode: static keeps
+ * `workers`; dynamic keeps min_spare idle ones on top of the busy ones,
+ * and more while streams wait; ondemand has only what streams need.
+ */
+static unsigned
+pool_target(struct pool *p, unsigned busy)
+{
+	const struct pool_conf *pc = p->pc;
+	unsigned want = pool_wanted(p), t;
+
+	switch (pc->mode) {
+	case MODE_DYNAMIC:
+		t = busy + (want > pc->min_spare ? want : pc->min_spare);
+		break;
+	case MODE_ONDEMAND:
+		t = busy + want;
+		break;
+	default:
+		t = pc->workers;
+	}
+	return t < pc->workers ? t : pc->workers;
+}
+
 /* Bring the pool up to its size. */
 void
 pool_start(struct pool *p)
 {
 	struct worker *w;
-	unsigned live = 0;
+	unsigned live = 0, busy = 0, target, spawned = 0;
 
 	if (pools_stopping || (p->retiring && p->nrunning == 0))
 		return;
-	TAILQ_FOREACH(w, &p->workers, entry)
+	TAILQ_FOREACH(w, &p->workers, entry) {
 		if (w->state != W_EXITING)
 			live++;
-	while (live < p->pc->workers) {
+		if (w->state == W_LEASED)
+			busy++;
+	}
+	target = pool_target(p, busy);
+	while (live < target) {
+		/* dynamic ramps up: 1, 2, 4... spawns a tick, up to 32. */
+		if (p->pc->mode == MODE_DYNAMIC && spawned >= p->spawn_rate &&
+		    live >= busy + p->pc->min_spare)
+			break;
+		if (cns_conf != NULL && cns_conf->max_workers > 0 &&
+		    worker_count() >= cns_conf->max_workers) {
+			log_warnx("pool %s: max_workers (%u) reached; %u more "
+			    "worker%s wait for others to exit", p->pc->name,
+			    cns_conf->max_workers, target - live,
+			    target - live == 1 ? "" : "s");
+			break;
+		}
 		if (worker_spawn(p, pool_slot(p)) == NULL) {
 			/* Out of fds or processes: try again shortly. */
 			struct timeval tv = { 1, 0 };
@@ -227,7 +309,55 @@ pool_start(struct pool *p)
 			break;
 		}
 		live++;
+		spawned++;
 	}
+}
+
+/* A stream waits for workers: ondemand and dynamic pools start some. */
+void
+pool_demand(struct pool *p)
+{
+	if (p->pc->mode != MODE_STATIC)
+		pool_start(p);
+}
+
+/*
+ * Once a tick for dynamic and ondemand pools: spare idle workers beyond
+ * max_spare, or idle longer than idle_timeout, exit; the dynamic spawn
+ * rate doubles while it is short of spare workers.
+ */
+static void
+pool_manage(evutil_socket_t fd, short ev, void *arg)
+{
+	struct pool *p = arg;
+	const struct pool_conf *pc = p->pc;
+	struct worker *w, *next;
+	double now = cns_now();
+	unsigned idle = p->nidle;
+
+	(void)fd;
+	(void)ev;
+	for (w = TAILQ_FIRST(&p->workers); w != NULL; w = next) {
+		next = TAILQ_NEXT(w, entry);
+		if (w->state != W_IDLE)
+			continue;
+		if ((pc->mode == MODE_DYNAMIC && idle > pc->max_spare) ||
+		    (pc->mode == MODE_ONDEMAND &&
+		    now - w->idle_since >= pc->idle_timeout)) {
+			log_debug("pool %s: worker %u (pid %ld) is not needed; "
+			    "stopping it", pc->name, w->slot, (long)w->pid);
+			worker_stop(w);
+			idle--;
+		}
+	}
+	if (pc->mode == MODE_DYNAMIC) {
+		if (p->nidle < pc->min_spare)
+			p->spawn_rate = p->spawn_rate < 32 ? p->spawn_rate * 2 :
+			    32;
+		else
+			p->spawn_rate = 1;
+	}
+	pool_start(p);
 }
 
 /* Take up to `want` idle workers for a stream; returns how many. */
@@ -261,8 +391,20 @@ pool_idle(struct pool *p, struct worker *w)
 	}
 	if (w->streams_served > 0)
 		p->init_failures = 0;	/* it works: no more backoff */
-	w->state = W_IDLE;
 	w->stream = NULL;
+	if (p->pc->max_streams > 0 && w->streams_served >= p->pc->max_streams) {
+		/* Recycled: a fresh process takes its place. */
+		log_debug("pool %s: worker %u (pid %ld) served %u streams "
+		    "(max_streams); replacing it", p->pc->name, w->slot,
+		    (long)w->pid, w->streams_served);
+		w->state = W_LEASED;	/* not idle: worker_stop leaves nidle */
+		worker_stop(w);
+		pool_start(p);
+		pool_dispatch(p);
+		return;
+	}
+	w->state = W_IDLE;
+	w->idle_since = cns_now();
 	p->nidle++;
 	pool_dispatch(p);
 }
@@ -408,10 +550,15 @@ pool_stop_all(void)
 			evtimer_del(p->respawn_ev);
 		if (p->watch_ev != NULL)
 			event_del(p->watch_ev);
+		if (p->manage_ev != NULL)
+			event_del(p->manage_ev);
 	}
-	TAILQ_FOREACH(p, &retired, entry)
+	TAILQ_FOREACH(p, &retired, entry) {
 		if (p->respawn_ev != NULL)
 			evtimer_del(p->respawn_ev);
+		if (p->manage_ev != NULL)
+			event_del(p->manage_ev);
+	}
 }
 
 void

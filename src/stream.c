@@ -78,6 +78,7 @@ stream_new(struct client *c, struct pool *p, unsigned want, json_t *params)
 	s->completion = json_null();
 	s->state = S_QUEUED;
 	TAILQ_INSERT_TAIL(&p->queue, s, qentry);
+	pool_demand(p);
 	s->timer = evtimer_new(cns_base, stream_timeout, s);
 	tv.tv_sec = (time_t)p->pc->queue_timeout;
 	tv.tv_usec = (suseconds_t)((p->pc->queue_timeout - (double)tv.tv_sec) *
@@ -973,6 +974,7 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 	l->resend_off = l->resend_end = 0;
 	s->nwaiting++;
 	pool_lane_wait(s->pool, l);
+	pool_demand(s->pool);
 }
 
 /* A leased worker died: its lane runs again, or what it held is lost. */

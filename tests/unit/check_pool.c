@@ -19,8 +19,10 @@
 
 #include "consumersd.h"
 
-/* The daemon's global that pool.c reads; NULL means no timers. */
+/* The daemon's globals that pool.c reads; NULL means no timers, and no
+ * daemon-wide settings. */
 struct event_base *cns_base;
+struct conf *cns_conf;
 
 /* ---- fakes ---- */
 
@@ -145,6 +147,12 @@ int
 cns_draining(void)
 {
 	return 0;
+}
+
+unsigned
+worker_count(void)
+{
+	return spawned;
 }
 
 /* What worker.c's does to the pool: the worker is on its way out. */
