@@ -131,7 +131,8 @@ on_stop_timer(evutil_socket_t fd, short ev, void *arg)
 void
 cns_maybe_exit(void)
 {
-	if (stopping && worker_count() == 0)
+	/* The taps too: a worker's last lines may still be in its pipe. */
+	if (stopping && worker_count() == 0 && tap_count() == 0)
 		event_base_loopexit(cns_base, NULL);
 }
 
@@ -449,6 +450,7 @@ main(int argc, char **argv)
 	log_info("stopped");
 	client_free_all();
 	pool_free_all();
+	tap_free_all();
 	for (int i = 0; signums[i] != 0; i++)
 		event_free(sigs[i]);
 	if (stop_timer != NULL)

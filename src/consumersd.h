@@ -390,6 +390,12 @@ int		 spool_rec_at(int fd, uint64_t off, struct spool_rec *);
 char		*spool_lines(int fd, uint64_t off, const struct spool_rec *);
 char		*spool_find(int fd, uint64_t len, uint64_t seq);
 
+/* tap.c: workers' standard output and error, logged */
+int		 tap_pipe(int fds[2]);
+void		 tap_start(int fd, const char *pool, unsigned slot, pid_t);
+unsigned	 tap_count(void);
+void		 tap_free_all(void);
+
 /* header.c: a client's header line */
 json_t		*header_parse(const char *line, size_t len, char *why,
 		    size_t whylen);

@@ -244,7 +244,7 @@ worker_spawn(struct pool *p, unsigned slot)
 {
 	struct worker_shm *shm;
 	struct worker *w;
-	int sv[2];
+	int sv[2], out[2] = { -1, -1 };
 	pid_t pid;
 
 	shm = mmap(NULL, sizeof *shm, PROT_READ | PROT_WRITE,
@@ -258,11 +258,17 @@ worker_spawn(struct pool *p, unsigned slot)
 		munmap(shm, sizeof *shm);
 		return NULL;
 	}
+	if (tap_pipe(out) == -1)
+		out[0] = out[1] = -1;
 	fflush(NULL);
 	if ((pid = fork()) == -1) {
 		log_warn("pool %s: fork", p->pc->name);
 		close(sv[0]);
 		close(sv[1]);
+		if (out[0] != -1) {
+			close(out[0]);
+			close(out[1]);
+		}
 		munmap(shm, sizeof *shm);
 		return NULL;
 	}
@@ -270,10 +276,17 @@ worker_spawn(struct pool *p, unsigned slot)
 		close(sv[0]);
 		if (dup2(sv[1], WORKER_FD) == -1)
 			_exit(1);
+		if (out[1] != -1 && (dup2(out[1], STDOUT_FILENO) == -1 ||
+		    dup2(out[1], STDERR_FILENO) == -1))
+			_exit(1);
 		close_range(WORKER_FD + 1, ~0U, 0);
 		child_main(WORKER_FD, p->pc, slot, shm);
 	}
 	close(sv[1]);
+	if (out[0] != -1) {
+		close(out[1]);
+		tap_start(out[0], p->pc->name, slot, pid);
+	}
 	/* Workers forked later must not see this one's page. */
 	madvise(shm, sizeof *shm, MADV_DONTFORK);
 	if ((w = calloc(1, sizeof *w)) == NULL)
