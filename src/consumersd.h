@@ -163,6 +163,11 @@ struct pool {
 	struct event	*watch_ev;	/* item_timeout checks */
 	uint64_t	 streams_done;
 	uint64_t	 crashes;	/* workers lost inside a stream */
+	uint64_t	 respawns;	/* workers replaced after one was gone */
+	/* Counts of the pool's streams that are freed (client.c adds them
+	 * up); status adds the streams still held by a client. */
+	uint64_t	 done_in, done_consumed, done_rejected,
+			 done_quarantined;
 	TAILQ_ENTRY(pool) entry;
 };
 TAILQ_HEAD(poolq, pool);
@@ -347,6 +352,29 @@ int		 spool_rec_at(int fd, uint64_t off, struct spool_rec *);
 char		*spool_lines(int fd, uint64_t off, const struct spool_rec *);
 char		*spool_find(int fd, uint64_t len, uint64_t seq);
 
+/* access.c: who may submit to a pool, and who is an administrator */
+struct peer {
+	uid_t		 uid;		/* from SO_PEERCRED */
+	gid_t		 gid;
+	pid_t		 pid;
+	char		*user;		/* from the passwd database, or NULL */
+	gid_t		*groups;	/* supplementary groups, looked up */
+	int		 ngroups;	/* -1: not looked up yet */
+};
+void		 peer_init(struct peer *, uid_t, gid_t, pid_t);
+void		 peer_clear(struct peer *);
+const char	*peer_user(struct peer *);
+int		 peer_in_group(struct peer *, gid_t);
+int		 access_submit(struct peer *, const struct pool_conf *,
+		    char *why, size_t whylen);
+int		 access_admin(struct peer *, const struct conf *);
+int		 access_status(struct peer *, const struct conf *,
+		    const struct pool_conf *, char *why, size_t whylen);
+
+/* status.c: the status and pools replies */
+json_t		*status_pools(void);
+json_t		*status_reply(struct pool *only);
+
 /* header.c: a client's header line */
 json_t		*header_parse(const char *line, size_t len, char *why,
 		    size_t whylen);
@@ -363,6 +391,9 @@ struct evbuffer	*client_input(struct client *);
 void		 client_read(struct client *, int on);
 void		 client_finish(struct client *, json_t *final);
 int		 client_output_full(struct client *);
+/* For status: every stream a client holds, and since when it waits. */
+struct stream	*client_stream_next(struct client **cursor);
+double		 client_waited(const struct client *);
 
 /* consumersd.c: daemon-wide state */
 extern struct event_base *cns_base;
