@@ -7,6 +7,12 @@
  * rejected items on stderr, prints the daemon's final line on stdout and
  * exits 0 only when the stream completed with nothing rejected or
  * quarantined and no consumer error.  It sends and reads at once, so replies never back up.
+ *
+ *   consumers [-s socket] status [--json] [--watch [SECONDS]] [POOL]
+ *   consumers [-s socket] pools [--json]
+ *
+ * ask the daemon one question each and print its answer as a table, or as
+ * the JSON it sent.
  */
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -40,9 +46,12 @@ usage(void)
 	fprintf(stderr,
 	    "usage: %s [-s socket] submit [-w workers] [-p params] POOL "
 	    "[FILE...]\n"
+	    "       %s [-s socket] status [--json] [--watch [SECONDS]] "
+	    "[POOL]\n"
+	    "       %s [-s socket] pools [--json]\n"
 	    "       %s -V\n"
 	    "The socket is -s, else $CONSUMERS_SOCKET, else %s.\n",
-	    prog, prog, CNS_DEFAULT_SOCKET);
+	    prog, prog, prog, prog, CNS_DEFAULT_SOCKET);
 	exit(EXIT_LOCAL);
 }
 
@@ -368,6 +377,355 @@ submit(const char *sockpath, int argc, char **argv)
 	return status;
 }
 
+/* ---- status and pools: one question, one answer ---- */
+
+static volatile sig_atomic_t interrupted;
+
+static void
+on_sigint(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+/*
+ * Send one header and read the one line that answers it.  NULL only when
+ * SIGINT came while waiting (with --watch); any other failure is a local
+ * error.
+ */
+static json_t *
+ask(const char *sockpath, json_t *header)
+{
+	char *hs = json_dumps(header, JSON_COMPACT), *buf = NULL, *nl;
+	size_t len = 0, cap = 0, off = 0, hlen;
+	json_error_t err;
+	json_t *v;
+	int fd;
+
+	if (hs == NULL)
+		die("out of memory");
+	fd = connect_to(sockpath);
+	hlen = strlen(hs);
+	hs[hlen++] = '\n';	/* json_dumps left room: its NUL */
+	while (off < hlen) {
+		ssize_t n = write(fd, hs + off, hlen - off);
+		if (n == -1 && errno == EINTR && !interrupted)
+			continue;
+		if (n == -1 && errno == EINTR)
+			goto stop;
+		if (n == -1)
+			die("write to the daemon: %s", strerror(errno));
+		off += (size_t)n;
+	}
+	shutdown(fd, SHUT_WR);
+	for (;;) {
+		ssize_t n;
+		if (cap - len < CHUNK) {
+			cap = cap ? cap * 2 : 2 * CHUNK;
+			if (cap > LINE_MAX_REPLY)
+				die("a reply line is longer than %u bytes",
+				    LINE_MAX_REPLY);
+			if ((buf = realloc(buf, cap)) == NULL)
+				die("out of memory");
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n == -1 && errno == EINTR && !interrupted)
+			continue;
+		if (n == -1 && errno == EINTR)
+			goto stop;
+		if (n == -1)
+			die("read from the daemon: %s", strerror(errno));
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	free(hs);
+	if ((nl = memchr(buf, '\n', len)) == NULL)
+		die("the daemon closed the connection without an answer");
+	v = json_loadb(buf, (size_t)(nl - buf), 0, &err);
+	free(buf);
+	if (v == NULL || !json_is_object(v))
+		die("the daemon sent a line that is not a JSON object: %s",
+		    v == NULL ? err.text : "");
+	return v;
+stop:
+	close(fd);
+	free(hs);
+	free(buf);
+	return NULL;
+}
+
+/* A refusal: its message on stderr; status 1. */
+static int
+refused(json_t *v)
+{
+	json_t *e = json_object_get(v, "error");
+
+	if (json_is_true(json_object_get(v, "ok")))
+		return 0;
+	fprintf(stderr, "%s: %s\n", prog, json_is_string(e) ?
+	    json_string_value(e) : "the daemon refused, without a reason");
+	return 1;
+}
+
+static void
+print_json(json_t *v)
+{
+	char *s = json_dumps(v, JSON_COMPACT);
+
+	if (s == NULL)
+		die("out of memory");
+	printf("%s\n", s);
+	free(s);
+}
+
+/* A duration, short: 45s, 3m07s, 2h05m, 4d03h. */
+static const char *
+age(json_t *v, char *buf, size_t len)
+{
+	long long s;
+
+	if (!json_is_number(v))
+		return "-";
+	s = (long long)json_number_value(v);
+	if (s < 60)
+		snprintf(buf, len, "%llds", s);
+	else if (s < 3600)
+		snprintf(buf, len, "%lldm%02llds", s / 60, s % 60);
+	else if (s < 86400)
+		snprintf(buf, len, "%lldh%02lldm", s / 3600, s % 3600 / 60);
+	else
+		snprintf(buf, len, "%lldd%02lldh", s / 86400, s % 86400 / 3600);
+	return buf;
+}
+
+static long long
+num(json_t *obj, const char *key)
+{
+	return (long long)json_number_value(json_object_get(obj, key));
+}
+
+static long long
+num2(json_t *obj, const char *key, const char *sub)
+{
+	return num(json_object_get(obj, key), sub);
+}
+
+static void
+print_worker(json_t *w, long long now)
+{
+	json_t *stream = json_object_get(w, "stream"),
+	    *rss = json_object_get(w, "rss_kib"),
+	    *start = json_object_get(w, "start");
+	char sid[32] = "-", mem[32] = "-", up[32];
+	json_t *upv = NULL;
+
+	if (json_is_integer(stream))
+		snprintf(sid, sizeof sid, "%lld",
+		    (long long)json_integer_value(stream));
+	if (json_is_integer(rss))
+		snprintf(mem, sizeof mem, "%lld KiB",
+		    (long long)json_integer_value(rss));
+	if (json_is_integer(start))
+		upv = json_integer(now - json_integer_value(start));
+	printf("  worker %-3lld pid %-7lld %-8s stream %-6s items %-9lld "
+	    "served %-6lld rss %-12s up %s\n", num(w, "slot"), num(w, "pid"),
+	    json_string_value(json_object_get(w, "state")), sid,
+	    num(w, "items"), num(w, "streams_served"), mem,
+	    age(upv, up, sizeof up));
+	json_decref(upv);
+}
+
+static void
+print_status(json_t *v)
+{
+	json_t *d = json_object_get(v, "daemon"), *pools, *p, *w;
+	long long now = (long long)time(NULL);
+	int width = 4;
+	size_t i, j;
+	char up[32];
+
+	printf("consumersd %s, pid %lld, up %s, %lld stream%s open, %lld "
+	    "worker%s\n", json_string_value(json_object_get(d, "version")),
+	    num(d, "pid"), age(json_object_get(d, "uptime"), up, sizeof up),
+	    num(d, "streams_open"), num(d, "streams_open") == 1 ? "" : "s",
+	    num(d, "workers"), num(d, "workers") == 1 ? "" : "s");
+	pools = json_object_get(v, "pools");
+	json_array_foreach(pools, i, p) {
+		int n = (int)strlen(json_string_value(json_object_get(p,
+		    "name")));
+		if (n > width)
+			width = n;
+	}
+	printf("%-*s  %-8s %7s %5s %5s %5s %5s %6s %9s %10s %10s %8s %11s "
+	    "%7s %8s %7s\n", width, "POOL", "MODE", "WORKERS", "BUSY", "IDLE",
+	    "START", "OPEN", "QUEUED", "COMPLETED", "ITEMS_IN", "CONSUMED",
+	    "REJECTED", "QUARANTINED", "CRASHES", "RESPAWNS", "WAIT");
+	json_array_foreach(pools, i, p) {
+		char cap[32], wait[32];
+		json_t *err = json_object_get(p, "last_error");
+		snprintf(cap, sizeof cap, "%lld/%lld",
+		    num2(p, "workers", "total"), num(p, "capacity"));
+		snprintf(wait, sizeof wait, "%.1fs",
+		    json_number_value(json_object_get(p, "queue_wait")));
+		printf("%-*s  %-8s %7s %5lld %5lld %5lld %5lld %6lld %9lld "
+		    "%10lld %10lld %8lld %11lld %7lld %8lld %7s\n", width,
+		    json_string_value(json_object_get(p, "name")),
+		    json_string_value(json_object_get(p, "mode")), cap,
+		    num2(p, "workers", "busy"), num2(p, "workers", "idle"),
+		    num2(p, "workers", "starting"), num2(p, "streams", "open"),
+		    num2(p, "streams", "queued"),
+		    num2(p, "streams", "completed"), num2(p, "items", "in"),
+		    num2(p, "items", "consumed"), num2(p, "items", "rejected"),
+		    num2(p, "items", "quarantined"), num(p, "crashes"),
+		    num(p, "respawns"), wait);
+		if (json_is_true(json_object_get(p, "failed")))
+			printf("  FAILED: %s\n", json_is_string(err) ?
+			    json_string_value(err) : "its workers keep dying "
+			    "while they start");
+		json_array_foreach(json_object_get(p, "processes"), j, w)
+			print_worker(w, now);
+	}
+}
+
+static void
+print_pools(json_t *v)
+{
+	json_t *pools = json_object_get(v, "pools"), *p;
+	int width = 4;
+	size_t i;
+
+	json_array_foreach(pools, i, p) {
+		int n = (int)strlen(json_string_value(json_object_get(p,
+		    "name")));
+		if (n > width)
+			width = n;
+	}
+	printf("%-*s  %-8s %7s %14s  %s\n", width, "POOL", "MODE", "WORKERS",
+	    "STREAM_WORKERS", "PLUGIN");
+	json_array_foreach(pools, i, p)
+		printf("%-*s  %-8s %7lld %14lld  %s\n", width,
+		    json_string_value(json_object_get(p, "name")),
+		    json_string_value(json_object_get(p, "mode")),
+		    num(p, "workers"), num(p, "stream_workers"),
+		    json_string_value(json_object_get(p, "plugin")));
+}
+
+/* A positive number of seconds, or -1. */
+static double
+interval(const char *s)
+{
+	char *end;
+	double d;
+
+	errno = 0;
+	d = strtod(s, &end);
+	if (*s == '\0' || *end != '\0' || errno != 0 || !(d > 0) ||
+	    d > 86400)
+		return -1;
+	return d;
+}
+
+static int
+status(const char *sockpath, int argc, char **argv)
+{
+	struct sigaction sa;
+	const char *pool = NULL;
+	double every = 0;
+	int json = 0, tty = isatty(STDOUT_FILENO), first = 1, rc;
+	json_t *header, *v;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = 1;
+		else if (strcmp(argv[i], "--watch") == 0) {
+			every = 2;
+			/* A number after --watch is its interval. */
+			if (i + 1 < argc && interval(argv[i + 1]) > 0)
+				every = interval(argv[++i]);
+		} else if (strncmp(argv[i], "--watch=", 8) == 0) {
+			if ((every = interval(argv[i] + 8)) < 0)
+				die("--watch: the interval must be a number of "
+				    "seconds above 0, not \"%s\"", argv[i] + 8);
+		} else if (argv[i][0] == '-' && argv[i][1] != '\0')
+			usage();
+		else if (pool == NULL)
+			pool = argv[i];
+		else
+			usage();
+	}
+	header = json_pack("{s:s}", "op", "status");
+	if (pool != NULL)
+		json_object_set_new(header, "pool", json_string(pool));
+	if (every > 0) {
+		/* No SA_RESTART: a wait for the daemon ends on ^C too. */
+		memset(&sa, 0, sizeof sa);
+		sa.sa_handler = on_sigint;
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+	}
+	for (;;) {
+		struct timespec ts;
+		if (interrupted || (v = ask(sockpath, header)) == NULL)
+			break;
+		if ((rc = refused(v)) != 0) {
+			if (json)
+				print_json(v);
+			json_decref(v);
+			json_decref(header);
+			return rc;
+		}
+		if (every > 0 && tty)
+			fputs("\033[H\033[2J", stdout);
+		else if (!first)
+			putchar('\n');
+		first = 0;
+		if (json)
+			print_json(v);
+		else
+			print_status(v);
+		fflush(stdout);
+		json_decref(v);
+		if (every <= 0)
+			break;
+		ts.tv_sec = (time_t)every;
+		ts.tv_nsec = (long)((every - (double)ts.tv_sec) * 1e9);
+		nanosleep(&ts, NULL);	/* EINTR: the loop sees the flag */
+	}
+	json_decref(header);
+	return EXIT_CLEAN;
+}
+
+static int
+pools(const char *sockpath, int argc, char **argv)
+{
+	json_t *header, *v;
+	int json = 0, rc;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = 1;
+		else
+			usage();
+	}
+	header = json_pack("{s:s}", "op", "pools");
+	v = ask(sockpath, header);
+	json_decref(header);
+	if (v == NULL)
+		return EXIT_CLEAN;
+	if ((rc = refused(v)) == 0) {
+		if (json)
+			print_json(v);
+		else
+			print_pools(v);
+	} else if (json)
+		print_json(v);
+	json_decref(v);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -395,7 +753,11 @@ main(int argc, char **argv)
 		usage();
 	if (strcmp(argv[0], "submit") == 0)
 		return submit(sockpath, argc, argv);
-	fprintf(stderr, "%s: unknown command \"%s\" (commands: submit)\n",
-	    prog, argv[0]);
+	if (strcmp(argv[0], "status") == 0)
+		return status(sockpath, argc, argv);
+	if (strcmp(argv[0], "pools") == 0)
+		return pools(sockpath, argc, argv);
+	fprintf(stderr, "%s: unknown command \"%s\" (commands: submit, "
+	    "status, pools)\n", prog, argv[0]);
 	return EXIT_LOCAL;
 }

@@ -4,7 +4,8 @@
  * is done (refused, or its final line flushed) is freed here, with its
  * stream.  Here too are the limits on what a client may hold: a deadline
  * for its header, an idle limit while its stream reads it, and a count of
- * connections per uid.
+ * connections per uid; and the ops that are one reply, status and pools,
+ * with who may ask them (access.c decides).
  */
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -38,6 +39,8 @@ struct client {
 	uid_t			 uid;		/* the peer, from SO_PEERCRED */
 	gid_t			 gid;
 	pid_t			 pid;
+	struct peer		 peer;		/* the same, and its groups */
+	struct timespec		 since;		/* its header was read */
 	int			 counted;	/* holds a place in its uid's count */
 	int			 denied;	/* refused at the uid limit */
 	int			 eof;		/* its write side is closed */
@@ -163,8 +166,16 @@ static void
 client_free(struct client *c)
 {
 	TAILQ_REMOVE(&clients, c, entry);
-	if (c->stream != NULL)
-		stream_free(c->stream);
+	if (c->stream != NULL) {
+		struct stream *s = c->stream;
+		/* What the stream brought stays in the pool's counts. */
+		s->pool->done_in += s->seq;
+		s->pool->done_consumed += s->consumed;
+		s->pool->done_rejected += s->rejected;
+		s->pool->done_quarantined += s->quarantined;
+		stream_free(s);
+	}
+	peer_clear(&c->peer);
 	if (c->counted)
 		uid_release(c->uid);
 	if (c->denied)
@@ -278,6 +289,56 @@ client_refuse(struct client *c, const char *fmt, ...)
 	client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error", msg));
 }
 
+/* The pool named `name`, or NULL after refusing the client. */
+static struct pool *
+client_pool(struct client *c, const char *name)
+{
+	char names[512] = "";
+	struct pool *p;
+
+	if ((p = pool_find(name)) != NULL)
+		return p;
+	TAILQ_FOREACH(p, pool_all(), entry) {
+		if (names[0] != '\0')
+			strncat(names, ", ", sizeof names - strlen(names) - 1);
+		strncat(names, p->pc->name, sizeof names - strlen(names) - 1);
+	}
+	client_refuse(c, "no pool named \"%.100s\" (pools: %s)", name, names);
+	return NULL;
+}
+
+/* A denial is a warning: it names who asked, for what, and why not. */
+static void
+client_denied(struct client *c, const char *op, const char *pool,
+    const char *why)
+{
+	const char *user = peer_user(&c->peer);
+
+	log_warnx("client (pid %ld, uid %lu, user %s, gid %lu) denied %s%s%s: "
+	    "%s", (long)c->pid, (unsigned long)c->uid, user != NULL ? user :
+	    "unknown", (unsigned long)c->gid, op, pool != NULL ? " of pool " :
+	    "", pool != NULL ? pool : "", why);
+	client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+}
+
+/* {"op":"status"}, of every pool or of one. */
+static void
+client_status(struct client *c, json_t *h)
+{
+	const char *name = json_string_value(json_object_get(h, "pool"));
+	struct pool *p = NULL;
+	char why[1024];
+
+	if (name != NULL && (p = client_pool(c, name)) == NULL)
+		return;
+	if (!access_status(&c->peer, cns_conf, p != NULL ? p->pc : NULL, why,
+	    sizeof why)) {
+		client_denied(c, "status", name, why);
+		return;
+	}
+	client_finish(c, status_reply(p));
+}
+
 static void
 client_submit(struct client *c, json_t *h)
 {
@@ -286,21 +347,13 @@ client_submit(struct client *c, json_t *h)
 	struct worker **ws;
 	json_t *jw;
 	unsigned want, n;
+	char why[1024];
 
-	evtimer_del(c->timer);		/* the header deadline is met */
 	name = json_string_value(json_object_get(h, "pool"));
-	if ((p = pool_find(name)) == NULL) {
-		char names[512] = "";
-		struct pool *q;
-		TAILQ_FOREACH(q, pool_all(), entry) {
-			if (names[0] != '\0')
-				strncat(names, ", ", sizeof names -
-				    strlen(names) - 1);
-			strncat(names, q->pc->name, sizeof names -
-			    strlen(names) - 1);
-		}
-		client_refuse(c, "no pool named \"%.100s\" (pools: %s)", name,
-		    names);
+	if ((p = client_pool(c, name)) == NULL)
+		return;
+	if (!access_submit(&c->peer, p->pc, why, sizeof why)) {
+		client_denied(c, "submit", name, why);
 		return;
 	}
 	want = p->pc->stream_workers;
@@ -334,6 +387,7 @@ client_header(struct client *c)
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 	struct evbuffer_ptr e;
 	char why[512];
+	const char *op;
 	json_t *h;
 	char *line;
 	size_t len;
@@ -361,7 +415,15 @@ client_header(struct client *c)
 		client_refuse(c, "%s", why);
 		return 1;
 	}
-	client_submit(c, h);
+	evtimer_del(c->timer);		/* the header deadline is met */
+	now_mono(&c->since);
+	op = json_string_value(json_object_get(h, "op"));
+	if (strcmp(op, "submit") == 0)
+		client_submit(c, h);
+	else if (strcmp(op, "status") == 0)
+		client_status(c, h);
+	else			/* "pools": anyone who may connect */
+		client_finish(c, status_pools());
 	json_decref(h);
 	return 1;
 }
@@ -581,6 +643,7 @@ client_peer(struct client *c, evutil_socket_t fd)
 	c->uid = cred.uid;
 	c->gid = cred.gid;
 	c->pid = cred.pid;
+	peer_init(&c->peer, cred.uid, cred.gid, cred.pid);
 	return 0;
 }
 
@@ -601,6 +664,7 @@ client_accept(struct evconnlistener *l, evutil_socket_t fd,
 	c->uid = (uid_t)-1;
 	c->gid = (gid_t)-1;
 	c->pid = -1;
+	peer_init(&c->peer, c->uid, c->gid, c->pid);
 	c->bev = bufferevent_socket_new(cns_base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL)
 		fatalx("%s: bufferevent_socket_new", __func__);
@@ -700,6 +764,16 @@ client_bind(const struct conf *conf)
 		close(fd);
 		return -1;
 	}
+	/* The group first: until the mode is set, the socket has the
+	 * umask's permissions, not yet the configured ones. */
+	if (conf->socket_group != NULL &&
+	    chown(conf->socket, (uid_t)-1, conf->socket_gid) == -1) {
+		log_warn("socket_group: chown %s to group %s", conf->socket,
+		    conf->socket_group);
+		close(fd);
+		unlink(conf->socket);
+		return -1;
+	}
 	if (chmod(conf->socket, conf->socket_mode) == -1) {
 		log_warn("chmod %s", conf->socket);
 		close(fd);
@@ -765,6 +839,34 @@ client_abort_all(const char *why)
 		else
 			client_refuse(c, "%s", why);
 	}
+}
+
+/*
+ * Walk the streams clients hold, done ones included: start with *cursor
+ * NULL; returns NULL at the end.
+ */
+struct stream *
+client_stream_next(struct client **cursor)
+{
+	struct client *c = *cursor == NULL ? TAILQ_FIRST(&clients) :
+	    TAILQ_NEXT(*cursor, entry);
+
+	while (c != NULL && c->stream == NULL)
+		c = TAILQ_NEXT(c, entry);
+	*cursor = c;
+	return c != NULL ? c->stream : NULL;
+}
+
+/* Seconds since the client's header was read: how long a queued stream
+ * has waited. */
+double
+client_waited(const struct client *c)
+{
+	struct timespec now;
+
+	now_mono(&now);
+	return (double)(now.tv_sec - c->since.tv_sec) +
+	    (double)(now.tv_nsec - c->since.tv_nsec) / 1e9;
 }
 
 void

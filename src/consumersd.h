@@ -198,6 +198,10 @@ struct pool {
 	uint64_t	 respawns;	/* workers started to replace others */
 	uint64_t	 streams_done;
 	uint64_t	 crashes;	/* workers lost inside a stream */
+	/* Counts of the pool's streams that are freed (client.c adds them
+	 * up); status adds the streams still held by a client. */
+	uint64_t	 done_in, done_consumed, done_rejected,
+			 done_quarantined;
 	TAILQ_ENTRY(pool) entry;
 };
 TAILQ_HEAD(poolq, pool);
@@ -396,6 +400,29 @@ void		 tap_start(int fd, const char *pool, unsigned slot, pid_t);
 unsigned	 tap_count(void);
 void		 tap_free_all(void);
 
+/* access.c: who may submit to a pool, and who is an administrator */
+struct peer {
+	uid_t		 uid;		/* from SO_PEERCRED */
+	gid_t		 gid;
+	pid_t		 pid;
+	char		*user;		/* from the passwd database, or NULL */
+	gid_t		*groups;	/* supplementary groups, looked up */
+	int		 ngroups;	/* -1: not looked up yet */
+};
+void		 peer_init(struct peer *, uid_t, gid_t, pid_t);
+void		 peer_clear(struct peer *);
+const char	*peer_user(struct peer *);
+int		 peer_in_group(struct peer *, gid_t);
+int		 access_submit(struct peer *, const struct pool_conf *,
+		    char *why, size_t whylen);
+int		 access_admin(struct peer *, const struct conf *);
+int		 access_status(struct peer *, const struct conf *,
+		    const struct pool_conf *, char *why, size_t whylen);
+
+/* status.c: the status and pools replies */
+json_t		*status_pools(void);
+json_t		*status_reply(struct pool *only);
+
 /* header.c: a client's header line */
 json_t		*header_parse(const char *line, size_t len, char *why,
 		    size_t whylen);
@@ -412,6 +439,9 @@ struct evbuffer	*client_input(struct client *);
 void		 client_read(struct client *, int on);
 void		 client_finish(struct client *, json_t *final);
 int		 client_output_full(struct client *);
+/* For status: every stream a client holds, and since when it waits. */
+struct stream	*client_stream_next(struct client **cursor);
+double		 client_waited(const struct client *);
 
 /* consumersd.c: daemon-wide state */
 extern struct event_base *cns_base;

@@ -1,15 +1,27 @@
 /*
  * header.c - checking a client's header line.  Pure: no daemon state, so
  * the unit tests and the fuzzer drive it directly.  The caller looks the
- * pool up; this only says whether the line is a well-formed request.
+ * pool up and decides who may do what; this only says whether the line
+ * is a well-formed request: a submit, or one of the read-only ops.
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "consumersd.h"
 
-static const char *submit_keys[] = { "op", "pool", "workers", "params",
-    NULL };
+/* Each op with the keys its header may hold, and how to say them. */
+static const struct header_op {
+	const char	*op;
+	const char	*keys[5];
+	const char	*known;
+} header_ops[] = {
+	{ "submit", { "op", "pool", "workers", "params", NULL },
+	    "op, pool, workers, params" },
+	{ "status", { "op", "pool", NULL }, "op, pool" },
+	{ "pools", { "op", NULL }, "op" },
+};
+#define HEADER_NOPS	(sizeof header_ops / sizeof header_ops[0])
+#define HEADER_KNOWN	"submit, status, pools"
 
 static const char *
 header_type(const json_t *v)
@@ -28,12 +40,14 @@ header_type(const json_t *v)
 
 /*
  * Parse `len` bytes (no newline) as a header.  Returns the object, owned
- * by the caller, or NULL with the reason in `why`.
+ * by the caller, or NULL with the reason in `why`.  Its "op" is then one
+ * of submit, status, pools, and it holds only that op's keys.
  */
 json_t *
 header_parse(const char *line, size_t len, char *why, size_t whylen)
 {
 	json_error_t jerr;
+	const struct header_op *op;
 	const char *key, *nul;
 	json_t *h, *v;
 
@@ -64,27 +78,43 @@ header_parse(const char *line, size_t len, char *why, size_t whylen)
 	}
 	v = json_object_get(h, "op");
 	if (!json_is_string(v)) {
-		snprintf(why, whylen, "the header needs \"op\": \"submit\"");
+		snprintf(why, whylen, "the header needs \"op\": \"submit\", "
+		    "\"status\" or \"pools\"");
 		goto bad;
 	}
-	if (strcmp(json_string_value(v), "submit") != 0) {
-		snprintf(why, whylen, "unknown op \"%.100s\" (known: submit)",
-		    json_string_value(v));
+	for (op = header_ops; op < header_ops + HEADER_NOPS; op++)
+		if (strcmp(json_string_value(v), op->op) == 0)
+			break;
+	if (op == header_ops + HEADER_NOPS) {
+		snprintf(why, whylen, "unknown op \"%.100s\" (known: "
+		    HEADER_KNOWN ")", json_string_value(v));
 		goto bad;
 	}
 	json_object_foreach(h, key, v) {
 		int ok = 0;
-		for (const char **k = submit_keys; *k != NULL; k++)
+		for (const char *const *k = op->keys; *k != NULL; k++)
 			ok |= strcmp(*k, key) == 0;
-		if (!ok) {
+		if (ok)
+			continue;
+		/* A submit's wording predates the other ops: kept. */
+		if (op == header_ops)
 			snprintf(why, whylen, "unknown key \"%.100s\" in the "
-			    "header (known: op, pool, workers, params)", key);
-			goto bad;
-		}
+			    "header (known: %s)", key, op->known);
+		else
+			snprintf(why, whylen, "unknown key \"%.100s\" in a "
+			    "\"%s\" header (known: %s)", key, op->op,
+			    op->known);
+		goto bad;
 	}
-	if (!json_is_string(json_object_get(h, "pool"))) {
+	v = json_object_get(h, "pool");
+	if (op == header_ops && !json_is_string(v)) {
 		snprintf(why, whylen, "the header needs \"pool\": the name of a "
 		    "pool, as a string");
+		goto bad;
+	}
+	if (v != NULL && !json_is_string(v)) {
+		snprintf(why, whylen, "\"pool\" must be the name of a pool, as "
+		    "a string, or absent for every pool");
 		goto bad;
 	}
 	v = json_object_get(h, "workers");

@@ -512,6 +512,7 @@ pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
 	(void)w;
 	if (pools_stopping)
 		return;
+	p->respawns++;
 	if (init_failed) {
 		unsigned shift = p->init_failures < 9 ? p->init_failures : 9;
 		unsigned ms = RESPAWN_MIN_MS << shift;

@@ -168,17 +168,19 @@ END_TEST
 
 START_TEST(test_op)
 {
-	refused("{\"pool\":\"p\"}", "the header needs \"op\": \"submit\"");
-	refused("{\"op\":1,\"pool\":\"p\"}", "the header needs \"op\": \"submit\"");
-	refused("{\"op\":null,\"pool\":\"p\"}",
-	    "the header needs \"op\": \"submit\"");
+	const char *need = "the header needs \"op\": \"submit\", "
+	    "\"status\" or \"pools\"";
+
+	refused("{\"pool\":\"p\"}", need);
+	refused("{\"op\":1,\"pool\":\"p\"}", need);
+	refused("{\"op\":null,\"pool\":\"p\"}", need);
 	refused("{\"op\":\"fly\",\"pool\":\"p\"}",
-	    "unknown op \"fly\" (known: submit)");
+	    "unknown op \"fly\" (known: submit, status, pools)");
 	refused("{\"op\":\"Submit\",\"pool\":\"p\"}",
-	    "unknown op \"Submit\" (known: submit)");
+	    "unknown op \"Submit\" (known: submit, status, pools)");
 	/* op comes first: an unknown key after a bad op names the op. */
 	refused("{\"op\":\"fly\",\"color\":1}",
-	    "unknown op \"fly\" (known: submit)");
+	    "unknown op \"fly\" (known: submit, status, pools)");
 }
 END_TEST
 
@@ -247,7 +249,7 @@ START_TEST(test_names_cut_cleanly)
 	memset(op, 'a', 99);
 	strcpy(op + 99, "\xc3\xa9zzz");
 	snprintf(text, sizeof text, "{\"op\":\"%s\",\"pool\":\"p\"}", op);
-	snprintf(expect, sizeof expect, "unknown op \"%.99s?\" (known: submit)",
+	snprintf(expect, sizeof expect, "unknown op \"%.99s?\" (known: submit, status, pools)",
 	    op);
 	refused(text, expect);
 	ck_assert_ptr_null(header_parse(text, strlen(text), why, sizeof why));
@@ -289,6 +291,48 @@ START_TEST(test_deep_nesting)
 }
 END_TEST
 
+START_TEST(test_status)
+{
+	json_t *h = accepted("{\"op\":\"status\"}");
+
+	ck_assert_str_eq(json_string_value(json_object_get(h, "op")),
+	    "status");
+	ck_assert_ptr_null(json_object_get(h, "pool"));
+	json_decref(h);
+	h = accepted("{\"op\":\"status\",\"pool\":\"db\"}");
+	ck_assert_str_eq(json_string_value(json_object_get(h, "pool")), "db");
+	json_decref(h);
+	refused("{\"op\":\"status\",\"pool\":3}", "\"pool\" must be the "
+	    "name of a pool, as a string, or absent for every pool");
+	refused("{\"op\":\"status\",\"pool\":null}", "\"pool\" must be "
+	    "the name of a pool, as a string, or absent for every pool");
+	/* A submit's keys are not a status's. */
+	refused("{\"op\":\"status\",\"workers\":1}", "unknown key "
+	    "\"workers\" in a \"status\" header (known: op, pool)");
+	refused("{\"op\":\"status\",\"pool\":\"p\",\"params\":{}}",
+	    "unknown key \"params\" in a \"status\" header (known: op, "
+	    "pool)");
+	refused("{\"op\":\"status\",\"pool\":\"a\",\"pool\":\"b\"}",
+	    "the header is not a JSON object: duplicate object key near "
+	    "'\"pool\"' at column 32");
+}
+END_TEST
+
+START_TEST(test_pools)
+{
+	json_t *h = accepted("{\"op\":\"pools\"}");
+
+	ck_assert_int_eq(json_object_size(h), 1);
+	json_decref(h);
+	refused("{\"op\":\"pools\",\"pool\":\"p\"}", "unknown key "
+	    "\"pool\" in a \"pools\" header (known: op)");
+	refused("{\"op\":\"pools\",\"color\":1}", "unknown key "
+	    "\"color\" in a \"pools\" header (known: op)");
+	refused("{\"op\":\"Pools\"}",
+	    "unknown op \"Pools\" (known: submit, status, pools)");
+}
+END_TEST
+
 static Suite *
 header_suite(void)
 {
@@ -298,6 +342,8 @@ header_suite(void)
 	tc = tcase_create("good");
 	tcase_add_test(tc, test_minimal);
 	tcase_add_test(tc, test_every_key);
+	tcase_add_test(tc, test_status);
+	tcase_add_test(tc, test_pools);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("bad");

@@ -1,0 +1,283 @@
+/*
+ * status.c - what the "status" and "pools" ops answer: the daemon, each
+ * pool, and each worker process, built from the tables as they are.  A
+ * worker's memory and start time come from /proc, with bounded reads
+ * that cannot block (procfs files answer at once); what /proc cannot say
+ * is null.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "consumersd.h"
+
+/* Read at most len - 1 bytes of a /proc file, NUL-terminated; -1 if not. */
+static ssize_t
+proc_read(const char *path, char *buf, size_t len)
+{
+	ssize_t n;
+	int fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) == -1)
+		return -1;
+	do
+		n = read(fd, buf, len - 1);
+	while (n == -1 && errno == EINTR);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = '\0';
+	return n;
+}
+
+/* Resident memory of pid in KiB, or -1. */
+static long long
+proc_rss_kib(pid_t pid)
+{
+	char path[64], buf[256];
+	unsigned long long size, resident;
+
+	snprintf(path, sizeof path, "/proc/%ld/statm", (long)pid);
+	if (proc_read(path, buf, sizeof buf) <= 0 ||
+	    sscanf(buf, "%llu %llu", &size, &resident) != 2)
+		return -1;
+	return (long long)(resident * (unsigned long long)sysconf(
+	    _SC_PAGESIZE) / 1024);
+}
+
+/* Seconds since the system booted, or -1. */
+static double
+proc_uptime(void)
+{
+	char buf[128];
+	double up;
+
+	if (proc_read("/proc/uptime", buf, sizeof buf) <= 0 ||
+	    sscanf(buf, "%lf", &up) != 1)
+		return -1;
+	return up;
+}
+
+/* When pid started, in seconds after boot (/proc/PID/stat field 22). */
+static double
+proc_started(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ticks;
+
+	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+	/* The command name, field 2, may hold spaces and parentheses: the
+	 * fields after it follow the last ')'. */
+	if (proc_read(path, buf, sizeof buf) <= 0 ||
+	    (p = strrchr(buf, ')')) == NULL)
+		return -1;
+	/* Fields 3 to 21 come first: skip 19 of them. */
+	if (sscanf(p + 1, " %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s "
+	    "%*s %*s %*s %*s %*s %*s %*s %llu", &ticks) != 1)
+		return -1;
+	return (double)ticks / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* How many seconds pid has run, or -1. */
+static double
+proc_age(pid_t pid, double uptime)
+{
+	double started = proc_started(pid);
+
+	if (started < 0 || uptime < 0 || uptime < started)
+		return -1;
+	return uptime - started;
+}
+
+static const char *
+worker_state_name(enum worker_state st)
+{
+	switch (st) {
+	case W_STARTING:	return "starting";
+	case W_IDLE:		return "idle";
+	case W_LEASED:		return "busy";
+	case W_EXITING:		return "exiting";
+	}
+	return "?";
+}
+
+/* Round to milliseconds: the replies stay short and readable. */
+static json_t *
+seconds(double s)
+{
+	return json_real((double)(long long)(s * 1000 + 0.5) / 1000);
+}
+
+static json_t *
+status_worker(struct worker *w, double uptime, time_t now)
+{
+	double age = proc_age(w->pid, uptime);
+	long long rss = proc_rss_kib(w->pid);
+	json_t *v;
+
+	v = json_pack("{s:i,s:i,s:s,s:o,s:I,s:I,s:o,s:o}",
+	    "pid", (int)w->pid,
+	    "slot", (int)w->slot,
+	    "state", worker_state_name(w->state),
+	    "stream", w->stream != NULL ? json_integer(
+		(json_int_t)w->stream->id) : json_null(),
+	    "items", (json_int_t)(w->stream != NULL ? w->sent : 0),
+	    "streams_served", (json_int_t)w->streams_served,
+	    "rss_kib", rss >= 0 ? json_integer(rss) : json_null(),
+	    "start", age >= 0 ? json_integer((json_int_t)(now -
+		(time_t)(age + 0.5))) : json_null());
+	if (v == NULL)
+		fatalx("%s: json_pack", __func__);
+	return v;
+}
+
+struct pool_tally {
+	unsigned	 open, queued;
+	double		 wait;		/* the oldest queued stream's */
+	uint64_t	 in, consumed, rejected, quarantined;
+};
+
+static void
+status_tally(struct pool *p, struct pool_tally *t)
+{
+	struct client *cursor = NULL;
+	struct stream *s;
+
+	memset(t, 0, sizeof *t);
+	t->in = p->done_in;
+	t->consumed = p->done_consumed;
+	t->rejected = p->done_rejected;
+	t->quarantined = p->done_quarantined;
+	while ((s = client_stream_next(&cursor)) != NULL) {
+		if (s->pool != p)
+			continue;
+		if (s->state == S_QUEUED) {
+			double waited = client_waited(s->client);
+			t->queued++;
+			if (waited > t->wait)
+				t->wait = waited;
+		} else if (s->state != S_DONE)
+			t->open++;
+		/* Held streams, done or not: client_free adds them to the
+		 * pool's done_ counts when it lets them go. */
+		t->in += s->seq;
+		t->consumed += s->consumed;
+		t->rejected += s->rejected;
+		t->quarantined += s->quarantined;
+	}
+}
+
+static json_t *
+status_pool(struct pool *p, double uptime, time_t now)
+{
+	struct pool_tally t;
+	struct worker *w;
+	unsigned busy = 0, starting = 0, exiting = 0;
+	json_t *v, *procs;
+
+	if ((procs = json_array()) == NULL)
+		fatalx("%s: json_array", __func__);
+	TAILQ_FOREACH(w, &p->workers, entry) {
+		busy += w->state == W_LEASED;
+		starting += w->state == W_STARTING;
+		exiting += w->state == W_EXITING;
+		json_array_append_new(procs, status_worker(w, uptime, now));
+	}
+	status_tally(p, &t);
+	v = json_pack("{s:s,s:s,s:s,s:i,s:i,"
+	    "s:{s:i,s:i,s:i,s:i,s:i},"
+	    "s:{s:i,s:i,s:I},"
+	    "s:{s:I,s:I,s:I,s:I},"
+	    "s:I,s:I,s:b,s:s?,s:o,s:o}",
+	    "name", p->pc->name,
+	    "plugin", p->pc->plugin,
+	    "mode", conf_mode(p->pc->mode),
+	    "capacity", (int)p->pc->workers,
+	    "stream_workers", (int)p->pc->stream_workers,
+	    "workers",
+		"total", (int)p->nworkers, "idle", (int)p->nidle,
+		"busy", (int)busy, "starting", (int)starting,
+		"exiting", (int)exiting,
+	    "streams",
+		"open", (int)t.open, "queued", (int)t.queued,
+		"completed", (json_int_t)p->streams_done,
+	    "items",
+		"in", (json_int_t)t.in, "consumed", (json_int_t)t.consumed,
+		"rejected", (json_int_t)t.rejected,
+		"quarantined", (json_int_t)t.quarantined,
+	    "crashes", (json_int_t)p->crashes,
+	    "respawns", (json_int_t)p->respawns,
+	    "failed", p->failed,
+	    "last_error", p->last_error,
+	    "queue_wait", seconds(t.wait),
+	    "processes", procs);
+	if (v == NULL)
+		fatalx("%s: json_pack", __func__);
+	return v;
+}
+
+/*
+ * {"ok":true,"daemon":{...},"pools":[...]}: every pool, or only `only`.
+ */
+json_t *
+status_reply(struct pool *only)
+{
+	double uptime = proc_uptime(), age = proc_age(getpid(), uptime);
+	time_t now = time(NULL);
+	struct client *cursor = NULL;
+	struct stream *s;
+	struct pool *p;
+	unsigned open = 0;
+	json_t *pools, *v;
+
+	if ((pools = json_array()) == NULL)
+		fatalx("%s: json_array", __func__);
+	TAILQ_FOREACH(p, pool_all(), entry)
+		if (only == NULL || p == only)
+			json_array_append_new(pools, status_pool(p, uptime,
+			    now));
+	while ((s = client_stream_next(&cursor)) != NULL)
+		open += s->state != S_DONE;
+	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i},s:o}",
+	    "ok", 1,
+	    "daemon",
+		"pid", (int)getpid(),
+		"version", PACKAGE_VERSION,
+		"uptime", age >= 0 ? seconds(age) : json_null(),
+		"start", age >= 0 ? json_integer((json_int_t)(now -
+		    (time_t)(age + 0.5))) : json_null(),
+		"streams_open", (int)open,
+		"workers", (int)worker_count(),
+	    "pools", pools);
+	if (v == NULL)
+		fatalx("%s: json_pack", __func__);
+	return v;
+}
+
+/* {"ok":true,"pools":[{"name","plugin","mode","workers","stream_workers"}]} */
+json_t *
+status_pools(void)
+{
+	struct pool *p;
+	json_t *pools, *v;
+
+	if ((pools = json_array()) == NULL)
+		fatalx("%s: json_array", __func__);
+	TAILQ_FOREACH(p, pool_all(), entry) {
+		v = json_pack("{s:s,s:s,s:s,s:i,s:i}",
+		    "name", p->pc->name,
+		    "plugin", p->pc->plugin,
+		    "mode", conf_mode(p->pc->mode),
+		    "workers", (int)p->pc->workers,
+		    "stream_workers", (int)p->pc->stream_workers);
+		if (v == NULL)
+			fatalx("%s: json_pack", __func__);
+		json_array_append_new(pools, v);
+	}
+	return json_pack("{s:b,s:o}", "ok", 1, "pools", pools);
+}

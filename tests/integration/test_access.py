@@ -1,0 +1,200 @@
+"""Access control: a pool's "allow" lists for submit (by user, by primary
+group, by supplementary group looked up in the group database), root
+always allowed, admin_group for the status of every pool, the denial text
+and its log line, and socket_group on the socket file.
+
+Connecting as other users needs root: the tests that do create throwaway
+users and groups (useradd, groupadd), run the real CLI as them through
+setpriv, and remove them afterwards.  Not root, they are skipped, loudly;
+root-always-allowed and the denial text are tested either way."""
+import grp
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Daemon, CLI, VALGRIND, SLOWDOWN, read_lines,  # noqa
+                     main)
+
+PREFIX = "cnsdt%d" % os.getpid()
+ETL = PREFIX + "etl"            # a group alice has as a supplementary one
+ADMINS = PREFIX + "adm"         # admin_group: dave
+ALICE, BOB, CAROL, DAVE = (PREFIX + n for n in ("a", "b", "c", "d"))
+
+AS_ROOT = os.geteuid() == 0
+TOOLS = all(shutil.which(t) for t in ("useradd", "groupadd", "userdel",
+                                      "groupdel", "setpriv"))
+WHY_SKIP = ("access control by user and group needs root to test (it "
+            "creates users and groups and connects as them): run the "
+            "suite as root to cover it")
+if AS_ROOT and not TOOLS:
+    WHY_SKIP = ("access control by user and group needs useradd, "
+                "groupadd, userdel, groupdel and setpriv to test")
+
+
+def ask(d, header):
+    s = d.connect()
+    s.settimeout(10 * SLOWDOWN)
+    s.sendall((json.dumps(header) + "\n").encode())
+    s.shutdown(socket.SHUT_WR)
+    replies = read_lines(s)
+    s.close()
+    return replies[-1]
+
+
+def denial(user, uid, pool, allow):
+    return ("permission denied: uid %d (user %s) may not submit to pool %s "
+            "(allow: %s)" % (uid, user, pool, allow))
+
+
+class RootAndDenialText(unittest.TestCase):
+    """Whoever runs the tests: root passes any allow list; anyone else is
+    denied by a list that names only "nobody", with the exact text."""
+
+    def test_nobody_only_pool(self):
+        pools = {"closed": {"plugin": "sum", "allow": {"users": ["nobody"]}},
+                 "open": {"plugin": "sum"}}
+        with Daemon(pools) as d:
+            rc, final, err = d.cli("submit", "closed", input=b"1\n2\n")
+            if AS_ROOT:
+                self.assertEqual((rc, final["completion"]), (0, 3), err)
+                return
+            me = pwd.getpwuid(os.getuid()).pw_name
+            if me == "nobody":
+                self.skipTest("run as nobody, whom the list allows")
+            want = denial(me, os.getuid(), "closed", "users nobody; no "
+                          "groups")
+            self.assertEqual(rc, 1)
+            self.assertEqual(final, {"ok": False, "error": want})
+            self.assertIn("denied submit of pool closed: " + want,
+                          d.log_text())
+            rc, final, err = d.cli("submit", "open", input=b"1\n2\n")
+            self.assertEqual(rc, 0, err)
+
+
+@unittest.skipUnless(AS_ROOT and TOOLS, WHY_SKIP)
+class AsOtherUsers(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.made_users, cls.made_groups = [], []
+        try:
+            for g in (ETL, ADMINS):
+                subprocess.run(["groupadd", g], check=True,
+                               capture_output=True)
+                cls.made_groups.append(g)
+            for u, extra in ((ALICE, [ETL]), (BOB, []), (CAROL, []),
+                             (DAVE, [ADMINS])):
+                cmd = ["useradd", "-M", "-U", "-s", "/usr/sbin/nologin"]
+                if extra:
+                    cmd += ["-G", ",".join(extra)]
+                subprocess.run(cmd + [u], check=True, capture_output=True)
+                cls.made_users.append(u)
+        except subprocess.CalledProcessError as e:
+            cls.tearDownClass()
+            raise unittest.SkipTest("cannot create test users and groups: "
+                                    "%s" % e.stderr.decode().strip())
+
+    @classmethod
+    def tearDownClass(cls):
+        for u in cls.made_users:
+            subprocess.run(["userdel", u], capture_output=True)
+        for g in cls.made_groups:
+            subprocess.run(["groupdel", g], capture_output=True)
+
+    def daemon(self, **settings):
+        pools = {
+            "locked": {"plugin": "sum",
+                       "allow": {"users": [BOB], "groups": [ETL]}},
+            "open": {"plugin": "sum"},
+        }
+        d = Daemon(pools, dict({"socket_mode": "0666",
+                                "admin_group": ADMINS}, **settings))
+        os.chmod(d.dir, 0o755)      # others reach the socket
+        return d
+
+    def as_user(self, d, user, *args, input=b""):
+        """The CLI as `user`, with its groups: (status, stdout, stderr)."""
+        p = subprocess.run(["setpriv", "--reuid", user, "--regid", user,
+                            "--init-groups"] + VALGRIND +
+                           [CLI, "-s", d.socket] + list(args), input=input,
+                           capture_output=True, timeout=60 * SLOWDOWN)
+        return (p.returncode, p.stdout.decode(),
+                p.stderr.decode(errors="replace"))
+
+    def submit_as(self, d, user, pool):
+        rc, out, err = self.as_user(d, user, "submit", pool,
+                                    input=b"1\n2\n")
+        return rc, json.loads(out) if out.strip() else None, err
+
+    def test_allow_lists(self):
+        with self.daemon() as d:
+            # By uid, and by a supplementary group the kernel did not
+            # report (the peer's primary group is its own).
+            for user in (BOB, ALICE):
+                rc, final, err = self.submit_as(d, user, "locked")
+                self.assertEqual((rc, final["completion"]), (0, 3),
+                                 (user, err))
+            rc, final, err = self.submit_as(d, CAROL, "locked")
+            uid = pwd.getpwnam(CAROL).pw_uid
+            want = denial(CAROL, uid, "locked", "users %s; groups %s" %
+                          (BOB, ETL))
+            self.assertEqual((rc, final), (1, {"ok": False,
+                                               "error": want}))
+            self.assertIn(want, err)
+            self.assertRegex(d.log_text(), r"client \(pid \d+, uid %d, user "
+                             r"%s, gid %d\) denied submit of pool locked: "
+                             % (uid, CAROL, pwd.getpwnam(CAROL).pw_gid) +
+                             "permission denied")
+            # No allow list: anyone who can connect.
+            rc, final, err = self.submit_as(d, CAROL, "open")
+            self.assertEqual(rc, 0, err)
+            # Root passes any list.
+            rc, final, err = d.cli("submit", "locked", input=b"4\n")
+            self.assertEqual((rc, final["completion"]), (0, 4), err)
+
+    def test_status_needs_admin_or_the_pool(self):
+        with self.daemon() as d:
+            rc, out, err = self.as_user(d, CAROL, "status")
+            self.assertEqual(rc, 1)
+            self.assertIn("permission denied: uid %d (user %s) may not see "
+                          "the status of every pool: that is for root or "
+                          "the group %s (admin_group)" %
+                          (pwd.getpwnam(CAROL).pw_uid, CAROL, ADMINS), err)
+            rc, out, err = self.as_user(d, CAROL, "status", "locked")
+            self.assertEqual(rc, 1)
+            self.assertIn("may not see the status of pool locked", err)
+            rc, out, err = self.as_user(d, CAROL, "status", "--json", "open")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual([p["name"] for p in json.loads(out)["pools"]],
+                             ["open"])
+            # Allowed to submit: may see that pool.
+            rc, out, err = self.as_user(d, ALICE, "status", "locked")
+            self.assertEqual(rc, 0, err)
+            # admin_group, as a supplementary group: every pool.
+            rc, out, err = self.as_user(d, DAVE, "status", "--json")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(sorted(p["name"] for p in
+                                    json.loads(out)["pools"]),
+                             ["locked", "open"])
+            # pools: anyone.
+            rc, out, err = self.as_user(d, CAROL, "pools")
+            self.assertEqual(rc, 0, err)
+            self.assertRegex(out, r"(?m)^locked ")
+            self.assertIn("denied status: permission denied", d.log_text())
+
+    def test_socket_group(self):
+        with self.daemon(socket_group=ETL) as d:
+            st = os.stat(d.socket)
+            self.assertEqual(st.st_gid, grp.getgrnam(ETL).gr_gid)
+            self.assertEqual(st.st_mode & 0o777, 0o666)
+            self.assertEqual(ask(d, {"op": "pools"})["ok"], True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The status and pools ops, over a plain socket and through the CLI: the
+counts follow what the test did (a stream on a slow pool, then its end),
+the worker entries carry their stream, items and memory, and
+`consumers status --watch` refreshes until SIGINT."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Daemon, CLI, VALGRIND, SLOWDOWN, test_plugin,  # noqa
+                     read_lines, main)
+
+
+def pools():
+    return {
+        "slow": {"plugin": test_plugin("slow"), "workers": 2,
+                 "stream_workers": 1, "kwargs": {"usec": 20000}},
+        "sum": {"plugin": "sum"},
+    }
+
+
+def ask(d, header):
+    """Send one header; return the one reply line."""
+    s = d.connect()
+    s.settimeout(10 * SLOWDOWN)
+    s.sendall((json.dumps(header) + "\n").encode())
+    s.shutdown(socket.SHUT_WR)
+    replies = read_lines(s)
+    s.close()
+    assert len(replies) == 1, replies
+    return replies[0]
+
+
+def pool_of(status, name):
+    for p in status["pools"]:
+        if p["name"] == name:
+            return p
+    raise AssertionError("no pool %s in %r" % (name, status))
+
+
+def wait_for(predicate, timeout=10, what="condition"):
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while time.monotonic() < deadline:
+        v = predicate()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class SlowStream:
+    """A stream of n items on the slow pool, held open until end()."""
+
+    def __init__(self, d, n):
+        self.s = d.connect()
+        self.s.settimeout(30 * SLOWDOWN)
+        self.s.sendall(b'{"op":"submit","pool":"slow"}\n' +
+                       b"".join(b"%d\n" % i for i in range(1, n + 1)))
+        self.lease = json.loads(self.s.makefile("rb").readline())
+
+    def end(self):
+        self.s.shutdown(socket.SHUT_WR)
+        replies = read_lines(self.s)
+        self.s.close()
+        return replies[-1]
+
+
+class Status(unittest.TestCase):
+
+    def test_status_follows_a_stream(self):
+        with Daemon(pools()) as d:
+            st = SlowStream(d, 100)
+            self.assertTrue(st.lease["ok"], st.lease)
+            sid = st.lease["stream"]
+            # The items reach the worker (sent, not yet consumed).
+            v = wait_for(lambda: (lambda v: v if pool_of(v, "slow")
+                                  ["items"]["in"] == 100 else None)(
+                ask(d, {"op": "status"})), what="100 items in")
+            self.assertTrue(v["ok"])
+            self.assertEqual(v["daemon"]["pid"], d.pid())
+            self.assertEqual(v["daemon"]["streams_open"], 1)
+            self.assertEqual(v["daemon"]["workers"], 3)
+            self.assertGreaterEqual(v["daemon"]["uptime"], 0)
+            p = pool_of(v, "slow")
+            self.assertEqual(p["mode"], "static")
+            self.assertEqual(p["capacity"], 2)
+            self.assertEqual(p["workers"], {"total": 2, "idle": 1,
+                                            "busy": 1, "starting": 0,
+                                            "exiting": 0})
+            self.assertEqual(p["streams"], {"open": 1, "queued": 0,
+                                            "completed": 0})
+            self.assertEqual((p["crashes"], p["failed"], p["last_error"]),
+                             (0, False, None))
+            busy = [w for w in p["processes"] if w["state"] == "busy"]
+            idle = [w for w in p["processes"] if w["state"] == "idle"]
+            self.assertEqual((len(busy), len(idle)), (1, 1), p)
+            self.assertEqual(busy[0]["stream"], sid)
+            self.assertEqual(busy[0]["items"], 100)
+            self.assertIsNone(idle[0]["stream"])
+            self.assertEqual(sorted(w["slot"] for w in p["processes"]),
+                             [1, 2])
+            self.assertEqual(sorted(w["pid"] for w in p["processes"] +
+                                    pool_of(v, "sum")["processes"]),
+                             sorted(d.worker_pids()))
+            now = time.time()
+            for w in p["processes"]:
+                self.assertGreater(w["rss_kib"], 0)
+                self.assertLessEqual(abs(w["start"] - now), 60)
+            # One pool only.
+            one = ask(d, {"op": "status", "pool": "sum"})
+            self.assertEqual([q["name"] for q in one["pools"]], ["sum"])
+            final = st.end()
+            self.assertEqual(final["consumed"], 100, final)
+            v = wait_for(lambda: (lambda v: v if pool_of(v, "slow")
+                                  ["streams"]["completed"] == 1 else None)(
+                ask(d, {"op": "status"})), what="the stream completed")
+            p = pool_of(v, "slow")
+            self.assertEqual(p["streams"]["open"], 0)
+            self.assertEqual(p["workers"]["idle"], 2)
+            # The finished stream still counts in the pool's items.
+            self.assertEqual(p["items"]["in"], 100)
+            self.assertEqual(p["items"]["consumed"], 100)
+            served = sorted(w["streams_served"] for w in p["processes"])
+            self.assertEqual(served, [0, 1])
+
+    def test_queued_stream_and_its_wait(self):
+        with Daemon(pools()) as d:
+            a, b = SlowStream(d, 300), SlowStream(d, 300)
+            c = d.connect()
+            c.sendall(b'{"op":"submit","pool":"slow"}\n1\n')
+            time.sleep(0.5)
+            v = ask(d, {"op": "status", "pool": "slow"})
+            p = v["pools"][0]
+            self.assertEqual(p["streams"]["open"], 2)
+            self.assertEqual(p["streams"]["queued"], 1)
+            self.assertGreater(p["queue_wait"], 0.3)
+            self.assertEqual(p["workers"]["busy"], 2)
+            a.end()
+            b.end()
+            c.shutdown(socket.SHUT_WR)
+            c.settimeout(30 * SLOWDOWN)
+            self.assertEqual(read_lines(c)[-1]["consumed"], 1)
+            c.close()
+
+    def test_pools(self):
+        with Daemon(pools()) as d:
+            v = ask(d, {"op": "pools"})
+            self.assertTrue(v["ok"])
+            got = {p["name"]: p for p in v["pools"]}
+            self.assertEqual(sorted(got), ["slow", "sum"])
+            self.assertEqual(got["slow"]["workers"], 2)
+            self.assertEqual(got["slow"]["stream_workers"], 1)
+            self.assertEqual(got["slow"]["mode"], "static")
+            self.assertTrue(got["sum"]["plugin"].endswith("sum.so"))
+            rc, _, err = d.cli("pools", "--json")
+            self.assertEqual(rc, 0, err)
+            p = subprocess.run(VALGRIND + [CLI, "-s", d.socket, "pools"],
+                               capture_output=True, text=True,
+                               timeout=30 * SLOWDOWN)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertRegex(p.stdout, r"(?m)^slow +static +2 +1 +/\S+"
+                                       r"slow\.so$")
+
+    def test_bad_requests(self):
+        with Daemon(pools()) as d:
+            v = ask(d, {"op": "status", "pool": "nope"})
+            self.assertEqual(v, {"ok": False, "error": 'no pool named '
+                                 '"nope" (pools: slow, sum)'})
+            v = ask(d, {"op": "status", "workers": 1})
+            self.assertEqual(v["error"], 'unknown key "workers" in a '
+                             '"status" header (known: op, pool)')
+            p = subprocess.run(VALGRIND + [CLI, "-s", d.socket, "status",
+                                           "nope"], capture_output=True,
+                               text=True, timeout=30 * SLOWDOWN)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn('no pool named "nope"', p.stderr)
+        # No daemon: a local error.
+        p = subprocess.run(VALGRIND + [CLI, "-s", "/nonexistent/sock",
+                                       "status"], capture_output=True,
+                           text=True, timeout=30 * SLOWDOWN)
+        self.assertEqual(p.returncode, 2)
+
+
+class Cli(unittest.TestCase):
+
+    def run_cli(self, d, *args):
+        p = subprocess.run(VALGRIND + [CLI, "-s", d.socket] + list(args),
+                           capture_output=True, text=True,
+                           timeout=30 * SLOWDOWN)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return p.stdout
+
+    def test_table_and_json(self):
+        with Daemon(pools()) as d:
+            st = SlowStream(d, 50)
+            wait_for(lambda: pool_of(ask(d, {"op": "status"}), "slow")
+                     ["workers"]["busy"] == 1, what="a busy worker")
+            out = self.run_cli(d, "status")
+            self.assertRegex(out, r"^consumersd \S+, pid %d, up " % d.pid())
+            self.assertRegex(out, r"(?m)^POOL +MODE +WORKERS +BUSY")
+            self.assertRegex(out, r"(?m)^slow +static +2/2 +1 +1 +0 +1 +0 "
+                                  r"+0 +50 ")
+            self.assertRegex(out, r"(?m)^sum +static +1/1 ")
+            self.assertRegex(out, r"(?m)^  worker 1 +pid \d+ +(busy|idle) ")
+            self.assertRegex(out, r"(?m)^  worker \d +pid \d+ +busy +stream "
+                                  r"%d +items 50 " % st.lease["stream"])
+            v = json.loads(self.run_cli(d, "status", "--json"))
+            self.assertEqual(pool_of(v, "slow")["workers"]["busy"], 1)
+            v = json.loads(self.run_cli(d, "status", "--json", "sum"))
+            self.assertEqual([p["name"] for p in v["pools"]], ["sum"])
+            st.end()
+
+    def test_watch_until_sigint(self):
+        with Daemon(pools()) as d:
+            p = subprocess.Popen(VALGRIND + [CLI, "-s", d.socket, "status",
+                                             "--watch", "0.2"],
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            out = []
+
+            def reader():
+                out.append(p.stdout.read())
+            # Two snapshots are in once their daemon lines are.
+            lines = []
+            while sum(1 for l in lines if l.startswith("consumersd ")) < 2:
+                line = p.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+            t = threading.Thread(target=reader)
+            t.start()
+            p.send_signal(signal.SIGINT)
+            rc = p.wait(timeout=10 * SLOWDOWN)
+            t.join()
+            err = p.stderr.read()
+            p.stderr.close()
+            p.stdout.close()
+            text = "".join(lines) + "".join(out)
+            self.assertEqual(rc, 0, err)
+            self.assertGreaterEqual(text.count("\nconsumersd ") +
+                                    text.startswith("consumersd "), 2)
+            # Not a terminal: no escape codes, a blank line between.
+            self.assertNotIn("\033", text)
+            self.assertIn("\n\nconsumersd ", text)
+
+
+if __name__ == "__main__":
+    main()
