@@ -92,9 +92,7 @@ accept_clients(void)
 	}
 	client_accepting();
 	log_info("ready: accepting clients on %s", cns_conf->socket);
-#ifdef HAVE_SYSTEMD
-	sd_notify(0, "READY=1");
-#endif
+	notify_ready();
 }
 
 void
@@ -211,9 +209,7 @@ stop(int sig)
 		return;
 	}
 	stopping = 1;
-#ifdef HAVE_SYSTEMD
-	sd_notify(0, "STOPPING=1");
-#endif
+	notify_stopping();
 	client_close_listener();
 	if (cns_conf->shutdown_timeout <= 0 || stream_count() == 0) {
 		log_info("%s: stopping", strsignal(sig));
@@ -337,6 +333,12 @@ inherited_socket(void)
 		    NULL, 0) <= 0)
 			fatalx("the socket passed by systemd is not a "
 			    "listening Unix stream socket");
+		/* systemd passes it blocking (unless NonBlocking=yes), and
+		 * libevent's listener accepts until EAGAIN: a blocking
+		 * accept() there would hang the master. */
+		if (evutil_make_socket_nonblocking(SD_LISTEN_FDS_START) == -1 ||
+		    evutil_make_socket_closeonexec(SD_LISTEN_FDS_START) == -1)
+			fatal("the socket passed by systemd");
 		return SD_LISTEN_FDS_START;
 	}
 #endif
@@ -413,6 +415,7 @@ main(int argc, char **argv)
 
 	if ((cns_base = event_base_new()) == NULL)
 		fatalx("event_base_new");
+	notify_init(cns_base);
 	{
 		char why[1024];
 		if (check_spool(cns_conf, why, sizeof why) == -1)
@@ -459,6 +462,7 @@ main(int argc, char **argv)
 		event_free(drain_timer);
 	if (startup_timer != NULL)
 		event_free(startup_timer);
+	notify_free();
 	event_base_free(cns_base);
 	conf_unref(cns_conf);
 	free((char *)cns_overrides.socket);

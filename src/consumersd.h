@@ -460,6 +460,23 @@ void		 cns_stream_freed(void);
 void		 cns_reload(void);
 void		 cns_worker_settled(void);
 
+/*
+ * notify.c: what systemd hears (sd_notify); no-ops without libsystemd or
+ * NOTIFY_SOCKET.  notify_init arms the watchdog (WATCHDOG_USEC) at start;
+ * notify_ready sends READY=1 (again after a reload) and starts a STATUS=
+ * line every 5 s; notify_status sets a note kept on those lines (a failed
+ * reload, say) until notify_status_clear.
+ */
+extern uint64_t	 cns_items_in;	/* items handed to workers, ever */
+void		 notify_init(struct event_base *);
+void		 notify_ready(void);
+void		 notify_reloading(void);
+void		 notify_stopping(void);
+void		 notify_status(const char *fmt, ...)
+		    __attribute__((format(printf, 1, 2)));
+void		 notify_status_clear(void);
+void		 notify_free(void);
+
 /* child.c: the worker process, never returns */
 _Noreturn void	 child_main(int fd, const struct pool_conf *, unsigned slot,
 		    struct worker_shm *);

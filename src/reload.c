@@ -10,25 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#ifdef HAVE_SYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
-
 #include "consumersd.h"
-
-static void
-reload_notify(const char *state, const char *status)
-{
-#ifdef HAVE_SYSTEMD
-	if (status != NULL)
-		sd_notifyf(0, "%s\nSTATUS=%s", state, status);
-	else
-		sd_notify(0, state);
-#else
-	(void)state;
-	(void)status;
-#endif
-}
 
 /* The new configuration, checked like consumersd -t; NULL if not valid. */
 static struct conf *
@@ -98,17 +80,15 @@ cns_reload(void)
 	unsigned added = 0, changed = 0, removed = 0, same = 0;
 	struct pool *p, *next, *np;
 	struct conf *nc, *old;
-	char status[200];
 
 	log_info("SIGHUP: reloading %s", cns_conf->file);
-	reload_notify("RELOADING=1", NULL);
+	notify_reloading();
 	if ((nc = reload_load()) == NULL) {
 		log_warnx("reload: %s is not valid; still running the previous "
 		    "configuration", cns_conf->file);
-		snprintf(status, sizeof status, "reload failed: %s is not "
-		    "valid (see the log); running the previous configuration",
-		    cns_conf->file);
-		reload_notify("READY=1", status);
+		notify_status("reload failed: %s is not valid (see the log); "
+		    "running the previous configuration", cns_conf->file);
+		notify_ready();
 		return;
 	}
 	reload_keep(nc);
@@ -157,7 +137,6 @@ cns_reload(void)
 	log_info("reload: done: %u pool%s added, %u changed, %u removed, %u "
 	    "unchanged", added, added == 1 ? "" : "s", changed, removed,
 	    same);
-	snprintf(status, sizeof status, "reloaded: %u added, %u changed, %u "
-	    "removed, %u unchanged", added, changed, removed, same);
-	reload_notify("READY=1", status);
+	notify_status_clear();
+	notify_ready();
 }

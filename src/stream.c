@@ -341,6 +341,7 @@ stream_send_batch(struct stream *s, struct worker *w, struct evbuffer *in,
 	l->items += cut->n;
 	w->sent += cut->n;
 	s->seq += cut->n;
+	cns_items_in += cut->n;		/* for the items/s in STATUS= */
 }
 
 static int

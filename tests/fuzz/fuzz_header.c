@@ -26,6 +26,7 @@ static void
 check_header(const uint8_t *data, size_t size)
 {
 	char why[512];
+	const char *op;
 	json_t *h, *s;
 
 	memset(why, 0, sizeof why);
@@ -44,15 +45,24 @@ check_header(const uint8_t *data, size_t size)
 		json_decref(s);
 		return;
 	}
-	/* What client_submit() relies on without looking again. */
+	/* What client.c relies on without looking again. */
 	FUZZ_CHECK(size <= CNS_HEADER_MAX);
 	FUZZ_CHECK(json_is_object(h));
-	FUZZ_CHECK(strcmp(json_string_value(json_object_get(h, "op")),
-	    "submit") == 0);
-	FUZZ_CHECK(json_is_string(json_object_get(h, "pool")));
-	s = json_object_get(h, "workers");
-	FUZZ_CHECK(s == NULL || (json_is_integer(s) &&
-	    json_integer_value(s) >= 1));
+	FUZZ_CHECK(json_is_string(json_object_get(h, "op")));
+	op = json_string_value(json_object_get(h, "op"));
+	if (strcmp(op, "submit") == 0) {
+		FUZZ_CHECK(json_is_string(json_object_get(h, "pool")));
+		s = json_object_get(h, "workers");
+		FUZZ_CHECK(s == NULL || (json_is_integer(s) &&
+		    json_integer_value(s) >= 1));
+	} else if (strcmp(op, "status") == 0) {
+		s = json_object_get(h, "pool");
+		FUZZ_CHECK(s == NULL || json_is_string(s));
+		FUZZ_CHECK(json_object_size(h) <= 2);
+	} else {
+		FUZZ_CHECK(strcmp(op, "pools") == 0);
+		FUZZ_CHECK(json_object_size(h) == 1);
+	}
 	json_decref(h);
 }
 

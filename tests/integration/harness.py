@@ -182,10 +182,11 @@ def tool_reports(text):
 class Daemon:
     """A consumersd on a temporary socket, with the given pools.
 
-    pools: {"name": {pool file keys...}}; settings: daemon config keys.
+    pools: {"name": {pool file keys...}}; settings: daemon config keys;
+    env: variables added to the daemon's environment.
     """
 
-    def __init__(self, pools, settings=None, wait_ready=True):
+    def __init__(self, pools, settings=None, wait_ready=True, env=None):
         self.dir = tempfile.mkdtemp(prefix="cnsd-test-")
         self.socket = os.path.join(self.dir, "consumersd.sock")
         self.conf = os.path.join(self.dir, "consumersd.conf")
@@ -208,13 +209,14 @@ class Daemon:
         self.rss_base_kib = 0
         self.checked = False
         self.wait_ready = wait_ready
+        self.env = dict(os.environ, **env) if env else None
 
     def start(self):
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             VALGRIND + [DAEMON, "-d", "-c", self.conf, "-s", self.socket,
                         "-P", PLUGIN_DIR],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 10 * SLOWDOWN
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
