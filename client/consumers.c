@@ -49,9 +49,10 @@ usage(void)
 	    "       %s [-s socket] status [--json] [--watch [SECONDS]] "
 	    "[POOL]\n"
 	    "       %s [-s socket] pools [--json]\n"
+	    "       %s [-s socket] reload\n"
 	    "       %s -V\n"
 	    "The socket is -s, else $CONSUMERS_SOCKET, else %s.\n",
-	    prog, prog, prog, prog, CNS_DEFAULT_SOCKET);
+	    prog, prog, prog, prog, prog, CNS_DEFAULT_SOCKET);
 	exit(EXIT_LOCAL);
 }
 
@@ -726,6 +727,28 @@ pools(const char *sockpath, int argc, char **argv)
 	return rc;
 }
 
+/* consumers reload: the daemon reads its configuration again. */
+static int
+reload(const char *sockpath, int argc, char **argv)
+{
+	json_t *header, *v;
+	int rc;
+
+	(void)argv;
+	if (argc != 1)
+		usage();
+	header = json_pack("{s:s}", "op", "reload");
+	v = ask(sockpath, header);
+	json_decref(header);
+	if (v == NULL)
+		return EXIT_CLEAN;
+	if ((rc = refused(v)) == 0)
+		printf("reloaded: %s\n", json_string_value(json_object_get(v,
+		    "reloaded")));
+	json_decref(v);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -757,7 +780,9 @@ main(int argc, char **argv)
 		return status(sockpath, argc, argv);
 	if (strcmp(argv[0], "pools") == 0)
 		return pools(sockpath, argc, argv);
+	if (strcmp(argv[0], "reload") == 0)
+		return reload(sockpath, argc, argv);
 	fprintf(stderr, "%s: unknown command \"%s\" (commands: submit, "
-	    "status, pools)\n", prog, argv[0]);
+	    "status, pools, reload)\n", prog, argv[0]);
 	return EXIT_LOCAL;
 }

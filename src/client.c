@@ -339,6 +339,34 @@ client_status(struct client *c, json_t *h)
 	client_finish(c, status_reply(p));
 }
 
+/* {"op":"reload"}: what SIGHUP does, for root and admin_group. */
+static void
+client_reload(struct client *c)
+{
+	char why[600];
+	int r;
+
+	if (!access_admin(&c->peer, cns_conf)) {
+		snprintf(why, sizeof why, "permission denied: uid %lu may not "
+		    "reload the configuration: that is for %s", (unsigned long)
+		    c->uid, cns_conf->admin_group != NULL ? "root and the "
+		    "admin_group" : "root (no admin_group is set)");
+		client_denied(c, "reload", NULL, why);
+		return;
+	}
+	if (cns_draining()) {
+		client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error",
+		    "consumersd is shutting down"));
+		return;
+	}
+	log_info("client (pid %ld, uid %lu) asks for a reload", (long)c->pid,
+	    (unsigned long)c->uid);
+	r = cns_reload(why, sizeof why);
+	utf8_clean(why);
+	client_finish(c, r == 0 ? json_pack("{s:b,s:s}", "ok", 1, "reloaded",
+	    why) : json_pack("{s:b,s:s}", "ok", 0, "error", why));
+}
+
 static void
 client_submit(struct client *c, json_t *h)
 {
@@ -422,6 +450,8 @@ client_header(struct client *c)
 		client_submit(c, h);
 	else if (strcmp(op, "status") == 0)
 		client_status(c, h);
+	else if (strcmp(op, "reload") == 0)
+		client_reload(c);
 	else			/* "pools": anyone who may connect */
 		client_finish(c, status_pools());
 	json_decref(h);

@@ -243,8 +243,10 @@ on_signal(evutil_socket_t sig, short ev, void *arg)
 	case SIGHUP:
 		if (stopping)
 			log_info("SIGHUP while stopping: ignored");
-		else
-			cns_reload();
+		else {
+			char why[512];
+			cns_reload(why, sizeof why);
+		}
 		return;
 	}
 	stop((int)sig);

@@ -457,7 +457,7 @@ int		 check_spool(const struct conf *, char *why, size_t whylen);
 void		 cns_stream_freed(void);
 
 /* reload.c: SIGHUP */
-void		 cns_reload(void);
+int		 cns_reload(char *why, size_t whylen);
 void		 cns_worker_settled(void);
 
 /*

@@ -19,9 +19,10 @@ static const struct header_op {
 	    "op, pool, workers, params" },
 	{ "status", { "op", "pool", NULL }, "op, pool" },
 	{ "pools", { "op", NULL }, "op" },
+	{ "reload", { "op", NULL }, "op" },
 };
 #define HEADER_NOPS	(sizeof header_ops / sizeof header_ops[0])
-#define HEADER_KNOWN	"submit, status, pools"
+#define HEADER_KNOWN	"submit, status, pools, reload"
 
 static const char *
 header_type(const json_t *v)
@@ -41,7 +42,7 @@ header_type(const json_t *v)
 /*
  * Parse `len` bytes (no newline) as a header.  Returns the object, owned
  * by the caller, or NULL with the reason in `why`.  Its "op" is then one
- * of submit, status, pools, and it holds only that op's keys.
+ * of submit, status, pools, reload, and it holds only that op's keys.
  */
 json_t *
 header_parse(const char *line, size_t len, char *why, size_t whylen)
@@ -79,7 +80,7 @@ header_parse(const char *line, size_t len, char *why, size_t whylen)
 	v = json_object_get(h, "op");
 	if (!json_is_string(v)) {
 		snprintf(why, whylen, "the header needs \"op\": \"submit\", "
-		    "\"status\" or \"pools\"");
+		    "\"status\", \"pools\" or \"reload\"");
 		goto bad;
 	}
 	for (op = header_ops; op < header_ops + HEADER_NOPS; op++)

@@ -74,8 +74,8 @@ reload_keep(struct conf *nc)
 	}
 }
 
-void
-cns_reload(void)
+int
+cns_reload(char *why, size_t whylen)
 {
 	unsigned added = 0, changed = 0, removed = 0, same = 0;
 	struct pool *p, *next, *np;
@@ -89,7 +89,10 @@ cns_reload(void)
 		notify_status("reload failed: %s is not valid (see the log); "
 		    "running the previous configuration", cns_conf->file);
 		notify_ready();
-		return;
+		snprintf(why, whylen, "%s is not valid (the daemon's log says "
+		    "why); the previous configuration keeps running",
+		    cns_conf->file);
+		return -1;
 	}
 	reload_keep(nc);
 	for (p = TAILQ_FIRST(pool_all()); p != NULL; p = next) {
@@ -139,4 +142,7 @@ cns_reload(void)
 	    same);
 	notify_status_clear();
 	notify_ready();
+	snprintf(why, whylen, "%u pool%s added, %u changed, %u removed, %u "
+	    "unchanged", added, added == 1 ? "" : "s", changed, removed, same);
+	return 0;
 }

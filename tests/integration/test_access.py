@@ -188,6 +188,24 @@ class AsOtherUsers(unittest.TestCase):
             self.assertRegex(out, r"(?m)^locked ")
             self.assertIn("denied status: permission denied", d.log_text())
 
+    def test_reload_is_for_admins(self):
+        with self.daemon() as d:
+            rc, out, err = self.as_user(d, CAROL, "reload")
+            self.assertEqual(rc, 1)
+            self.assertIn("permission denied: uid %d may not reload the "
+                          "configuration: that is for root and the "
+                          "admin_group" % pwd.getpwnam(CAROL).pw_uid, err)
+            self.assertNotIn("SIGHUP: reloading", d.log_text())
+            self.assertIn("denied reload: permission denied", d.log_text())
+            # A member of admin_group may; so may root.
+            rc, out, err = self.as_user(d, DAVE, "reload")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(out, "reloaded: 0 pools added, 0 changed, 0 "
+                             "removed, 2 unchanged\n")
+            rc, out, err = self.as_user(d, "root", "reload")
+            self.assertEqual(rc, 0, err)
+            self.assertTrue(out.startswith("reloaded: "), out)
+
     def test_socket_group(self):
         with self.daemon(socket_group=ETL) as d:
             st = os.stat(d.socket)

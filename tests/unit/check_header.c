@@ -169,18 +169,18 @@ END_TEST
 START_TEST(test_op)
 {
 	const char *need = "the header needs \"op\": \"submit\", "
-	    "\"status\" or \"pools\"";
+	    "\"status\", \"pools\" or \"reload\"";
 
 	refused("{\"pool\":\"p\"}", need);
 	refused("{\"op\":1,\"pool\":\"p\"}", need);
 	refused("{\"op\":null,\"pool\":\"p\"}", need);
 	refused("{\"op\":\"fly\",\"pool\":\"p\"}",
-	    "unknown op \"fly\" (known: submit, status, pools)");
+	    "unknown op \"fly\" (known: submit, status, pools, reload)");
 	refused("{\"op\":\"Submit\",\"pool\":\"p\"}",
-	    "unknown op \"Submit\" (known: submit, status, pools)");
+	    "unknown op \"Submit\" (known: submit, status, pools, reload)");
 	/* op comes first: an unknown key after a bad op names the op. */
 	refused("{\"op\":\"fly\",\"color\":1}",
-	    "unknown op \"fly\" (known: submit, status, pools)");
+	    "unknown op \"fly\" (known: submit, status, pools, reload)");
 }
 END_TEST
 
@@ -249,8 +249,8 @@ START_TEST(test_names_cut_cleanly)
 	memset(op, 'a', 99);
 	strcpy(op + 99, "\xc3\xa9zzz");
 	snprintf(text, sizeof text, "{\"op\":\"%s\",\"pool\":\"p\"}", op);
-	snprintf(expect, sizeof expect, "unknown op \"%.99s?\" (known: submit, status, pools)",
-	    op);
+	snprintf(expect, sizeof expect, "unknown op \"%.99s?\" (known: "
+	    "submit, status, pools, reload)", op);
 	refused(text, expect);
 	ck_assert_ptr_null(header_parse(text, strlen(text), why, sizeof why));
 	v = json_string(why);		/* valid UTF-8, or this is NULL */
@@ -329,7 +329,7 @@ START_TEST(test_pools)
 	refused("{\"op\":\"pools\",\"color\":1}", "unknown key "
 	    "\"color\" in a \"pools\" header (known: op)");
 	refused("{\"op\":\"Pools\"}",
-	    "unknown op \"Pools\" (known: submit, status, pools)");
+	    "unknown op \"Pools\" (known: submit, status, pools, reload)");
 }
 END_TEST
 
