@@ -391,6 +391,31 @@ def lines(values):
     return b"".join((json.dumps(v) + "\n").encode() for v in values)
 
 
+def wait_for(pred, timeout=10, what="condition"):
+    """Poll pred() until it is true and return its value; fail after
+    timeout seconds (longer under the tools)."""
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.01)
+
+
+def ask(d, header):
+    """Send one header to daemon d; return the one reply line."""
+    s = d.connect()
+    s.settimeout(10 * SLOWDOWN)
+    s.sendall((json.dumps(header) + "\n").encode())
+    s.shutdown(socket.SHUT_WR)
+    replies = read_lines(s)
+    s.close()
+    assert len(replies) == 1, replies
+    return replies[0]
+
+
 def assert_invariant(tc, final):
     """Every item is consumed, rejected, quarantined, or reported lost."""
     tc.assertEqual(final["items"], final["consumed"] + final["rejected"] +

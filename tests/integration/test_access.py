@@ -18,7 +18,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, CLI, VALGRIND, SLOWDOWN, read_lines,  # noqa
+from harness import (ask, Daemon, CLI, VALGRIND, SLOWDOWN, read_lines,  # noqa
                      main)
 
 PREFIX = "cnsdt%d" % os.getpid()
@@ -37,14 +37,6 @@ if AS_ROOT and not TOOLS:
                 "groupadd, userdel, groupdel and setpriv to test")
 
 
-def ask(d, header):
-    s = d.connect()
-    s.settimeout(10 * SLOWDOWN)
-    s.sendall((json.dumps(header) + "\n").encode())
-    s.shutdown(socket.SHUT_WR)
-    replies = read_lines(s)
-    s.close()
-    return replies[-1]
 
 
 def denial(user, uid, pool, allow):

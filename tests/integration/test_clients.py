@@ -14,7 +14,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, lines, assert_invariant, test_plugin,  # noqa
+from harness import (wait_for, Daemon, lines, assert_invariant, test_plugin,  # noqa
                      read_lines, final_of, rejections, main)
 
 SUM = {"sum": {"plugin": "sum"}}
@@ -47,13 +47,6 @@ def cpu_seconds(pid):
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(predicate, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class HeaderTimeout(unittest.TestCase):

@@ -16,7 +16,7 @@ import threading
 import time
 import unittest
 
-from harness import (Daemon, assert_invariant, final_of, lines, main,
+from harness import (wait_for, Daemon, assert_invariant, final_of, lines, main,
                      read_lines, rejections, test_plugin)
 
 
@@ -35,13 +35,6 @@ def master_stopped(d):
     finally:
         os.kill(d.pid(), signal.SIGCONT)
 
-
-def wait_for(pred, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.01)
 
 
 def record_pool(d, **extra):

@@ -14,19 +14,12 @@ import time
 import unittest
 
 import harness
-from harness import (DAEMON, PLUGIN_DIR, Daemon, assert_invariant,
+from harness import (wait_for, DAEMON, PLUGIN_DIR, Daemon, assert_invariant,
                      final_of, lines, main, read_lines, test_plugin)
 
 SLOW = {"plugin": test_plugin("slow"), "workers": 1,
         "kwargs": {"usec": 1000, "every": 1}}
 
-
-def wait_for(pred, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.01)
 
 
 def open_stream(d, pool, first=b""):

@@ -13,7 +13,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, CLI, VALGRIND, SLOWDOWN, test_plugin,  # noqa
+from harness import (wait_for, ask, Daemon, CLI, VALGRIND, SLOWDOWN, test_plugin,  # noqa
                      read_lines, main)
 
 
@@ -25,16 +25,6 @@ def pools():
     }
 
 
-def ask(d, header):
-    """Send one header; return the one reply line."""
-    s = d.connect()
-    s.settimeout(10 * SLOWDOWN)
-    s.sendall((json.dumps(header) + "\n").encode())
-    s.shutdown(socket.SHUT_WR)
-    replies = read_lines(s)
-    s.close()
-    assert len(replies) == 1, replies
-    return replies[0]
 
 
 def pool_of(status, name):
@@ -44,14 +34,6 @@ def pool_of(status, name):
     raise AssertionError("no pool %s in %r" % (name, status))
 
 
-def wait_for(predicate, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout * SLOWDOWN
-    while time.monotonic() < deadline:
-        v = predicate()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class SlowStream:
