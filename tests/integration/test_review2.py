@@ -40,6 +40,26 @@ class MaxWorkersStatic(unittest.TestCase):
             self.assertEqual(fb["completion"], 3)
 
 
+class ReloadUnderMaxWorkers(unittest.TestCase):
+
+    def test_changed_static_pool_gets_workers(self):
+        # max_workers equal to what the pools need: a change to a static
+        # pool starts its new workers while the old ones still count.
+        with Daemon({"p": {"plugin": "sum", "workers": 1,
+                           "queue_timeout": 3}}, {"max_workers": 1}) as d:
+            rc, f, err = d.cli("submit", "p", input=b"1\n")
+            self.assertEqual(rc, 0, err)
+            with open(os.path.join(d.dir, "pools.d", "p.json"), "w") as fp:
+                json.dump({"plugin": "sum", "workers": 1,
+                           "queue_timeout": 4}, fp)
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reload: done" in d.log_text(), what="reload")
+            time.sleep(1)
+            rc, f, err = d.cli("submit", "p", input=b"2\n")
+            self.assertEqual(rc, 0, (f, err, d.log_text()[-2000:]))
+            self.assertEqual(f["completion"], 2)
+
+
 class StopWithTap(unittest.TestCase):
 
     def test_stop_ends_with_workers_output_pipe_held(self):
