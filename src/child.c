@@ -615,6 +615,16 @@ child_probe(const struct pool_conf *pc, char *why, size_t whylen)
 	}
 	if (pid == 0) {
 		close(fds[0]);
+		/* Loading runs the plugin's constructors: as its user. */
+		if (pc->user != NULL && geteuid() == 0 &&
+		    (initgroups(pc->user, pc->gid) == -1 ||
+		    setgid(pc->gid) == -1 || setuid(pc->uid) == -1)) {
+			snprintf(why, whylen, "cannot run as user %s: %s",
+			    pc->user, strerror(errno));
+			if (write(fds[1], why, strlen(why)) == -1)
+				_exit(2);
+			_exit(0);
+		}
 		if (plugin_open(pc->plugin, &pl, why, whylen) == -1 &&
 		    write(fds[1], why, strlen(why)) == -1)
 			_exit(2);

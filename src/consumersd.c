@@ -40,6 +40,7 @@ static int		 stopping;
 static int		 draining;	/* open streams may still finish */
 static struct event	*drain_timer;
 static struct event	*stop_timer;
+static int		 grace_over;	/* STOP_GRACE ran out */
 static char		*title_base;	/* argv's storage, for the title */
 static size_t		 title_len;
 
@@ -121,16 +122,22 @@ on_stop_timer(evutil_socket_t fd, short ev, void *arg)
 	(void)fd;
 	(void)ev;
 	(void)arg;
-	log_warnx("%u worker%s still running after %d s; killing them",
-	    worker_count(), worker_count() == 1 ? "" : "s", STOP_GRACE);
+	if (worker_count() > 0)
+		log_warnx("%u worker%s still running after %d s; killing them",
+		    worker_count(), worker_count() == 1 ? "" : "s", STOP_GRACE);
 	worker_kill_all();
+	/* A worker's output pipe may be held open by something it started:
+	 * past the grace, the daemon does not wait for it. */
+	grace_over = 1;
+	cns_maybe_exit();
 }
 
 void
 cns_maybe_exit(void)
 {
 	/* The taps too: a worker's last lines may still be in its pipe. */
-	if (stopping && worker_count() == 0 && tap_count() == 0)
+	if (stopping && worker_count() == 0 &&
+	    (tap_count() == 0 || grace_over))
 		event_base_loopexit(cns_base, NULL);
 }
 

@@ -191,6 +191,7 @@ struct pool {
 	char		*last_error;
 	int		 has_complete;
 	int		 failed;	/* max_init_failures reached */
+	int		 capped;	/* held back by max_workers */
 	struct event	*respawn_ev;
 	struct event	*watch_ev;	/* item_timeout checks */
 	struct event	*manage_ev;	/* dynamic, ondemand: once a tick */

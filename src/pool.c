@@ -258,6 +258,8 @@ pool_target(struct pool *p, unsigned busy)
 	const struct pool_conf *pc = p->pc;
 	unsigned want = pool_wanted(p), t;
 
+	if (p->retiring)
+		return busy + want;
 	switch (pc->mode) {
 	case MODE_DYNAMIC:
 		t = busy + (want > pc->min_spare ? want : pc->min_spare);
@@ -278,7 +280,8 @@ pool_start(struct pool *p)
 	struct worker *w;
 	unsigned live = 0, busy = 0, target, spawned = 0;
 
-	if (pools_stopping || (p->retiring && p->nrunning == 0))
+	/* A retiring pool starts workers only for lanes of its streams. */
+	if (pools_stopping || (p->retiring && TAILQ_EMPTY(&p->lanes)))
 		return;
 	TAILQ_FOREACH(w, &p->workers, entry) {
 		if (w->state != W_EXITING)
@@ -294,12 +297,21 @@ pool_start(struct pool *p)
 			break;
 		if (cns_conf != NULL && cns_conf->max_workers > 0 &&
 		    worker_count() >= cns_conf->max_workers) {
-			log_warnx("pool %s: max_workers (%u) reached; %u more "
-			    "worker%s wait for others to exit", p->pc->name,
-			    cns_conf->max_workers, target - live,
-			    target - live == 1 ? "" : "s");
-			break;
+			/* Try again in a second: nothing else would for a
+			 * static pool once others' workers exit. */
+			struct timeval tv = { 1, 0 };
+			if (!p->capped)
+				log_warnx("pool %s: max_workers (%u) reached; "
+				    "%u more worker%s wait for others to exit",
+				    p->pc->name, cns_conf->max_workers,
+				    target - live, target - live == 1 ? "" : "s");
+			p->capped = 1;
+			if (p->respawn_ev != NULL &&
+			    !evtimer_pending(p->respawn_ev, NULL))
+				evtimer_add(p->respawn_ev, &tv);
+			return;
 		}
+		p->capped = 0;
 		if (worker_spawn(p, pool_slot(p)) == NULL) {
 			/* Out of fds or processes: try again shortly. */
 			struct timeval tv = { 1, 0 };

@@ -130,6 +130,11 @@ worker_dispatch(struct worker *w, const struct frame_hdr *h,
 	}
 	switch (h->type) {
 	case F_READY:
+		if (w->state == W_EXITING) {
+			/* Stopped while it started (its pool retired). */
+			evbuffer_drain(in, h->len);
+			break;
+		}
 		if (w->state != W_STARTING) {
 			worker_protocol(w, "READY twice");
 			return -1;

@@ -1,4 +1,5 @@
-"""Review 2: process managers with max_workers, and the stop with taps."""
+"""max_workers with static pools (after a death, after a reload), and a
+stop while something else holds a worker's output pipe."""
 import json
 import os
 import signal
