@@ -60,7 +60,8 @@ check_header(const uint8_t *data, size_t size)
 		FUZZ_CHECK(s == NULL || json_is_string(s));
 		FUZZ_CHECK(json_object_size(h) <= 2);
 	} else {
-		FUZZ_CHECK(strcmp(op, "pools") == 0);
+		FUZZ_CHECK(strcmp(op, "pools") == 0 ||
+		    strcmp(op, "reload") == 0);
 		FUZZ_CHECK(json_object_size(h) == 1);
 	}
 	json_decref(h);
