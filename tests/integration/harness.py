@@ -228,11 +228,24 @@ class Daemon:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 try:
                     s.connect(self.socket)
-                    if RSS_AS_GROWTH:
-                        self.rss_base_kib = self._vmhwm_kib()
-                    return self
                 except OSError:
                     time.sleep(0.02)
+                    continue
+            # It listens at once but accepts once the pools' first
+            # workers are up: tests count workers from there.
+            while (self.wait_ready and "ready: accepting clients" not in
+                   self.log_text()):
+                if self.proc.poll() is not None:
+                    raise AssertionError("consumersd exited at start:\n" +
+                                         self.log_text())
+                if time.monotonic() > deadline:
+                    raise AssertionError("consumersd did not get ready "
+                                         "within %d s:\n%s" %
+                                         (10 * SLOWDOWN, self.log_text()))
+                time.sleep(0.02)
+            if RSS_AS_GROWTH:
+                self.rss_base_kib = self._vmhwm_kib()
+            return self
         raise AssertionError("consumersd did not listen within %d s" %
                              (10 * SLOWDOWN))
 
