@@ -318,28 +318,47 @@ lane_spool(struct stream *s, struct lane *l, uint64_t first, uint32_t count,
 		lane_spool_flush(s, l);
 }
 
+/*
+ * The head of an ITEMS frame of `count` lines (`nbytes`) from seq
+ * `first`, in one piece, with the worker's window and count charged;
+ * the caller adds the lines.
+ */
+static struct evbuffer *
+items_head(struct stream *s, struct worker *w, uint64_t first,
+    uint32_t count, size_t nbytes)
+{
+	struct {
+		struct frame_hdr h;
+		uint64_t	 first;
+		uint32_t	 count;
+	} __attribute__((packed)) head = {
+		.h = { .version = FRAME_VERSION, .type = F_ITEMS,
+		    .len = (uint32_t)(ITEMS_HDR_SIZE + nbytes),
+		    .stream = s->id },
+		.first = first, .count = count
+	};
+	struct evbuffer *out = worker_output(w);
+
+	_Static_assert(sizeof head == FRAME_HDR_SIZE + ITEMS_HDR_SIZE,
+	    "items head");
+	evbuffer_add(out, &head, sizeof head);
+	credit_take(&w->credit, count, nbytes);
+	w->sent += count;
+	return out;
+}
+
 static void
 stream_send_batch(struct stream *s, struct worker *w, struct evbuffer *in,
     const struct cut *cut)
 {
 	struct lane *l = &s->lanes[w->index];
-	struct frame_hdr h = {
-		.version = FRAME_VERSION, .type = F_ITEMS,
-		.len = (uint32_t)(ITEMS_HDR_SIZE + cut->nbytes), .stream = s->id
-	};
-	struct evbuffer *out = worker_output(w);
 	uint64_t first = s->seq + 1;
-	uint32_t count = cut->n;
 
-	lane_spool(s, l, first, count, in, cut->nbytes);
-	evbuffer_add(out, &h, sizeof h);
-	evbuffer_add(out, &first, sizeof first);
-	evbuffer_add(out, &count, sizeof count);
-	evbuffer_remove_buffer(in, out, cut->nbytes);
-	credit_take(&w->credit, cut->n, cut->nbytes);
+	lane_spool(s, l, first, cut->n, in, cut->nbytes);
+	evbuffer_remove_buffer(in, items_head(s, w, first, cut->n,
+	    cut->nbytes), cut->nbytes);
 	lane_add_range(l, first, first + cut->n - 1);
 	l->items += cut->n;
-	w->sent += cut->n;
 	s->seq += cut->n;
 	cns_items_in += cut->n;		/* for the items/s in STATUS= */
 }
@@ -358,18 +377,7 @@ static void
 lane_send(struct stream *s, struct worker *w, uint64_t first, uint32_t count,
     const char *p, size_t nbytes)
 {
-	struct frame_hdr h = {
-		.version = FRAME_VERSION, .type = F_ITEMS,
-		.len = (uint32_t)(ITEMS_HDR_SIZE + nbytes), .stream = s->id
-	};
-	struct evbuffer *out = worker_output(w);
-
-	evbuffer_add(out, &h, sizeof h);
-	evbuffer_add(out, &first, sizeof first);
-	evbuffer_add(out, &count, sizeof count);
-	evbuffer_add(out, p, nbytes);
-	credit_take(&w->credit, count, nbytes);
-	w->sent += count;
+	evbuffer_add(items_head(s, w, first, count, nbytes), p, nbytes);
 }
 
 /*

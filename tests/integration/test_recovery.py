@@ -141,6 +141,29 @@ class Replay(unittest.TestCase):
             self.assertEqual(final["errors"][0]["seqs"], [[1, 3]])
             assert_invariant(self, final)
 
+    def test_spool_that_cannot_be_written(self):
+        # The spool directory goes away under the daemon: a crash then
+        # cannot be replayed, and the lane's items are reported lost with
+        # the reason, not dropped.
+        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1}}
+        d = Daemon(pools, {"spool_dir": "spool"})
+        spool = os.path.join(d.dir, "spool")
+        os.mkdir(spool)
+        with d:
+            os.rmdir(spool)
+            replies, final = d.submit_raw({"op": "submit", "pool": "p"},
+                                          lines([1, 2, "segv", 4]))
+            self.assertEqual(final["crashes"], 1)
+            self.assertEqual(final["unconsumed"], 4)
+            e = final["errors"][0]
+            self.assertIn("killed by signal 11", e["error"])
+            self.assertIn("its items could not be spooled, so they cannot "
+                          "be sent again", e["error"])
+            self.assertEqual(e["seqs"], [[1, 4]])
+            assert_invariant(self, final)
+            self.assertIn("cannot create a spool file in " + spool,
+                          d.log_text())
+
     def test_spool_is_on_disk_not_ram(self):
         # While a long stream runs, its spool is a file (deleted, so only
         # the daemon's fd holds it) in spool_dir.
