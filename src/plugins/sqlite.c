@@ -518,18 +518,19 @@ commit(const cns_ctx *ctx, struct db *db, uint64_t staged)
 
 	if (staged == 0)
 		return 0;
-	if (exec(ctx, db, "BEGIN IMMEDIATE", "cannot start the write "
-	    "transaction; nothing was committed") == -1)
-		return -1;
-	rc = sqlite3_step(db->flush);
-	sqlite3_reset(db->flush);
+	/* The write lock, waiting up to busy_timeout for another writer. */
+	rc = sqlite3_exec(db->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc == SQLITE_OK) {
+		rc = sqlite3_step(db->flush);
+		sqlite3_reset(db->flush);
+	}
 	/* INSERT ... SELECT put every staged row, or failed. */
 	if (rc == SQLITE_DONE && sqlite3_exec(db->conn, "COMMIT", NULL, NULL,
 	    NULL) == SQLITE_OK)
 		return (int64_t)staged;
-	cns_fail(ctx, "sqlite: %s: cannot commit %" PRIu64 " rows to table "
-	    "%s: %s; nothing was committed", db->path, staged, db->table,
-	    sqlite3_errmsg(db->conn));
+	cns_fail(ctx, "sqlite: %s: cannot commit %" PRIu64 " row%s to table "
+	    "%s: %s; nothing was committed", db->path, staged,
+	    staged == 1 ? "" : "s", db->table, sqlite3_errmsg(db->conn));
 	if (!sqlite3_get_autocommit(db->conn))
 		sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
 	return -1;

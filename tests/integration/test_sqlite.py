@@ -222,6 +222,44 @@ class Commit(unittest.TestCase):
                          [1, 2, 3, 4, 5, 6, 8, 10])
 
 
+    def test_a_commit_that_cannot_get_the_lock_commits_nothing(self):
+        """Another connection holds the write lock past busy_timeout: the
+        stream reports SQLite's message, commits 0 rows; the next stream,
+        once the lock is gone, commits its own rows only."""
+        d, path = db_daemon(self, {"plugin": "sqlite", "workers": 1,
+                                   "kwargs": {"database": "PATH",
+                                              "columns": {"n": "n"},
+                                              "busy_timeout": 300}})
+        with d:
+            wait_for(lambda: opened(d), what="the database opened")
+            holder = sqlite3.connect(path, isolation_level=None)
+            try:
+                holder.execute("begin immediate")
+                holder.execute("insert into items values (-1)")
+                replies, final = d.submit_raw(
+                    {"op": "submit", "pool": "db"},
+                    lines({"n": n} for n in range(1, 101)))
+            finally:
+                holder.execute("rollback")
+                holder.close()
+            assert_invariant(self, final)
+            self.assertFalse(final["ok"], final)
+            self.assertEqual((final["results"], final["completion"]),
+                             ([0], 0), final)
+            text = json.dumps(final["errors"])
+            self.assertIn("cannot commit 100 rows to table items: database "
+                          "is locked; nothing was committed", text)
+            self.assertEqual(query(path, "select count(*) from items"),
+                             [(0,)])
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "db"},
+                lines({"n": n} for n in range(101, 111)))
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["completion"], 10)
+            self.assertEqual(query(path, "select min(n), max(n), count(*) "
+                                   "from items"), [(101, 110, 10)])
+
+
 class BadKwargs(unittest.TestCase):
 
     def refused(self, kwargs, text, env=None, pool_extra=None):
