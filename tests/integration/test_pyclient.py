@@ -8,9 +8,12 @@ Expected results are computed here from the items sent, not written out.
 """
 import os
 import random
+import itertools
 import re
+import signal
 import subprocess
 import sys
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -343,6 +346,37 @@ class Outcomes(unittest.TestCase):
                     pool.put(i)
             self.assertEqual(pool.workers, 2)
             self.assertEqual(pool.completion, 999 * 1000 // 2)
+
+    def test_daemon_ends_the_stream_while_writing(self):
+        # A slow consumer holds the client's writes back (backpressure);
+        # the daemon is then stopped: put() must raise with the final
+        # line's error instead of hanging.
+        slow = {"plugin": test_plugin("slow"), "workers": 1,
+                "kwargs": {"usec": 1000, "every": 1}}
+        with Daemon({"s": slow}, {"shutdown_timeout": 60}) as d:
+            def stop():
+                wait_for(lambda: "stream 1: pool s" in d.log_text(),
+                         what="the stream's lease")
+                d.proc.send_signal(signal.SIGTERM)
+                wait_for(lambda: "may finish within 60 s" in d.log_text(),
+                         what="the daemon to wait for the stream")
+                d.proc.send_signal(signal.SIGINT)
+            stopper = threading.Thread(target=stop)
+            stopper.start()
+            pool = Pool("s", socket=d.socket)
+            with self.assertRaises(cc.ConsumerError) as cm:
+                with pool:
+                    for i in itertools.count():
+                        pool.put(i)
+            stopper.join()
+            e = cm.exception
+            self.assertEqual(e.errors[-1]["stage"], "daemon")
+            self.assertEqual(e.errors[-1]["error"],
+                             "consumersd is shutting down")
+            assert_invariant(self, e.final)
+            self.assertGreater(pool._seq, e.final["items"])
+            self.assertIsNone(pool._sock)
+            self.assertEqual(d.proc.wait(timeout=30 * SLOWDOWN), 0)
 
     def test_results_before_the_end(self):
         # As in consumers: results only once the pool is joined.
