@@ -85,7 +85,22 @@ out=$(printf '"ab"\n"c"\n' | "$cli" -s "$stage/s.sock" submit upper) \
 	|| fail "submit failed: $out"
 echo "$out" | grep -q '"results":\["ABC"\]' || fail "unexpected final line: $out"
 echo "$out" | grep -q '"completion":1' || fail "no completion: $out"
+# The installed Python module (into $(pythondir)): its default socket is
+# the CLI's, and it streams to the installed daemon.
+pymod=$(find "$stage/root" -name consumers_client.py)
+[ -n "$pymod" ] || fail "consumers_client.py was not installed"
+clidefault=$("$cli" 2>&1 | sed -n 's/.*else \$CONSUMERS_SOCKET, else \(.*\)\.$/\1/p' || true)
+out=$(PYTHONPATH=$(dirname "$pymod") CONSUMERS_SOCKET="$stage/s.sock" \
+	"${PYTHON:-python3}" -c '
+import sys, consumers_client as cc
+with cc.Pool("upper") as pool:
+    pool.put("ab")
+    pool.put("c")
+print(cc.DEFAULT_SOCKET, pool.results, pool.completion)') \
+	|| fail "the installed Python module failed: $out"
+[ "$out" = "$clidefault ['ABC'] 1" ] || \
+	fail "the installed Python module: $out (CLI default: $clidefault)"
 kill -TERM "$pid"
 wait "$pid" || fail "the daemon did not exit 0 on SIGTERM"
 pid=
-echo "PASS: installed header, pkg-config file, daemon and CLI work together"
+echo "PASS: installed header, pkg-config file, daemon, CLI and Python module work together"
