@@ -458,6 +458,50 @@ client_header(struct client *c)
 	return 1;
 }
 
+/*
+ * libevent 2.1 reads a socket at most 4096 bytes at a time: on a busy
+ * stream that is a read, an ioctl, a callback and a small batch per 4 KiB.
+ * After its read, take what else the socket holds in large reads, up to
+ * the input's high-water mark (so memory stays bounded as before).  EOF
+ * and errors are left for libevent's next read to see.
+ */
+#define SLURP_MAX	(256u << 10)
+
+static void
+client_slurp(struct client *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	size_t have = evbuffer_get_length(in), high = 0;
+	int fd = bufferevent_getfd(c->bev);
+
+	bufferevent_getwatermark(c->bev, EV_READ, NULL, &high);
+	/* A bufferevent keeps its input's end frozen but while it reads. */
+	evbuffer_unfreeze(in, 0);
+	for (int i = 0; i < 8 && have < high; i++) {
+		struct evbuffer_iovec v;
+		size_t want = high - have;
+		ssize_t r;
+
+		if (want > SLURP_MAX)
+			want = SLURP_MAX;
+		if (evbuffer_reserve_space(in, (ev_ssize_t)want, &v, 1) != 1)
+			break;
+		if (v.iov_len > want)
+			v.iov_len = want;
+		r = read(fd, v.iov_base, v.iov_len);
+		if (r <= 0)
+			break;
+		want = v.iov_len;
+		v.iov_len = (size_t)r;
+		if (evbuffer_commit_space(in, &v, 1) == -1)
+			break;
+		have += (size_t)r;
+		if ((size_t)r < want)
+			break;		/* the socket is drained */
+	}
+	evbuffer_freeze(in, 0);
+}
+
 static void
 client_readcb(struct bufferevent *bev, void *arg)
 {
@@ -476,8 +520,10 @@ client_readcb(struct bufferevent *bev, void *arg)
 			return;
 	}
 	if (c->stream != NULL) {
-		if (c->reading)
+		if (c->reading) {
 			now_mono(&c->last_in);
+			client_slurp(c);
+		}
 		stream_input(c->stream);
 	}
 }

@@ -4,16 +4,79 @@
  * without parsing them: it only looks for newlines and measures lengths.
  * The credit functions keep each worker's window of unacked items and bytes.
  */
+#include <string.h>
+
 #include <event2/buffer.h>
 
 #include "consumersd.h"
+
+/*
+ * Newlines are looked for with memchr over the buffer's extents as
+ * evbuffer_peek shows them, a few chains at a time: no per-line search
+ * through libevent, which costs a pointer walk from the buffer's start.
+ */
+#define SCAN_VECS	16
+
+struct eolscan {
+	struct evbuffer		*in;
+	struct evbuffer_iovec	 v[SCAN_VECS];
+	int			 nv, i;
+	size_t			 base;	/* offset of v[i] in the buffer */
+	size_t			 next;	/* offset just past v[nv - 1] */
+	size_t			 limit;	/* look no further than this */
+};
+
+static void
+scan_fill(struct eolscan *sc)
+{
+	struct evbuffer_ptr p;
+	int n;
+
+	sc->i = sc->nv = 0;
+	sc->base = sc->next;
+	if (sc->next >= sc->limit ||
+	    evbuffer_ptr_set(sc->in, &p, sc->next, EVBUFFER_PTR_SET) == -1)
+		return;
+	n = evbuffer_peek(sc->in, (ev_ssize_t)(sc->limit - sc->next), &p,
+	    sc->v, SCAN_VECS);
+	sc->nv = n < SCAN_VECS ? n : SCAN_VECS;
+	for (int k = 0; k < sc->nv; k++)
+		sc->next += sc->v[k].iov_len;
+}
+
+/* Offset of the first newline at or after `from` (never before the last
+ * one found), below the limit; -1 if there is none. */
+static ssize_t
+scan_eol(struct eolscan *sc, size_t from)
+{
+	for (;;) {
+		for (; sc->i < sc->nv; sc->i++) {
+			const char *b = sc->v[sc->i].iov_base, *nl;
+			size_t len = sc->v[sc->i].iov_len, off;
+
+			if (sc->base + len > sc->limit)
+				len = sc->limit - sc->base;
+			if (from < sc->base + len) {
+				off = from > sc->base ? from - sc->base : 0;
+				nl = memchr(b + off, '\n', len - off);
+				if (nl != NULL)
+					return (ssize_t)(sc->base +
+					    (size_t)(nl - b));
+			}
+			sc->base += sc->v[sc->i].iov_len;
+		}
+		if (sc->nv == 0)
+			return -1;
+		scan_fill(sc);
+	}
+}
 
 void
 flow_cut(struct evbuffer *in, const struct flow_room *room, struct cut *c)
 {
 	size_t total = evbuffer_get_length(in);
-	size_t start = 0, eol_len;
-	struct evbuffer_ptr p, e;
+	size_t start = 0, look;
+	struct eolscan sc = { .in = in };
 
 	c->kind = CUT_NEED;
 	c->n = 0;
@@ -21,13 +84,31 @@ flow_cut(struct evbuffer *in, const struct flow_room *room, struct cut *c)
 	c->newline = 0;
 	if (total == 0)
 		return;
-	evbuffer_ptr_set(in, &p, 0, EVBUFFER_PTR_SET);
+	/* The first line may be up to max_item long (or room->bytes); a
+	 * batch stops at soft_bytes: nothing past those is looked at. */
+	look = room->max_item + 1;
+	if (look < room->bytes)
+		look = room->bytes;
+	if (look < room->soft_bytes)
+		look = room->soft_bytes;
+	sc.limit = look < total ? look : total;
+	scan_fill(&sc);
 	while (c->n < room->items) {
+		ssize_t e = scan_eol(&sc, start);
 		size_t len, end;
 
-		e = evbuffer_search_eol(in, &p, &eol_len, EVBUFFER_EOL_LF);
-		if (e.pos == -1) {
-			/* The line at `start` is not complete yet. */
+		if (e == -1 && c->n == 0 && sc.limit < total) {
+			/* The first line is longer than max_item: find its
+			 * end anyway, so its length can be reported. */
+			struct evbuffer_ptr p, f;
+			evbuffer_ptr_set(in, &p, sc.limit, EVBUFFER_PTR_SET);
+			f = evbuffer_search(in, "\n", 1, &p);
+			e = f.pos;
+		}
+
+		if (e == -1) {
+			/* The line at `start` is not complete yet (or lies
+			 * past what this batch may take). */
 			if (c->n > 0)
 				break;
 			if (total - start > room->max_item) {
@@ -36,8 +117,8 @@ flow_cut(struct evbuffer *in, const struct flow_room *room, struct cut *c)
 			}
 			return;
 		}
-		len = (size_t)e.pos - start;
-		end = (size_t)e.pos + 1;
+		len = (size_t)e - start;
+		end = (size_t)e + 1;
 		if (len == 0 || len > room->max_item) {
 			if (c->n > 0)
 				break;
@@ -57,13 +138,13 @@ flow_cut(struct evbuffer *in, const struct flow_room *room, struct cut *c)
 		start = end;
 		if (end >= total)
 			break;
-		evbuffer_ptr_set(in, &p, end, EVBUFFER_PTR_SET);
 	}
 	c->kind = CUT_BATCH;
 }
 
 /*
- * Fill `room` with what a worker's window can take now; 0 when it is full.
+ * Fill `room` with what a worker's window can take now; 0 when it is full
+ * (or, holding items, has less than a quarter free).
  * An empty window always takes one line, however long, so a line up to
  * max_item always moves even when it is larger than the window.
  */
@@ -74,6 +155,13 @@ credit_room(const struct credit *cr, size_t win_bytes, unsigned win_items,
 	if (cr->items >= win_items)
 		return 0;
 	if (cr->items > 0 && cr->bytes >= win_bytes)
+		return 0;
+	/* A window that holds items takes more only once a quarter of it is
+	 * free: refilled an ack at a time, a busy worker would get a few
+	 * items per frame, and each frame costs a write, a read and an ack
+	 * ("silly window syndrome").  Its pending items keep it busy. */
+	if (cr->items > 0 && (win_items - cr->items < win_items / 4 ||
+	    win_bytes - cr->bytes < win_bytes / 4))
 		return 0;
 	room->max_item = max_item;
 	room->items = win_items - cr->items;

@@ -265,8 +265,18 @@ lane_holds(const struct lane *l, uint64_t seq)
 static int
 lane_spool_flush(struct stream *s, struct lane *l)
 {
-	if (l->spool == -1 || l->spool_stage == NULL || l->spool_broken)
+	if (l->spool_stage == NULL || l->spool_broken)
 		return l->spool_broken ? -1 : 0;
+	/* The file is made on the first write: a stream whose lanes stay
+	 * within the stage (most short ones) costs no file at all. */
+	if (l->spool == -1 &&
+	    (l->spool = spool_open(cns_conf->spool_dir)) == -1) {
+		log_warn("stream %" PRIu64 ": cannot create a spool file in "
+		    "%s; a crash of its lane %u will lose its items", s->id,
+		    cns_conf->spool_dir, l->index + 1);
+		l->spool_broken = 1;
+		return -1;
+	}
 	if (spool_flush(l->spool, l->spool_stage) == -1) {
 		log_warn("stream %" PRIu64 ": writing the spool file in %s; "
 		    "a crash of its lane %u will lose its items", s->id,
@@ -301,17 +311,9 @@ lane_spool(struct stream *s, struct lane *l, uint64_t first, uint32_t count,
 {
 	if (s->pool->pc->on_crash == CRASH_FAIL || l->spool_broken)
 		return;
-	if (l->spool == -1) {
-		if ((l->spool = spool_open(cns_conf->spool_dir)) == -1) {
-			log_warn("stream %" PRIu64 ": cannot create a spool "
-			    "file in %s; a crash of its lane %u will lose its "
-			    "items", s->id, cns_conf->spool_dir, l->index + 1);
-			l->spool_broken = 1;
-			return;
-		}
-		if ((l->spool_stage = evbuffer_new()) == NULL)
-			fatalx("%s: evbuffer_new", __func__);
-	}
+	if (l->spool_stage == NULL && (l->spool_stage = evbuffer_new()) ==
+	    NULL)
+		fatalx("%s: evbuffer_new", __func__);
 	spool_stage(l->spool_stage, first, count, in, nbytes);
 	l->spool_len += sizeof(struct spool_rec) + nbytes;
 	if (evbuffer_get_length(l->spool_stage) >= SPOOL_STAGE_MAX)
@@ -840,7 +842,7 @@ static void
 stream_quarantine(struct stream *s, struct lane *l, uint64_t seq,
     const char *reason)
 {
-	char *line = l->spool != -1 && lane_spool_flush(s, l) == 0 ?
+	char *line = l->spool_stage != NULL && lane_spool_flush(s, l) == 0 ?
 	    spool_find(l->spool, l->spool_len, seq) : NULL;
 	json_t *item = NULL, *v;
 

@@ -166,7 +166,8 @@ class Replay(unittest.TestCase):
 
     def test_spool_is_on_disk_not_ram(self):
         # While a long stream runs, its spool is a file (deleted, so only
-        # the daemon's fd holds it) in spool_dir.
+        # the daemon's fd holds it) in spool_dir, once the lane has taken
+        # more than the 64 KiB staged in memory (2 MB of items here).
         pools = {"s": {"plugin": test_plugin("slow"), "workers": 1,
                        "kwargs": {"usec": 1000, "every": 10}}}
         with Daemon(pools) as d:
@@ -174,7 +175,8 @@ class Replay(unittest.TestCase):
 
             def run():
                 out["final"] = d.submit_raw({"op": "submit", "pool": "s"},
-                                            lines(list(range(20000))))[1]
+                                            lines(["%0100d" % i for i in
+                                                   range(20000)]))[1]
             t = threading.Thread(target=run)
             t.start()
             time.sleep(0.3)

@@ -319,9 +319,19 @@ START_TEST(test_credit_take_and_full)
 	credit_take(&cr, 10, 10);
 	ck_assert_int_eq(credit_room(&cr, 1000, 10, 500, &r), 0);
 	ck_assert_int_eq(credit_ack(&cr, 1, 1), 0);
+	/* One free slot of ten: too little to send into a busy window. */
+	ck_assert_int_eq(credit_room(&cr, 1000, 10, 500, &r), 0);
+	ck_assert_int_eq(credit_ack(&cr, 2, 2), 0);
 	ck_assert_int_eq(credit_room(&cr, 1000, 10, 500, &r), 1);
-	ck_assert_uint_eq(r.items, 1);
-	ck_assert_uint_eq(r.bytes, 991);
+	ck_assert_uint_eq(r.items, 3);
+	ck_assert_uint_eq(r.bytes, 993);
+	/* Bytes: less than a quarter of them free is too little too. */
+	cr.items = 1;
+	cr.bytes = 800;
+	ck_assert_int_eq(credit_room(&cr, 1000, 10, 500, &r), 0);
+	cr.bytes = 750;
+	ck_assert_int_eq(credit_room(&cr, 1000, 10, 500, &r), 1);
+	ck_assert_uint_eq(r.soft_bytes, 250);
 }
 END_TEST
 

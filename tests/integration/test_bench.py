@@ -1,0 +1,55 @@
+"""make bench, at a tiny scale: the benchmark keeps working.
+
+It runs every workload of tests/bench/bench.py (consumersd and each
+baseline) at 1/1000 of the sizes of doc/performance.md.  bench.py checks
+every run itself (all items counted, the same sum as the single-process
+jansson parse) and fails on any loss; this test checks that it ran them
+all.  Nothing here looks at times: the figures are make bench's to print.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import harness
+
+BENCH = os.path.join(harness.TOP_SRCDIR, "tests", "bench", "bench.py")
+
+
+class BenchSmoke(unittest.TestCase):
+    def test_every_workload_runs_and_loses_nothing(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "bench.json")
+            p = subprocess.run(
+                [sys.executable, BENCH, "--scale", "0.001", "--repeat", "1",
+                 "--json", out],
+                capture_output=True, text=True, timeout=300 *
+                harness.SLOWDOWN,
+                env=dict(os.environ, top_srcdir=harness.TOP_SRCDIR,
+                         top_builddir=harness.TOP_BUILDDIR))
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            with open(out) as f:
+                r = json.load(f)
+        w = r["workloads"]
+        self.assertEqual(sorted(w), ["W1", "W2", "W3", "W4", "W5"])
+        self.assertEqual(w["W1"]["items"], 1000)
+        for k in ("consumersd_s", "a_s", "b_s", "c_s", "raw_s", "wc_s"):
+            self.assertGreater(w["W1"][k], 0, k)
+        for run in (w["W2"]["one_client"], w["W2"]["eight_clients"],
+                    w["W4"], w["W5"]):
+            self.assertEqual(run["failed"], 0)
+            self.assertEqual(run["lost"], 0)
+        self.assertEqual(w["W2"]["eight_clients"]["clients"], 8)
+        self.assertEqual(w["W5"]["streams"], 4)
+        self.assertEqual([x["items"] for x in w["W3"]], [1000, 10000])
+        # Every target got a verdict, printed for the reader.
+        self.assertEqual(len(r["targets"]), 8)
+        self.assertEqual(p.stdout.count("  -> "), 8, p.stdout)
+        self.assertIn("targets: %d of 8 met" %
+                      sum(t["met"] for t in r["targets"]), p.stdout)
+
+
+if __name__ == "__main__":
+    harness.main()
