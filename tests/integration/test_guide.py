@@ -17,6 +17,7 @@ for cc.  The daemon starts first, with the pools a default install has
 (conf/pools.d); the guide reloads it after adding pools, as a user would."""
 import json
 import os
+import pwd
 import re
 import shlex
 import subprocess
@@ -96,7 +97,16 @@ class Guide(unittest.TestCase):
             with open(os.path.join(TOP_SRCDIR, "conf", "pools.d",
                                    name)) as f:
                 installed[name[:-5]] = json.load(f)
-        d = Daemon(installed)
+        # The bundled db pool (user nobody) keeps its database under
+        # $STATE_DIRECTORY/db, as systemd gives it.
+        state = os.path.join(work, "state")
+        os.makedirs(os.path.join(state, "db"))
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(os.path.join(state, "db"), nobody.pw_uid,
+                     nobody.pw_gid)
+            os.chmod(work, 0o755)
+        d = Daemon(installed, env={"STATE_DIRECTORY": state})
         env = dict(os.environ,
                    PATH=os.path.dirname(CLI) + ":" + os.environ["PATH"],
                    CONSUMERS_SOCKET=d.socket,
