@@ -6,7 +6,8 @@
  * streams NDJSON from the files (or standard input) to a pool, reports
  * rejected items on stderr, prints the daemon's final line on stdout and
  * exits 0 only when the stream completed with nothing rejected or
- * quarantined and no consumer error.  It sends and reads at once, so replies never back up.
+ * quarantined and no consumer error.  libconsumers sends and reads at once,
+ * so replies never back up.
  *
  *   consumers [-s socket] status [--json] [--watch [SECONDS]] [POOL]
  *   consumers [-s socket] pools [--json]
@@ -14,8 +15,6 @@
  * ask the daemon one question each and print its answer as a table, or as
  * the JSON it sent.
  */
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -29,12 +28,13 @@
 
 #include <jansson.h>
 
+#include "consumers/client.h"
+
 #ifndef CNS_DEFAULT_SOCKET
 #define CNS_DEFAULT_SOCKET "/run/consumersd/consumersd.sock"
 #endif
 
 #define CHUNK		(256u << 10)
-#define LINE_MAX_REPLY	(512u << 20)	/* a final line with big results */
 
 enum { EXIT_CLEAN = 0, EXIT_STREAM = 1, EXIT_LOCAL = 2 };
 
@@ -72,107 +72,26 @@ die(const char *fmt, ...)
 	exit(EXIT_LOCAL);
 }
 
-static int
-connect_to(const char *path)
-{
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	int fd;
-
-	if (strlen(path) >= sizeof sun.sun_path)
-		die("socket path %s is too long", path);
-	strcpy(sun.sun_path, path);
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
-		die("socket: %s", strerror(errno));
-	if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == -1)
-		die("cannot connect to consumersd at %s: %s (is the daemon "
-		    "running? use -s or $CONSUMERS_SOCKET to name its socket)",
-		    path, strerror(errno));
-	return fd;
-}
-
-/* Replies from the daemon, split into lines. */
-struct replies {
-	char	*buf;
-	size_t	 len, cap;
-	json_t	*final;
-	int	 eof;
-};
-
+/* Rejections and quarantines, as they come: one line each on stderr. */
 static void
-handle_line(struct replies *r, const char *line, size_t len)
+on_reply(const json_t *v, void *arg)
 {
-	json_error_t err;
-	json_t *v = json_loadb(line, len, 0, &err), *rej;
+	json_t *ev;
 
-	if (v == NULL)
-		die("the daemon sent a line that is not JSON: %s", err.text);
-	/* An event carries an object under its name; the final line has
-	 * counts under the same names, and "ok". */
-	if (json_is_object(rej = json_object_get(v, "rejected"))) {
+	(void)arg;
+	if (json_is_object(ev = json_object_get(v, "rejected"))) {
 		fprintf(stderr, "%s: item %lld rejected: %s\n", prog,
-		    (long long)json_integer_value(json_object_get(rej, "seq")),
-		    json_string_value(json_object_get(rej, "error")));
-		json_decref(v);
-		return;
-	}
-	if (json_is_object(rej = json_object_get(v, "quarantined"))) {
-		char *item = json_dumps(json_object_get(rej, "item"),
+		    (long long)json_integer_value(json_object_get(ev, "seq")),
+		    json_string_value(json_object_get(ev, "error")));
+	} else if (json_is_object(ev = json_object_get(v, "quarantined"))) {
+		char *item = json_dumps(json_object_get(ev, "item"),
 		    JSON_COMPACT | JSON_ENCODE_ANY);
 		fprintf(stderr, "%s: item %lld quarantined: %s: %.200s\n", prog,
-		    (long long)json_integer_value(json_object_get(rej, "seq")),
-		    json_string_value(json_object_get(rej, "reason")),
+		    (long long)json_integer_value(json_object_get(ev, "seq")),
+		    json_string_value(json_object_get(ev, "reason")),
 		    item != NULL ? item : "?");
 		free(item);
-		json_decref(v);
-		return;
 	}
-	if (json_is_false(json_object_get(v, "ok")) ||
-	    json_object_get(v, "items") != NULL) {
-		json_decref(r->final);
-		r->final = v;
-		return;
-	}
-	json_decref(v);
-}
-
-/* Read what is there; returns -1 at EOF. */
-static int
-read_replies(int fd, struct replies *r)
-{
-	char *nl, *start;
-	ssize_t n;
-
-	if (r->cap - r->len < CHUNK) {
-		r->cap = r->cap ? r->cap * 2 : 2 * CHUNK;
-		if (r->cap > LINE_MAX_REPLY)
-			die("a reply line is longer than %u bytes",
-			    LINE_MAX_REPLY);
-		if ((r->buf = realloc(r->buf, r->cap)) == NULL)
-			die("out of memory");
-	}
-	n = read(fd, r->buf + r->len, r->cap - r->len);
-	if (n == -1) {
-		if (errno == EAGAIN || errno == EINTR)
-			return 0;
-		if (errno == ECONNRESET) {
-			r->eof = 1;
-			return -1;
-		}
-		die("read from the daemon: %s", strerror(errno));
-	}
-	if (n == 0) {
-		r->eof = 1;
-		return -1;
-	}
-	r->len += (size_t)n;
-	start = r->buf;
-	while ((nl = memchr(start, '\n', r->len - (size_t)(start - r->buf)))) {
-		handle_line(r, start, (size_t)(nl - start));
-		start = nl + 1;
-	}
-	r->len -= (size_t)(start - r->buf);
-	memmove(r->buf, start, r->len);
-	return 0;
 }
 
 /* The item source: the files in turn, each ending in a newline. */
@@ -233,25 +152,25 @@ submit(const char *sockpath, int argc, char **argv)
 {
 	static char *stdin_only[] = { "-" };
 	struct source src = { 0 };
-	struct replies r = { 0 };
-	json_t *header, *params = NULL, *rejected, *errors;
+	json_t *params = NULL, *rejected, *errors, *final;
 	const char *pool;
-	static char *out;	/* static: still reachable if die() exits */
-	char *hs;
-	size_t outlen = 0, outoff = 0;
-	unsigned long long sent_bytes = 0;
+	/* static: still reachable if die() exits */
+	static char *buf;
+	static cns_stream *st;
+	char err[1024], *hs;
 	time_t last_progress = 0;
-	int fd, ch, workers = 0, sending = 1, status;
+	int ch, workers = 0, status;
+	size_t n;
 
 	optind = 1;
 	while ((ch = getopt(argc, argv, "p:w:")) != -1) {
 		switch (ch) {
 		case 'p': {
-			json_error_t err;
+			json_error_t jerr;
 			json_decref(params);
-			params = json_loads(optarg, JSON_DECODE_ANY, &err);
+			params = json_loads(optarg, JSON_DECODE_ANY, &jerr);
 			if (params == NULL)
-				die("-p: params must be JSON: %s", err.text);
+				die("-p: params must be JSON: %s", jerr.text);
 			break;
 		}
 		case 'w': {
@@ -276,86 +195,49 @@ submit(const char *sockpath, int argc, char **argv)
 	src.files = argc > 1 ? argv + 1 : stdin_only;
 	src.nfiles = argc > 1 ? argc - 1 : 1;
 	source_open_all(&src);
-
-	header = json_pack("{s:s,s:s}", "op", "submit", "pool", pool);
-	if (workers > 0)
-		json_object_set_new(header, "workers", json_integer(workers));
-	if (params != NULL)
-		json_object_set_new(header, "params", params);
-	hs = json_dumps(header, JSON_COMPACT);
-	json_decref(header);
-	if (hs == NULL || (out = malloc(CHUNK + 1)) == NULL)
+	if ((buf = malloc(CHUNK)) == NULL)
 		die("out of memory");
-	outlen = (size_t)snprintf(out, CHUNK + 1, "%s\n", hs);
-	free(hs);
-	if (outlen > CHUNK)
-		die("the header is too long");
-	/* Connect last: die() after this point leaves nothing allocated
-	 * that the exit does not take back. */
-	fd = connect_to(sockpath);
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 
-	while (!r.eof) {
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-
-		if (sending && outoff == outlen) {
-			outoff = 0;
-			outlen = source_read(&src, out, CHUNK);
-			if (outlen == 0) {
-				shutdown(fd, SHUT_WR);
-				sending = 0;
-			}
-		}
-		if (sending)
-			pfd.events |= POLLOUT;
-		if (poll(&pfd, 1, -1) == -1) {
-			if (errno == EINTR)
-				continue;
-			die("poll: %s", strerror(errno));
-		}
-		if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
-			read_replies(fd, &r);
-		if (sending && (pfd.revents & POLLOUT)) {
-			ssize_t n = write(fd, out + outoff, outlen - outoff);
-			if (n == -1 && (errno == EPIPE ||
-			    errno == ECONNRESET)) {
-				/* The daemon ended the stream early: its
-				 * final line says why. */
-				sending = 0;
-			} else if (n == -1 && errno != EAGAIN &&
-			    errno != EINTR)
-				die("write to the daemon: %s", strerror(errno));
-			else if (n > 0) {
-				outoff += (size_t)n;
-				sent_bytes += (unsigned long long)n;
-			}
-		}
+	st = cns_stream_open(sockpath, pool, params, (unsigned)workers, err,
+	    sizeof err);
+	json_decref(params);
+	if (st == NULL)
+		die("%s", err);
+	cns_stream_on_reply(st, on_reply, NULL);
+	/* A write that fails means the daemon ended the stream early: its
+	 * final line, read by close, says why. */
+	while ((n = source_read(&src, buf, CHUNK)) > 0) {
+		if (cns_stream_write(st, buf, n) == -1)
+			break;
 		if (isatty(STDERR_FILENO) && time(NULL) != last_progress) {
 			last_progress = time(NULL);
 			fprintf(stderr, "\r%s: %llu bytes sent", prog,
-			    sent_bytes);
+			    (unsigned long long)cns_stream_sent(st));
 		}
 	}
+	final = cns_stream_close(st, err, sizeof err);
 	if (isatty(STDERR_FILENO) && last_progress != 0)
-		fprintf(stderr, "\r%s: %llu bytes sent\n", prog, sent_bytes);
-	close(fd);
-	free(out);
-	free(r.buf);
+		fprintf(stderr, "\r%s: %llu bytes sent\n", prog,
+		    (unsigned long long)cns_stream_sent(st));
+	cns_stream_free(st);
+	st = NULL;
+	free(buf);
+	buf = NULL;
 	free(src.fds);
-	if (r.final == NULL)
-		die("the daemon closed the connection without a final line");
-	hs = json_dumps(r.final, JSON_COMPACT);
+	if (final == NULL)
+		die("%s", err);
+	hs = json_dumps(final, JSON_COMPACT);
 	printf("%s\n", hs);
 	free(hs);
-	rejected = json_object_get(r.final, "rejected");
-	errors = json_object_get(r.final, "errors");
-	if (!json_is_true(json_object_get(r.final, "ok"))) {
-		json_t *e = json_object_get(r.final, "error");
+	rejected = json_object_get(final, "rejected");
+	errors = json_object_get(final, "errors");
+	if (!json_is_true(json_object_get(final, "ok"))) {
+		json_t *e = json_object_get(final, "error");
 		if (json_is_string(e))
 			fprintf(stderr, "%s: %s\n", prog, json_string_value(e));
 		status = EXIT_STREAM;
 	} else if (json_integer_value(rejected) != 0 ||
-	    json_integer_value(json_object_get(r.final, "quarantined")) != 0 ||
+	    json_integer_value(json_object_get(final, "quarantined")) != 0 ||
 	    json_array_size(errors) != 0)
 		status = EXIT_STREAM;
 	else
@@ -374,7 +256,7 @@ submit(const char *sockpath, int argc, char **argv)
 			    json_object_get(e, "error")));
 		}
 	}
-	json_decref(r.final);
+	json_decref(final);
 	return status;
 }
 
@@ -397,64 +279,15 @@ on_sigint(int sig)
 static json_t *
 ask(const char *sockpath, json_t *header)
 {
-	char *hs = json_dumps(header, JSON_COMPACT), *buf = NULL, *nl;
-	size_t len = 0, cap = 0, off = 0, hlen;
-	json_error_t err;
+	char err[1024];
 	json_t *v;
-	int fd;
 
-	if (hs == NULL)
-		die("out of memory");
-	fd = connect_to(sockpath);
-	hlen = strlen(hs);
-	hs[hlen++] = '\n';	/* json_dumps left room: its NUL */
-	while (off < hlen) {
-		ssize_t n = write(fd, hs + off, hlen - off);
-		if (n == -1 && errno == EINTR && !interrupted)
-			continue;
-		if (n == -1 && errno == EINTR)
-			goto stop;
-		if (n == -1)
-			die("write to the daemon: %s", strerror(errno));
-		off += (size_t)n;
+	if ((v = cns_ask(sockpath, header, err, sizeof err)) == NULL) {
+		if (errno == EINTR && interrupted)
+			return NULL;
+		die("%s", err);
 	}
-	shutdown(fd, SHUT_WR);
-	for (;;) {
-		ssize_t n;
-		if (cap - len < CHUNK) {
-			cap = cap ? cap * 2 : 2 * CHUNK;
-			if (cap > LINE_MAX_REPLY)
-				die("a reply line is longer than %u bytes",
-				    LINE_MAX_REPLY);
-			if ((buf = realloc(buf, cap)) == NULL)
-				die("out of memory");
-		}
-		n = read(fd, buf + len, cap - len);
-		if (n == -1 && errno == EINTR && !interrupted)
-			continue;
-		if (n == -1 && errno == EINTR)
-			goto stop;
-		if (n == -1)
-			die("read from the daemon: %s", strerror(errno));
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	free(hs);
-	if ((nl = memchr(buf, '\n', len)) == NULL)
-		die("the daemon closed the connection without an answer");
-	v = json_loadb(buf, (size_t)(nl - buf), 0, &err);
-	free(buf);
-	if (v == NULL || !json_is_object(v))
-		die("the daemon sent a line that is not a JSON object: %s",
-		    v == NULL ? err.text : "");
 	return v;
-stop:
-	close(fd);
-	free(hs);
-	free(buf);
-	return NULL;
 }
 
 /* A refusal: its message on stderr; status 1. */
@@ -752,7 +585,7 @@ reload(const char *sockpath, int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-	const char *sockpath = getenv("CONSUMERS_SOCKET");
+	const char *sockpath = NULL;
 	int ch;
 
 	signal(SIGPIPE, SIG_IGN);
@@ -768,8 +601,7 @@ main(int argc, char **argv)
 			usage();
 		}
 	}
-	if (sockpath == NULL || *sockpath == '\0')
-		sockpath = CNS_DEFAULT_SOCKET;
+	sockpath = cns_socket_path(sockpath);
 	argc -= optind;
 	argv += optind;
 	if (argc < 1)

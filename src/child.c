@@ -545,7 +545,9 @@ child_identity(struct child *ch, pid_t master)
 			child_initfail(ch, "nice %d: %s", pc->nice,
 			    strerror(errno));
 	}
-	/* The environment: cleared, but for PATH, env_keep and env. */
+	/* The environment: cleared, but for PATH, CONSUMERS_SOCKET (our own
+	 * socket, so a plugin can stream into another pool), env_keep and
+	 * env; the last two may override it. */
 	keep = json_object();
 	json_array_foreach(pc->env_keep, i, v) {
 		const char *val = getenv(json_string_value(v));
@@ -555,6 +557,8 @@ child_identity(struct child *ch, pid_t master)
 	}
 	clearenv();
 	setenv("PATH", "/usr/local/bin:/usr/bin:/bin", 1);
+	if (client_socket_path() != NULL)
+		setenv("CONSUMERS_SOCKET", client_socket_path(), 1);
 	json_object_foreach(keep, k, v)
 		setenv(k, json_string_value(v), 1);
 	json_object_foreach(pc->env, k, v)

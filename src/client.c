@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@ static TAILQ_HEAD(, client) clients = TAILQ_HEAD_INITIALIZER(clients);
 static struct evconnlistener	*listener;
 static struct event		*accept_retry;
 static char			*listen_path;
+static char			*socket_abs;	/* for workers: CONSUMERS_SOCKET */
 static int			 accepting;
 static struct uid_count		*uids;
 static size_t			 nuids, capuids;
@@ -861,12 +863,47 @@ client_bind(const struct conf *conf)
 	return fd;
 }
 
+/*
+ * The absolute path clients reach us at, for the workers' environment:
+ * the bound address of the listening socket (systemd's, with socket
+ * activation), else the configured path; made absolute against the
+ * working directory, which the daemon never changes.
+ */
+static void
+client_socket_abs(const struct conf *conf, int fd)
+{
+	struct sockaddr_un sun;
+	socklen_t len = sizeof sun;
+	const char *path = conf->socket;
+	char cwd[4096];
+
+	memset(&sun, 0, sizeof sun);
+	if (getsockname(fd, (struct sockaddr *)&sun, &len) == 0 &&
+	    sun.sun_family == AF_UNIX && len > offsetof(struct sockaddr_un,
+	    sun_path) && sun.sun_path[0] != '\0')
+		path = sun.sun_path;	/* NUL-terminated: zeroed, and short */
+	free(socket_abs);
+	if (path[0] == '/' || getcwd(cwd, sizeof cwd) == NULL) {
+		if ((socket_abs = strdup(path)) == NULL)
+			fatal("%s: strdup", __func__);
+	} else if (asprintf(&socket_abs, "%s/%s", cwd, path) == -1)
+		fatal("%s: asprintf", __func__);
+}
+
+/* The listening socket's absolute path, or NULL when not listening. */
+const char *
+client_socket_path(void)
+{
+	return socket_abs;
+}
+
 /* Listen on `fd` if it is >= 0 (handed over by systemd), else bind. */
 int
 client_listen(struct event_base *base, const struct conf *conf, int fd)
 {
 	if (fd < 0 && (fd = client_bind(conf)) == -1)
 		return -1;
+	client_socket_abs(conf, fd);
 	/* Listening at once lets early clients queue in the backlog; they
 	 * are accepted once the pools are up (client_accepting). */
 	listener = evconnlistener_new(base, client_accept, NULL,
@@ -898,6 +935,8 @@ client_close_listener(void)
 		free(listen_path);
 		listen_path = NULL;
 	}
+	free(socket_abs);
+	socket_abs = NULL;
 }
 
 /* Shutdown: end every stream with `why`, then drop what is left. */

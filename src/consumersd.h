@@ -435,6 +435,7 @@ void		 client_abort_all(const char *why);
 void		 client_free_all(void);
 void		 client_accepting(void);
 void		 client_close_listener(void);
+const char	*client_socket_path(void);
 void		 client_send_json(struct client *, json_t *);
 struct evbuffer	*client_input(struct client *);
 void		 client_read(struct client *, int on);
