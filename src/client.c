@@ -36,6 +36,7 @@
 
 struct client {
 	struct bufferevent	*bev;
+	struct flushable	 out;		/* bev's output, per turn */
 	struct stream		*stream;
 	uid_t			 uid;		/* the peer, from SO_PEERCRED */
 	gid_t			 gid;
@@ -183,6 +184,7 @@ client_free(struct client *c)
 	if (c->denied)
 		ndenied--;
 	event_free(c->timer);
+	flush_cancel(&c->out, 0);
 	bufferevent_free(c->bev);
 	free(c);
 }
@@ -239,9 +241,11 @@ client_send_json(struct client *c, json_t *v)
 		evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n",
 		    "{\"ok\":false,\"error\":\"internal error: a reply "
 		    "could not be encoded\"}");
+		flush_later(&c->out);
 		return;
 	}
 	evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n", s);
+	flush_later(&c->out);
 	free(s);
 }
 
@@ -267,7 +271,8 @@ client_finish(struct client *c, json_t *final)
 	json_decref(final);
 	c->closing = 1;
 	bufferevent_disable(c->bev, EV_READ);
-	bufferevent_enable(c->bev, EV_WRITE);
+	/* The line is written at the end of this turn (flush.c); the write
+	 * callback, on the next, closes once nothing is left to write. */
 	bufferevent_trigger(c->bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS |
 	    BEV_TRIG_IGNORE_WATERMARKS);
 }
@@ -464,17 +469,21 @@ client_header(struct client *c)
  * libevent 2.1 reads a socket at most 4096 bytes at a time: on a busy
  * stream that is a read, an ioctl, a callback and a small batch per 4 KiB.
  * After its read, take what else the socket holds in large reads, up to
- * the input's high-water mark (so memory stays bounded as before).  EOF
- * and errors are left for libevent's next read to see.
+ * the input's high-water mark (so memory stays bounded as before).
+ * Returns 1 at EOF, which the caller handles at once (the stream's END
+ * frames then leave with its items); errors are left for libevent's next
+ * read to see.
  */
 #define SLURP_MAX	(256u << 10)
 
-static void
+static void	client_eventcb(struct bufferevent *, short, void *);
+
+static int
 client_slurp(struct client *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 	size_t have = evbuffer_get_length(in), high = 0;
-	int fd = bufferevent_getfd(c->bev);
+	int fd = bufferevent_getfd(c->bev), eof = 0;
 
 	bufferevent_getwatermark(c->bev, EV_READ, NULL, &high);
 	/* A bufferevent keeps its input's end frozen but while it reads. */
@@ -491,8 +500,10 @@ client_slurp(struct client *c)
 		if (v.iov_len > want)
 			v.iov_len = want;
 		r = read(fd, v.iov_base, v.iov_len);
-		if (r <= 0)
+		if (r <= 0) {
+			eof = r == 0;
 			break;
+		}
 		want = v.iov_len;
 		v.iov_len = (size_t)r;
 		if (evbuffer_commit_space(in, &v, 1) == -1)
@@ -502,6 +513,7 @@ client_slurp(struct client *c)
 			break;		/* the socket is drained */
 	}
 	evbuffer_freeze(in, 0);
+	return eof;
 }
 
 static void
@@ -522,11 +534,15 @@ client_readcb(struct bufferevent *bev, void *arg)
 			return;
 	}
 	if (c->stream != NULL) {
+		int eof = 0;
 		if (c->reading) {
 			now_mono(&c->last_in);
-			client_slurp(c);
+			eof = client_slurp(c);
 		}
 		stream_input(c->stream);
+		if (eof && !c->eof && !c->closing)
+			client_eventcb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF,
+			    c);
 	}
 }
 
@@ -602,6 +618,7 @@ client_writecb(struct bufferevent *bev, void *arg)
 	struct client *c = arg;
 
 	(void)bev;
+	flush_drained(&c->out);
 	if (c->closing) {
 		if (c->gone)
 			client_free(c);
@@ -757,7 +774,8 @@ client_accept(struct evconnlistener *l, evutil_socket_t fd,
 	    cns_conf->max_item_bytes + 1 : CNS_HEADER_MAX + 1);
 	bufferevent_set_max_single_read(c->bev, 256u << 10);
 	bufferevent_set_timeouts(c->bev, NULL, &write_tv);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	bufferevent_enable(c->bev, EV_READ);
+	flush_init(&c->out, c->bev);
 	if (client_peer(c, fd) == -1) {
 		client_refuse(c, "consumersd cannot tell who is connecting "
 		    "(SO_PEERCRED failed)");

@@ -136,6 +136,18 @@ void	frame_put_json(struct evbuffer *, uint16_t type, uint64_t stream,
 int	frame_pull(struct evbuffer *, struct frame_hdr *, char *why,
 	    size_t whylen);
 
+/* flush.c: output written at the end of the loop turn that queued it */
+struct bufferevent;
+struct flushable {
+	struct bufferevent	*bev;
+	int			 queued;
+	TAILQ_ENTRY(flushable)	 entry;
+};
+void	flush_init(struct flushable *, struct bufferevent *);
+void	flush_later(struct flushable *);
+void	flush_cancel(struct flushable *, int write_first);
+void	flush_drained(struct flushable *);
+
 /* flow.c: cutting client bytes into item batches, and credit windows */
 enum cut_kind {
 	CUT_BATCH,	/* n complete lines, nbytes with their newlines */
@@ -254,6 +266,7 @@ struct worker {
 	unsigned	 slot;		/* 1-based within the pool */
 	enum worker_state state;
 	struct bufferevent *bev;
+	struct flushable out;		/* bev's output, written per turn */
 	int		 status;	/* wait status, once reaped */
 	int		 reaped;
 	int		 closed;	/* its socket hit EOF */

@@ -83,6 +83,7 @@ worker_protocol(struct worker *w, const char *why)
 	    "killing it", w->pool->pc->name, w->slot, (long)w->pid, why);
 	kill(w->pid, SIGKILL);
 	if (w->bev != NULL) {
+		flush_cancel(&w->out, 0);
 		bufferevent_free(w->bev);
 		w->bev = NULL;
 	}
@@ -227,6 +228,16 @@ worker_readcb(struct bufferevent *bev, void *arg)
 		worker_protocol(w, why);
 }
 
+/* What the socket did not take at once has drained. */
+static void
+worker_writecb(struct bufferevent *bev, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)bev;
+	flush_drained(&w->out);
+}
+
 static void
 worker_eventcb(struct bufferevent *bev, short what, void *arg)
 {
@@ -235,6 +246,7 @@ worker_eventcb(struct bufferevent *bev, short what, void *arg)
 	(void)bev;
 	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
 		return;
+	flush_cancel(&w->out, 0);
 	bufferevent_free(w->bev);
 	w->bev = NULL;
 	w->closed = 1;
@@ -306,9 +318,11 @@ worker_spawn(struct pool *p, unsigned slot)
 	w->bev = bufferevent_socket_new(cns_base, sv[0], BEV_OPT_CLOSE_ON_FREE);
 	if (w->bev == NULL)
 		fatalx("%s: bufferevent_socket_new", __func__);
-	bufferevent_setcb(w->bev, worker_readcb, NULL, worker_eventcb, w);
+	bufferevent_setcb(w->bev, worker_readcb, worker_writecb, worker_eventcb,
+	    w);
 	bufferevent_set_max_single_read(w->bev, 256u << 10);
 	bufferevent_enable(w->bev, EV_READ);
+	flush_init(&w->out, w->bev);
 	w->hnext = worker_table[(unsigned)pid % WORKER_HASH];
 	worker_table[(unsigned)pid % WORKER_HASH] = w;
 	worker_total++;
@@ -344,7 +358,8 @@ worker_reap(void)
 			if (worker_find(pid) != w)
 				continue;	/* already dropped */
 			if (w->bev != NULL) {
-				bufferevent_free(w->bev);
+				flush_cancel(&w->out, 0);
+		bufferevent_free(w->bev);
 				w->bev = NULL;
 			}
 			w->closed = 1;
@@ -411,21 +426,30 @@ void
 worker_send(struct worker *w, uint16_t type, uint64_t stream,
     const void *p, size_t len)
 {
-	if (w->bev != NULL)
+	if (w->bev != NULL) {
 		frame_put(bufferevent_get_output(w->bev), type, stream, p, len);
+		flush_later(&w->out);
+	}
 }
 
 void
 worker_send_json(struct worker *w, uint16_t type, uint64_t stream, json_t *v)
 {
-	if (w->bev != NULL)
+	if (w->bev != NULL) {
 		frame_put_json(bufferevent_get_output(w->bev), type, stream, v);
+		flush_later(&w->out);
+	}
 }
 
+/* The worker's output, for frames the caller adds now (written at the
+ * end of the loop turn); NULL once its socket is gone. */
 struct evbuffer *
 worker_output(struct worker *w)
 {
-	return w->bev != NULL ? bufferevent_get_output(w->bev) : NULL;
+	if (w->bev == NULL)
+		return NULL;
+	flush_later(&w->out);
+	return bufferevent_get_output(w->bev);
 }
 
 /* Ask a worker to exit: it sees EOF on its socket, runs fini and exits. */
@@ -435,8 +459,10 @@ worker_stop(struct worker *w)
 	if (w->state == W_IDLE)
 		w->pool->nidle--;
 	w->state = W_EXITING;
-	if (w->bev != NULL)
+	if (w->bev != NULL) {
+		flush_cancel(&w->out, 1);	/* frames before the EOF */
 		shutdown(bufferevent_getfd(w->bev), SHUT_WR);
+	}
 }
 
 void
