@@ -271,10 +271,8 @@ client_finish(struct client *c, json_t *final)
 	json_decref(final);
 	c->closing = 1;
 	bufferevent_disable(c->bev, EV_READ);
-	/* The line is written at the end of this turn (flush.c); the write
-	 * callback, on the next, closes once nothing is left to write. */
-	bufferevent_trigger(c->bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS |
-	    BEV_TRIG_IGNORE_WATERMARKS);
+	/* The line is written at the end of this turn (flush.c), and the
+	 * write callback, called once it drained, closes. */
 }
 
 static void

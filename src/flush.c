@@ -10,6 +10,8 @@
  * left to the bufferevent: EV_WRITE is enabled, and libevent's write
  * event, its write timeout and the owner's write callback run until the
  * output drains; the owner's write callback then calls flush_drained().
+ * Either way the owner's write callback runs once the output has drained,
+ * as with libevent's own writes.
  */
 #include <errno.h>
 
@@ -29,18 +31,35 @@ flush_now(struct flushable *f)
 	struct evbuffer *out = bufferevent_get_output(f->bev);
 	int fd = bufferevent_getfd(f->bev);
 
+	int wrote = 0, left;
+
+	if (evbuffer_get_length(out) == 0)
+		return;
 	/* A bufferevent keeps its output's start frozen but while it
 	 * writes. */
 	evbuffer_unfreeze(out, 1);
 	while (evbuffer_get_length(out) > 0) {
 		int n = evbuffer_write(out, fd);
-		if (n > 0 || (n == -1 && errno == EINTR))
+		if (n > 0) {
+			wrote = 1;
 			continue;
-		/* EAGAIN, or an error libevent will meet and report. */
-		bufferevent_enable(f->bev, EV_WRITE);
+		}
+		if (n == -1 && errno == EINTR)
+			continue;
 		break;
 	}
 	evbuffer_freeze(out, 1);
+	left = evbuffer_get_length(out) > 0;
+	if (left) {
+		/* EAGAIN, or an error libevent will meet and report: its
+		 * write event takes over, and calls the owner's write
+		 * callback once the output drained. */
+		bufferevent_enable(f->bev, EV_WRITE);
+	} else if (wrote)
+		/* Drained here: the owner's write callback, as libevent
+		 * would have called it (on the next loop turn). */
+		bufferevent_trigger(f->bev, EV_WRITE,
+		    BEV_TRIG_DEFER_CALLBACKS | BEV_TRIG_IGNORE_WATERMARKS);
 }
 
 static void

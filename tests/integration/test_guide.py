@@ -26,7 +26,8 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, CLI, TOP_SRCDIR, SLOWDOWN, main)  # noqa
+from harness import (Daemon, CLI, TOP_SRCDIR, TOP_BUILDDIR, SLOWDOWN,  # noqa
+                     main)
 
 GUIDE = os.path.join(TOP_SRCDIR, "doc", "writing-consumers.md")
 PLACE = "/srv/consumers"
@@ -110,6 +111,8 @@ class Guide(unittest.TestCase):
         env = dict(os.environ,
                    PATH=os.path.dirname(CLI) + ":" + os.environ["PATH"],
                    CONSUMERS_SOCKET=d.socket,
+                   PYTHONPATH=os.path.join(TOP_BUILDDIR, "client",
+                                           "python"),
                    PKG_CONFIG_PATH=pcdir + ":" +
                    os.environ.get("PKG_CONFIG_PATH", ""))
         cc = os.environ.get("CC", "cc")
