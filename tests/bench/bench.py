@@ -8,7 +8,7 @@ a fast wrong answer fails instead of winning.  Nothing here asserts on
 time: the targets of doc/performance.md are printed as met or not.
 
     python3 tests/bench/bench.py [--scale S] [--repeat R] [--json FILE]
-        [--only W1,W3,...]
+        [--only W1,W3,...] [--daemon-build DIR]
 
 --scale multiplies every size (1.0: the sizes of doc/performance.md; the
 smoke test in make check runs a tiny scale to keep this script working).
@@ -418,7 +418,18 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--only", default="W1,W2,W3,W4,W5")
+    ap.add_argument("--daemon-build", metavar="DIR",
+                    help="take consumersd, consumers and the bundled "
+                    "plugins from another build directory (an older "
+                    "version, say); the benchmark's own programs still "
+                    "come from this build")
     args = ap.parse_args()
+    if args.daemon_build:
+        global DAEMON, CLI, PLUGIN_DIR
+        b = os.path.abspath(args.daemon_build)
+        DAEMON = os.path.join(b, "src", "consumersd")
+        CLI = os.path.join(b, "client", "consumers")
+        PLUGIN_DIR = os.path.join(b, "src", "plugins", ".libs")
     only = set(args.only.upper().split(","))
     s = args.scale
 
@@ -435,6 +446,7 @@ def main():
     multiprocessing.set_start_method("fork")
     rep = Report()
     print("consumersd benchmark, scale %g, on %s" % (s, machine()))
+    print("consumersd: %s" % DAEMON)
     tmp = tempfile.mkdtemp(prefix="cnsd-bench-")
     ok = True
     try:

@@ -7,15 +7,17 @@ busy because it is the pool itself) is an error of the upstream stream,
 reported, never a hang."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CLI, Daemon, SLOWDOWN, assert_invariant, lines,  # noqa
-                     main)
+from harness import (CLI, Daemon, PLUGIN_DIR, SLOWDOWN, assert_invariant,  # noqa
+                     lines, main)
 import test_systemd  # noqa: E402  (Activated: a socket-activated daemon)
 
 
@@ -108,6 +110,13 @@ class Chaining(unittest.TestCase):
                     "kwargs": {"to": "closed"}}
         if os.geteuid() == 0:
             upstream["user"] = "nobody"
+            # nobody must be able to read the plugin: the build tree may
+            # be where it cannot (a clone under /root).
+            where = tempfile.mkdtemp(prefix="cnsd-squares-")
+            self.addCleanup(shutil.rmtree, where, True)
+            os.chmod(where, 0o755)
+            upstream["plugin"] = shutil.copy(
+                os.path.join(PLUGIN_DIR, "squares.so"), where)
         d = Daemon(pools(squares=upstream,
                          closed={"plugin": "sum",
                                  "allow": {"users": ["root"]}}),
