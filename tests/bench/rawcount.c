@@ -5,6 +5,7 @@
  * the completion handler returns the total.
  */
 #include <consumers/plugin.h>
+#include "../plugins/total.h"
 
 static json_t *
 rawcount_consume(cns_items *items, const cns_ctx *ctx)
@@ -18,17 +19,4 @@ rawcount_consume(cns_items *items, const cns_ctx *ctx)
 	return json_integer(n);
 }
 
-static json_t *
-rawcount_complete(json_t *results, const cns_ctx *ctx)
-{
-	json_int_t total = 0;
-	size_t i;
-	json_t *v;
-
-	(void)ctx;
-	json_array_foreach(results, i, v)
-		total += json_integer_value(v);
-	return json_integer(total);
-}
-
-CONSUMERS_PLUGIN(.consume = rawcount_consume, .complete = rawcount_complete);
+CONSUMERS_PLUGIN(.consume = rawcount_consume, .complete = total_complete);
