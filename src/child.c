@@ -37,6 +37,11 @@ struct child {
 	char			*buf;		/* frames read from the master */
 	size_t			 cap, start, end;
 	struct worker_shm	*shm;		/* where consume is, for the master */
+	/* An ACK held back to leave with the next frame written (or before
+	 * the next read that waits): see child_ack(). */
+	int			 ack_held;
+	uint64_t		 ack_stream;
+	uint32_t		 ack[2];
 };
 
 struct cns_ctx {
@@ -112,11 +117,23 @@ child_write(struct child *ch, uint16_t type, uint64_t stream,
 		.version = FRAME_VERSION, .type = type,
 		.len = (uint32_t)(alen + blen), .stream = stream
 	};
-	struct iovec iov[3] = {
+	struct frame_hdr ah = {
+		.version = FRAME_VERSION, .type = F_ACK,
+		.len = sizeof ch->ack, .stream = ch->ack_stream
+	};
+	struct iovec iov[5] = {
+		{ &ah, sizeof ah }, { ch->ack, sizeof ch->ack },
 		{ &h, sizeof h }, { (void *)a, alen }, { (void *)b, blen }
 	};
 	struct iovec *v = iov;
-	int n = 3;
+	int n = 5;
+
+	/* A held ACK goes first, in the same write. */
+	if (!ch->ack_held) {
+		v += 2;
+		n -= 2;
+	}
+	ch->ack_held = 0;
 
 	while (n > 0) {
 		ssize_t w = writev(ch->fd, v, n);
@@ -136,6 +153,45 @@ child_write(struct child *ch, uint16_t type, uint64_t stream,
 			v->iov_len -= (size_t)w;
 		}
 	}
+}
+
+/* Write the held ACK now, alone. */
+static void
+child_ack_flush(struct child *ch)
+{
+	ch->ack_held = 0;
+	child_write(ch, F_ACK, ch->ack_stream, ch->ack, sizeof ch->ack, NULL,
+	    0);
+}
+
+/*
+ * Acknowledge a finished batch.  The ACK is held, to leave in the same
+ * write as the next frame, when that frame is sure to come before the
+ * worker waits for the master: `hold` (its RESULT follows), or the END
+ * of the items already read.  A one-item stream then wakes the master
+ * once, not twice.  Otherwise it goes at once, so that the master can
+ * refill the window.  child_fill writes a held ACK before it waits.
+ */
+static void
+child_ack(struct child *ch, uint64_t stream, uint32_t items, uint32_t bytes,
+    int hold)
+{
+	struct frame_hdr h;
+
+	if (ch->ack_held)
+		child_ack_flush(ch);
+	ch->ack_stream = stream;
+	ch->ack[0] = items;
+	ch->ack[1] = bytes;
+	ch->ack_held = 1;
+	if (hold)
+		return;
+	if (ch->end - ch->start >= FRAME_HDR_SIZE) {
+		memcpy(&h, ch->buf + ch->start, sizeof h);
+		if (h.type == F_END && h.stream == stream)
+			return;
+	}
+	child_ack_flush(ch);
 }
 
 /*
@@ -182,6 +238,8 @@ child_fill(struct child *ch, size_t want)
 			ch->cap = want;
 		}
 	}
+	if (ch->ack_held && ch->end - ch->start < want)
+		child_ack_flush(ch);	/* before waiting for the master */
 	while (ch->end - ch->start < want) {
 		ssize_t r = read(ch->fd, ch->buf + ch->end, ch->cap - ch->end);
 		if (r == -1 && errno == EINTR)
@@ -238,9 +296,8 @@ items_line(struct cns_items *it, char **line, size_t *len)
 		return -1;
 	while (it->p == it->end) {
 		if (it->batch_items > 0) {
-			uint32_t ack[2] = { it->batch_items, it->batch_bytes };
-			child_write(ch, F_ACK, it->stream, ack, sizeof ack,
-			    NULL, 0);
+			child_ack(ch, it->stream, it->batch_items,
+			    it->batch_bytes, 0);
 			it->batch_items = 0;
 		}
 		if (!child_read(ch, &h, &payload))
@@ -415,10 +472,8 @@ child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
 		while (items_line(&it, &line, &n) == 0)
 			it.skipped++;
 	}
-	if (it.batch_items > 0) {
-		uint32_t ack[2] = { it.batch_items, it.batch_bytes };
-		child_write(ch, F_ACK, stream, ack, sizeof ack, NULL, 0);
-	}
+	if (it.batch_items > 0)		/* leaves with the RESULT */
+		child_ack(ch, stream, it.batch_items, it.batch_bytes, 1);
 	reply = json_pack("{s:o,s:s?,s:I,s:I,s:I}",
 	    "result", result != NULL ? result : json_null(),
 	    "error", ctx.error,
