@@ -468,20 +468,21 @@ client_header(struct client *c)
  * stream that is a read, an ioctl, a callback and a small batch per 4 KiB.
  * After its read, take what else the socket holds in large reads, up to
  * the input's high-water mark (so memory stays bounded as before).
- * Returns 1 at EOF, which the caller handles at once (the stream's END
- * frames then leave with its items); errors are left for libevent's next
- * read to see.
+ * Returns BEV_EVENT_EOF or BEV_EVENT_ERROR when a read met the end of the
+ * connection, which the caller handles at once (a short stream's END
+ * frames then leave with its items), else 0.
  */
 #define SLURP_MAX	(256u << 10)
 
 static void	client_eventcb(struct bufferevent *, short, void *);
 
-static int
+static short
 client_slurp(struct client *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
 	size_t have = evbuffer_get_length(in), high = 0;
-	int fd = bufferevent_getfd(c->bev), eof = 0;
+	int fd = bufferevent_getfd(c->bev);
+	short end = 0;
 
 	bufferevent_getwatermark(c->bev, EV_READ, NULL, &high);
 	/* A bufferevent keeps its input's end frozen but while it reads. */
@@ -499,7 +500,12 @@ client_slurp(struct client *c)
 			v.iov_len = want;
 		r = read(fd, v.iov_base, v.iov_len);
 		if (r <= 0) {
-			eof = r == 0;
+			/* ECONNRESET is told once: libevent would not see it */
+			if (r == 0)
+				end = BEV_EVENT_EOF;
+			else if (errno != EAGAIN && errno != EWOULDBLOCK &&
+			    errno != EINTR)
+				end = BEV_EVENT_ERROR;
 			break;
 		}
 		want = v.iov_len;
@@ -511,7 +517,7 @@ client_slurp(struct client *c)
 			break;		/* the socket is drained */
 	}
 	evbuffer_freeze(in, 0);
-	return eof;
+	return end;
 }
 
 static void
@@ -532,15 +538,14 @@ client_readcb(struct bufferevent *bev, void *arg)
 			return;
 	}
 	if (c->stream != NULL) {
-		int eof = 0;
+		short end = 0;
 		if (c->reading) {
 			now_mono(&c->last_in);
-			eof = client_slurp(c);
+			end = client_slurp(c);
 		}
 		stream_input(c->stream);
-		if (eof && !c->eof && !c->closing)
-			client_eventcb(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF,
-			    c);
+		if (end != 0 && !c->eof && !c->closing)
+			client_eventcb(c->bev, BEV_EVENT_READING | end, c);
 	}
 }
 
@@ -773,7 +778,7 @@ client_accept(struct evconnlistener *l, evutil_socket_t fd,
 	bufferevent_set_max_single_read(c->bev, 256u << 10);
 	bufferevent_set_timeouts(c->bev, NULL, &write_tv);
 	bufferevent_enable(c->bev, EV_READ);
-	flush_init(&c->out, c->bev);
+	flush_init(&c->out, c->bev, 1);
 	if (client_peer(c, fd) == -1) {
 		client_refuse(c, "consumersd cannot tell who is connecting "
 		    "(SO_PEERCRED failed)");

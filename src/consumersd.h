@@ -141,9 +141,10 @@ struct bufferevent;
 struct flushable {
 	struct bufferevent	*bev;
 	int			 queued;
+	int			 notify;	/* write callback on each drain */
 	TAILQ_ENTRY(flushable)	 entry;
 };
-void	flush_init(struct flushable *, struct bufferevent *);
+void	flush_init(struct flushable *, struct bufferevent *, int notify);
 void	flush_later(struct flushable *);
 void	flush_cancel(struct flushable *, int write_first);
 void	flush_drained(struct flushable *);
@@ -260,6 +261,13 @@ struct worker_shm {
 	uint64_t	 ended;		/* the iterator reached the end */
 };
 
+/* One value of a worker's page, as the master reads it. */
+static inline uint64_t
+shm_load(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
 struct worker {
 	pid_t		 pid;
 	struct pool	*pool;
@@ -300,6 +308,7 @@ void		 worker_send(struct worker *, uint16_t type, uint64_t stream,
 void		 worker_send_json(struct worker *, uint16_t type,
 		    uint64_t stream, json_t *);
 struct evbuffer	*worker_output(struct worker *);
+int		 worker_alive(const struct worker *);
 void		 worker_stop(struct worker *);
 void		 worker_stop_all(void);
 void		 worker_kill_all(void);
@@ -335,7 +344,6 @@ struct lane {
 	uint64_t	 quarantined;
 	uint64_t	 acked;		/* finished by workers that died
 					   (redeliver counts them consumed) */
-	unsigned	 crashes;	/* workers it lost */
 	unsigned	 fruitless;	/* lost before starting an item */
 	unsigned	 end_crashes;	/* lost after the items ended */
 	struct range	*ranges;	/* seqs given to the lane */

@@ -10,8 +10,9 @@
  * left to the bufferevent: EV_WRITE is enabled, and libevent's write
  * event, its write timeout and the owner's write callback run until the
  * output drains; the owner's write callback then calls flush_drained().
- * Either way the owner's write callback runs once the output has drained,
- * as with libevent's own writes.
+ * An owner that asks (flush_init's notify) has its write callback run
+ * once the output has drained, whoever wrote it, as with libevent's own
+ * writes.
  */
 #include <errno.h>
 
@@ -55,7 +56,7 @@ flush_now(struct flushable *f)
 		 * write event takes over, and calls the owner's write
 		 * callback once the output drained. */
 		bufferevent_enable(f->bev, EV_WRITE);
-	} else if (wrote)
+	} else if (wrote && f->notify)
 		/* Drained here: the owner's write callback, as libevent
 		 * would have called it (on the next loop turn). */
 		bufferevent_trigger(f->bev, EV_WRITE,
@@ -77,14 +78,18 @@ flush_run(evutil_socket_t fd, short ev, void *arg)
 	}
 }
 
+/* notify: the owner's write callback wants to know whenever the output
+ * drained (a client: to close, or to read again); else only libevent's
+ * write event, after a partial write, calls it. */
 void
-flush_init(struct flushable *f, struct bufferevent *bev)
+flush_init(struct flushable *f, struct bufferevent *bev, int notify)
 {
 	if (flush_ev == NULL &&
 	    (flush_ev = event_new(cns_base, -1, 0, flush_run, NULL)) == NULL)
 		fatalx("%s: event_new", __func__);
 	f->bev = bev;
 	f->queued = 0;
+	f->notify = notify;
 	bufferevent_disable(bev, EV_WRITE);
 }
 

@@ -204,7 +204,7 @@ stream_pick(struct stream *s, struct flow_room *room, unsigned *tried)
 		struct worker *w = s->w[s->rr % s->nw];
 		s->rr++;
 		(*tried)++;
-		if (w != NULL && worker_output(w) != NULL &&
+		if (w != NULL && worker_alive(w) &&
 		    s->lanes[w->index].resend_off >=
 		    s->lanes[w->index].resend_end &&
 		    credit_room(&w->credit, c->window_bytes, c->window_items,
@@ -393,27 +393,26 @@ lane_resend(struct stream *s, struct lane *l)
 	const struct conf *c = cns_conf;
 	struct worker *w = s->w[l->index];
 
-	while (w != NULL && worker_output(w) != NULL &&
+	while (w != NULL && worker_alive(w) &&
 	    l->resend_off < l->resend_end) {
 		struct spool_rec r;
 		char *buf, *p, *run, *end;
 		uint64_t seq, run_first = 0;
 		uint32_t run_n = 0;
 
-		if (spool_rec_at(l->spool, l->resend_off, &r) == -1 ||
-		    (buf = spool_lines(l->spool, l->resend_off, &r)) == NULL) {
-			char why[200];
-			snprintf(why, sizeof why, "the spool file could not be "
-			    "read back: %s", strerror(errno));
-			stream_lane_fail(l, why);
-			return -1;
+		if (spool_rec_at(l->spool, l->resend_off, &r) == -1)
+			goto unreadable;
+		if (r.first + r.count <= l->resend_from) {
+			/* redeliver: all of it was done before the crash */
+			l->resend_off += sizeof r + r.nbytes;
+			continue;
 		}
 		if (w->credit.items > 0 && (w->credit.items + r.count >
 		    c->window_items || w->credit.bytes + r.nbytes >
-		    c->window_bytes)) {
-			free(buf);
+		    c->window_bytes))
 			break;		/* wait for acks */
-		}
+		if ((buf = spool_lines(l->spool, l->resend_off, &r)) == NULL)
+			goto unreadable;
 		p = run = buf;
 		end = buf + r.nbytes;
 		for (seq = r.first; seq < r.first + r.count && p < end; seq++) {
@@ -440,6 +439,14 @@ lane_resend(struct stream *s, struct lane *l)
 		l->resend_off += sizeof r + r.nbytes;
 	}
 	return 0;
+
+unreadable: {
+	char why[200];
+	snprintf(why, sizeof why, "the spool file could not be read back: "
+	    "%s", strerror(errno));
+	stream_lane_fail(l, why);
+	return -1;
+	}
 }
 
 /* END to every lane whose worker has had all of its lines. */
@@ -662,7 +669,7 @@ stream_consumed(struct stream *s)
 	if (s->pool->has_complete)
 		for (unsigned i = 0; i < s->nw && keep == NULL; i++)
 			if (s->w[i] != NULL && !s->w[i]->closed &&
-			    !s->w[i]->reaped && worker_output(s->w[i]) != NULL)
+			    !s->w[i]->reaped && worker_alive(s->w[i]))
 				keep = s->w[i];
 	if (keep == NULL) {
 		stream_finish(s);
@@ -884,12 +891,6 @@ stream_attempt(struct stream *s, uint64_t seq)
 	return 1;
 }
 
-static uint64_t
-shm_get(const uint64_t *p)
-{
-	return __atomic_load_n(p, __ATOMIC_RELAXED);
-}
-
 /*
  * A lane's worker died inside its consume call.  Decide from where it was
  * (the shared page, checked against what it was sent) whether an item is
@@ -905,13 +906,12 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 
 	s->crashes++;
 	s->pool->crashes++;
-	l->crashes++;
 	if (w->shm != NULL) {
-		cur = shm_get(&w->shm->cur);
-		last_done = shm_get(&w->shm->last_done);
-		ndone = shm_get(&w->shm->ndone);
-		started = shm_get(&w->shm->started);
-		ended = shm_get(&w->shm->ended);
+		cur = shm_load(&w->shm->cur);
+		last_done = shm_load(&w->shm->last_done);
+		ndone = shm_load(&w->shm->ndone);
+		started = shm_load(&w->shm->started);
+		ended = shm_load(&w->shm->ended);
 	}
 	/* Killed for item_timeout, unless it finished that item between
 	 * the look and the kill. */

@@ -75,6 +75,17 @@ worker_describe_exit(int status)
 	return s;
 }
 
+/* Close the master's end of the worker's socket, dropping unsent frames. */
+static void
+worker_drop_socket(struct worker *w)
+{
+	if (w->bev == NULL)
+		return;
+	flush_cancel(&w->out, 0);
+	bufferevent_free(w->bev);
+	w->bev = NULL;
+}
+
 /* A worker that breaks the protocol is killed; worker_gone follows. */
 static void
 worker_protocol(struct worker *w, const char *why)
@@ -82,11 +93,7 @@ worker_protocol(struct worker *w, const char *why)
 	log_warnx("pool %s: worker %u (pid %ld): protocol error: %s; "
 	    "killing it", w->pool->pc->name, w->slot, (long)w->pid, why);
 	kill(w->pid, SIGKILL);
-	if (w->bev != NULL) {
-		flush_cancel(&w->out, 0);
-		bufferevent_free(w->bev);
-		w->bev = NULL;
-	}
+	worker_drop_socket(w);
 	w->closed = 1;
 	if (w->reaped)
 		worker_gone(w);
@@ -246,9 +253,7 @@ worker_eventcb(struct bufferevent *bev, short what, void *arg)
 	(void)bev;
 	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
 		return;
-	flush_cancel(&w->out, 0);
-	bufferevent_free(w->bev);
-	w->bev = NULL;
+	worker_drop_socket(w);
 	w->closed = 1;
 	if (w->reaped)
 		worker_gone(w);
@@ -322,7 +327,7 @@ worker_spawn(struct pool *p, unsigned slot)
 	    w);
 	bufferevent_set_max_single_read(w->bev, 256u << 10);
 	bufferevent_enable(w->bev, EV_READ);
-	flush_init(&w->out, w->bev);
+	flush_init(&w->out, w->bev, 0);
 	w->hnext = worker_table[(unsigned)pid % WORKER_HASH];
 	worker_table[(unsigned)pid % WORKER_HASH] = w;
 	worker_total++;
@@ -357,11 +362,7 @@ worker_reap(void)
 			worker_readcb(w->bev, w);
 			if (worker_find(pid) != w)
 				continue;	/* already dropped */
-			if (w->bev != NULL) {
-				flush_cancel(&w->out, 0);
-		bufferevent_free(w->bev);
-				w->bev = NULL;
-			}
+			worker_drop_socket(w);
 			w->closed = 1;
 		}
 		if (w->closed)
@@ -452,6 +453,13 @@ worker_output(struct worker *w)
 	return bufferevent_get_output(w->bev);
 }
 
+/* Its socket is still there: frames can be sent to it. */
+int
+worker_alive(const struct worker *w)
+{
+	return w->bev != NULL;
+}
+
 /* Ask a worker to exit: it sees EOF on its socket, runs fini and exits. */
 void
 worker_stop(struct worker *w)
@@ -479,12 +487,6 @@ worker_kill_all(void)
 	for (unsigned i = 0; i < WORKER_HASH; i++)
 		for (struct worker *w = worker_table[i]; w; w = w->hnext)
 			kill(w->pid, SIGKILL);
-}
-
-static uint64_t
-shm_load(const uint64_t *p)
-{
-	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
 /*
