@@ -421,6 +421,9 @@ main(int argc, char **argv)
 	cns_debug = debug;
 	proctitle_init(argc, argv);
 	signal(SIGPIPE, SIG_IGN);
+	/* A spool file past RLIMIT_FSIZE (systemd's LimitFSIZE=) fails its
+	 * write with EFBIG, reported like a full disk, instead of killing. */
+	signal(SIGXFSZ, SIG_IGN);
 
 	if ((cns_base = event_base_new()) == NULL)
 		fatalx("event_base_new");

@@ -38,88 +38,37 @@ static char		 note[256];	/* notify_status(): sticky, appended */
 static uint64_t		 last_items;
 static double		 last_time;
 
-static double
-now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-struct counts {
-	unsigned	 open, queued;
-	unsigned	 busy, idle, total;
-};
-
-static int
-ptrcmp(const void *a, const void *b)
-{
-	uintptr_t x = (uintptr_t)*(void *const *)a;
-	uintptr_t y = (uintptr_t)*(void *const *)b;
-
-	return (x > y) - (x < y);
-}
-
 /*
- * A stream is open while it waits in its pool's queue, holds a leased
- * worker, or has a lane waiting for a new one after a crash.  The last two
- * can name the same stream many times: collect the pointers and count the
- * distinct ones.
+ * One STATUS= line: the streams not yet done (as `status` counts them),
+ * the workers, and items/s since the last line.
  */
-static void
-count_pool(struct pool *p, struct counts *n)
-{
-	struct worker *w;
-	struct stream *s;
-	struct lane *l;
-	void **seen;
-	size_t nseen = 0, cap = p->nworkers + 1;
-
-	TAILQ_FOREACH(s, &p->queue, qentry)
-		n->queued++;
-	TAILQ_FOREACH(l, &p->lanes, wentry)
-		cap++;
-	if ((seen = calloc(cap, sizeof *seen)) == NULL)
-		fatal("%s: calloc", __func__);
-	TAILQ_FOREACH(w, &p->workers, entry) {
-		n->total++;
-		if (w->state == W_IDLE)
-			n->idle++;
-		else if (w->state == W_LEASED) {
-			n->busy++;
-			if (w->stream != NULL && nseen < cap)
-				seen[nseen++] = w->stream;
-		}
-	}
-	TAILQ_FOREACH(l, &p->lanes, wentry)
-		if (l->stream != NULL && nseen < cap)
-			seen[nseen++] = l->stream;
-	qsort(seen, nseen, sizeof *seen, ptrcmp);
-	for (size_t i = 0; i < nseen; i++)
-		if (i == 0 || seen[i] != seen[i - 1])
-			n->open++;
-	free(seen);
-}
-
-/* One STATUS= line: what the pools hold now, and items/s since the last. */
 static void
 send_status(void)
 {
-	struct counts n = { 0 };
+	unsigned open = 0, queued = 0, busy = 0, idle = 0;
+	struct client *cursor = NULL;
+	struct stream *s;
+	struct worker *w;
 	struct pool *p;
-	double t = now(), rate = 0;
+	double t = cns_now(), rate = 0;
 
+	while ((s = client_stream_next(&cursor)) != NULL) {
+		queued += s->state == S_QUEUED;
+		open += s->state != S_DONE;
+	}
 	TAILQ_FOREACH(p, pool_all(), entry)
-		count_pool(p, &n);
+		TAILQ_FOREACH(w, &p->workers, entry) {
+			idle += w->state == W_IDLE;
+			busy += w->state == W_LEASED;
+		}
 	if (t > last_time)
 		rate = (double)(cns_items_in - last_items) / (t - last_time);
 	last_items = cns_items_in;
 	last_time = t;
 	sd_notifyf(0, "STATUS=%s: streams %u open (%u queued), workers %u "
-	    "busy, %u idle, %u total, %.0f items/s%s%s", phase,
-	    n.open + n.queued, n.queued, n.busy, n.idle, n.total, rate,
-	    note[0] != '\0' ? "; " : "", note);
+	    "busy, %u idle, %u total, %.0f items/s%s%s", phase, open, queued,
+	    busy, idle, worker_count(), rate, note[0] != '\0' ? "; " : "",
+	    note);
 }
 
 static void
@@ -153,7 +102,7 @@ notify_init(struct event_base *base)
 	if (getenv("NOTIFY_SOCKET") == NULL)
 		return;
 	enabled = 1;
-	last_time = now();
+	last_time = cns_now();
 	status_ev = evtimer_new(base, on_status, NULL);
 	if (status_ev == NULL)
 		fatalx("%s: event_new", __func__);

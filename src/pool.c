@@ -435,21 +435,24 @@ pool_unavailable(struct pool *p)
 	return pool_broken(p);
 }
 
-/* Why the pool's own workers cannot serve: failed starts. */
+/*
+ * Why the pool's own workers cannot serve: failed starts, and no worker
+ * up.  A pool marked failed (max_init_failures) whose other workers run
+ * still serves with them.
+ */
 static const char *
 pool_broken(struct pool *p)
 {
 	struct worker *w;
 
-	if (p->failed)
-		return p->last_error != NULL ? p->last_error :
-		    "its workers keep dying while they start";
-	if (p->init_failures == 0)
+	if (!p->failed && p->init_failures == 0)
 		return NULL;
 	TAILQ_FOREACH(w, &p->workers, entry)
 		if (w->state == W_IDLE || w->state == W_LEASED)
 			return NULL;
-	return p->last_error != NULL ? p->last_error :
+	if (p->last_error != NULL)
+		return p->last_error;
+	return p->failed ? "its workers keep dying while they start" :
 	    "its workers fail to start";
 }
 
@@ -552,26 +555,28 @@ pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
 	pool_retire_check(p);	/* may free p */
 }
 
+/* A pool's own timers: respawns, item_timeout's watch, its manager. */
+static void
+pool_timers_del(struct pool *p)
+{
+	if (p->respawn_ev != NULL)
+		evtimer_del(p->respawn_ev);
+	if (p->watch_ev != NULL)
+		event_del(p->watch_ev);
+	if (p->manage_ev != NULL)
+		event_del(p->manage_ev);
+}
+
 void
 pool_stop_all(void)
 {
 	struct pool *p;
 
 	pools_stopping = 1;
-	TAILQ_FOREACH(p, &pools, entry) {
-		if (p->respawn_ev != NULL)
-			evtimer_del(p->respawn_ev);
-		if (p->watch_ev != NULL)
-			event_del(p->watch_ev);
-		if (p->manage_ev != NULL)
-			event_del(p->manage_ev);
-	}
-	TAILQ_FOREACH(p, &retired, entry) {
-		if (p->respawn_ev != NULL)
-			evtimer_del(p->respawn_ev);
-		if (p->manage_ev != NULL)
-			event_del(p->manage_ev);
-	}
+	TAILQ_FOREACH(p, &pools, entry)
+		pool_timers_del(p);
+	TAILQ_FOREACH(p, &retired, entry)
+		pool_timers_del(p);
 }
 
 void

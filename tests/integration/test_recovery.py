@@ -12,7 +12,7 @@ import time
 import unittest
 
 from harness import (Daemon, assert_invariant, final_of, lines, main,
-                     rejections, test_plugin)
+                     rejections, test_plugin, wait_for)
 
 
 def quarantines(replies):
@@ -330,6 +330,25 @@ class BrokenPools(unittest.TestCase):
             self.assertLessEqual(d.log_text().count("failed start"), n + 2)
             rc, final, err = d.cli("submit", "sum", input=b"1\n2\n")
             self.assertEqual(rc, 0, err)
+
+
+    def test_failed_slot_leaves_its_healthy_worker_serving(self):
+        # Worker 2 can never start, so the pool is marked failed; worker 1
+        # runs, and the pool keeps serving with it.
+        pools = {"half": {"plugin": test_plugin("failinit"), "workers": 2,
+                          "max_init_failures": 2,
+                          "kwargs": {"fail_slots": [2]}}}
+        with Daemon(pools) as d:
+            wait_for(lambda: "pool half failed" in d.log_text(),
+                     what="the pool to be marked failed")
+            for n in (3, 5):
+                rc, final, err = d.cli("submit", "half",
+                                       input=lines(range(n)))
+                self.assertEqual(rc, 0, err)
+                self.assertTrue(final["ok"], final)
+                self.assertEqual(final["consumed"], n)
+                self.assertEqual(final["results"], [n])
+                assert_invariant(self, final)
 
 
 class CompleteFailure(unittest.TestCase):
