@@ -544,8 +544,9 @@ pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
 			p->failed = 1;
 			log_warnx("pool %s failed: its workers died while "
 			    "starting %u times in a row (max_init_failures); "
-			    "while none of its workers is up it refuses streams, and "
-			    "keeps trying every %u s at most", p->pc->name,
+			    "while none of its workers is up it refuses "
+			    "streams, and keeps trying every %u s at most",
+			    p->pc->name,
 			    p->init_failures, RESPAWN_MAX_MS / 1000);
 		}
 	}
