@@ -158,10 +158,8 @@ now_mono(struct timespec *ts)
 static void
 timer_set(struct client *c, double seconds)
 {
-	struct timeval tv;
+	struct timeval tv = cns_tv(seconds);
 
-	tv.tv_sec = (time_t)seconds;
-	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
 	evtimer_add(c->timer, &tv);
 }
 

@@ -230,9 +230,7 @@ stop(int sig)
 	draining = 1;
 	TAILQ_FOREACH(p, pool_all(), entry)
 		pool_dispatch(p);	/* refuses what is queued */
-	tv.tv_sec = (time_t)cns_conf->shutdown_timeout;
-	tv.tv_usec = (suseconds_t)((cns_conf->shutdown_timeout -
-	    (double)tv.tv_sec) * 1e6);
+	tv = cns_tv(cns_conf->shutdown_timeout);
 	drain_timer = evtimer_new(cns_base, on_drain_timer, NULL);
 	evtimer_add(drain_timer, &tv);
 	cns_stream_freed();	/* the refused ones may be all there was */

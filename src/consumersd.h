@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 #include <sys/queue.h>
+#include <sys/time.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -241,6 +242,7 @@ void		 pool_stream_new(struct pool *);
 void		 pool_stream_free(struct pool *);
 void		 pool_demand(struct pool *);
 double		 cns_now(void);
+struct timeval	 cns_tv(double seconds);
 void		 pool_free_all(void);
 
 /* worker.c: the master's side of worker processes, a table keyed by pid */

@@ -86,8 +86,7 @@ pool_new(struct pool_conf *pc)
 		struct timeval tv;
 		if (every < 0.05)
 			every = 0.05;
-		tv.tv_sec = (time_t)every;
-		tv.tv_usec = (suseconds_t)((every - (double)tv.tv_sec) * 1e6);
+		tv = cns_tv(every);
 		p->manage_ev = event_new(cns_base, -1, EV_PERSIST, pool_manage,
 		    p);
 		event_add(p->manage_ev, &tv);
@@ -101,8 +100,7 @@ pool_new(struct pool_conf *pc)
 			every = 0.01;
 		if (every > 1)
 			every = 1;
-		tv.tv_sec = (time_t)every;
-		tv.tv_usec = (suseconds_t)((every - (double)tv.tv_sec) * 1e6);
+		tv = cns_tv(every);
 		p->watch_ev = event_new(cns_base, -1, EV_PERSIST, pool_watch, p);
 		event_add(p->watch_ev, &tv);
 	}
@@ -230,6 +228,17 @@ cns_now(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Seconds as a timeval, for libevent's timers. */
+struct timeval
+cns_tv(double seconds)
+{
+	struct timeval tv;
+
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	return tv;
 }
 
 /* Workers that streams are waiting for: queued wants and lanes. */

@@ -80,9 +80,7 @@ stream_new(struct client *c, struct pool *p, unsigned want, json_t *params)
 	TAILQ_INSERT_TAIL(&p->queue, s, qentry);
 	pool_demand(p);
 	s->timer = evtimer_new(cns_base, stream_timeout, s);
-	tv.tv_sec = (time_t)p->pc->queue_timeout;
-	tv.tv_usec = (suseconds_t)((p->pc->queue_timeout - (double)tv.tv_sec) *
-	    1e6);
+	tv = cns_tv(p->pc->queue_timeout);
 	evtimer_add(s->timer, &tv);
 	return s;
 }
