@@ -236,6 +236,28 @@ class DyingWorkers(unittest.TestCase):
             self.assertEqual(final["errors"][0]["seqs"], [[1, 3]])
             assert_invariant(self, final)
 
+    def test_consume_dying_before_its_first_item_is_bounded(self):
+        # A consume call that dies before it takes any item is run again
+        # (replay), max_attempts times in all; then its lane is reported
+        # lost, and no item is blamed or quarantined.
+        pools = {"crash": {"plugin": test_plugin("crash"), "workers": 1,
+                           "max_attempts": 2}}
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "crash",
+                 "params": {"start": "segv"}}, lines([1, 2, 3]))
+            self.assertEqual(final["crashes"], 2)
+            self.assertEqual(final["quarantined"], 0)
+            self.assertEqual(final["unconsumed"], 3)
+            [e] = final["errors"]
+            self.assertIn("consume died 2 times before it took an item",
+                          e["error"])
+            self.assertEqual(e["seqs"], [[1, 3]])
+            assert_invariant(self, final)
+            # The pool goes on: its replacement worker serves.
+            rc, final, err = d.cli("submit", "crash", input=b"1\n2\n")
+            self.assertEqual((rc, final["consumed"]), (0, 2), err)
+
     def test_every_worker_dead_rest_is_reported(self):
         # The only worker dies early in a long stream: the daemon reads
         # the rest to the end and names it, so every item is accounted.

@@ -2,8 +2,9 @@
  * crash - a test plugin that dies on demand: the item "segv" raises
  * SIGSEGV, {"exit": N} calls exit(N).  Other items are counted; the result
  * is the count.  complete dies the same way when params say
- * {"complete": "segv"}, and consume dies after its items ended when they
- * say {"end": "segv"} or {"end": {"exit": N}}.
+ * {"complete": "segv"}, consume dies before it takes an item when they say
+ * {"start": "segv"}, and after its items ended when they say
+ * {"end": "segv"} or {"end": {"exit": N}}.
  */
 #include <signal.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ crash_consume(cns_items *items, const cns_ctx *ctx)
 	json_int_t n = 0;
 	json_t *item;
 
+	maybe_die(json_object_get(cns_params(ctx), "start"));
 	while ((item = cns_next(items)) != NULL) {
 		maybe_die(item);
 		n++;
