@@ -520,8 +520,13 @@ status(const char *sockpath, int argc, char **argv)
 			print_json(v);
 		else
 			print_status(v);
-		fflush(stdout);
 		json_decref(v);
+		/* A reader that went away (SIGPIPE ignored by whoever started
+		 * us) or a full disk ends a watch instead of looping. */
+		if (fflush(stdout) == EOF || ferror(stdout)) {
+			json_decref(header);
+			die("standard output: %s", strerror(errno));
+		}
 		if (every <= 0)
 			break;
 		ts.tv_sec = (time_t)every;
@@ -548,7 +553,7 @@ pools(const char *sockpath, int argc, char **argv)
 	v = ask(sockpath, header);
 	json_decref(header);
 	if (v == NULL)
-		return EXIT_CLEAN;
+		die("pools: no answer from the daemon");
 	if ((rc = refused(v)) == 0) {
 		if (json)
 			print_json(v);
@@ -574,7 +579,7 @@ reload(const char *sockpath, int argc, char **argv)
 	v = ask(sockpath, header);
 	json_decref(header);
 	if (v == NULL)
-		return EXIT_CLEAN;
+		die("reload: no answer from the daemon");
 	if ((rc = refused(v)) == 0)
 		printf("reloaded: %s\n", json_string_value(json_object_get(v,
 		    "reloaded")));
@@ -588,7 +593,9 @@ main(int argc, char **argv)
 	const char *sockpath = NULL;
 	int ch;
 
-	signal(SIGPIPE, SIG_IGN);
+	/* SIGPIPE keeps its default: the daemon's socket is written with
+	 * MSG_NOSIGNAL, and a closed standard output (status --watch | head)
+	 * ends the program. */
 	while ((ch = getopt(argc, argv, "+s:V")) != -1) {
 		switch (ch) {
 		case 's':

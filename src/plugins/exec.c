@@ -340,16 +340,26 @@ static int
 pull_item(struct run *r)
 {
 	json_t *item = cns_next(r->items);
-	size_t need;
+	size_t need, room;
 
 	if (item == NULL)
 		return 0;
-	need = json_dumpb(item, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
-	if (need == 0 || buf_reserve(&r->in, need + 1) == -1 ||
-	    marks_room(r) == -1)
+	if (marks_room(r) == -1)
 		return -1;
-	json_dumpb(item, r->in.p + r->in.len, need,
+	/* Encoded straight into the free space; grown and encoded again
+	 * only when it did not fit (or left no room for the newline). */
+	room = r->in.cap - r->in.len;
+	need = json_dumpb(item, room > 0 ? r->in.p + r->in.len : NULL, room,
 	    JSON_COMPACT | JSON_ENCODE_ANY);
+	if (need == 0)
+		return -1;
+	if (need >= room) {
+		if (buf_reserve(&r->in, need + 1) == -1)
+			return -1;
+		if (need > room && json_dumpb(item, r->in.p + r->in.len, need,
+		    JSON_COMPACT | JSON_ENCODE_ANY) != need)
+			return -1;
+	}
 	r->in.len += need;
 	r->in.p[r->in.len++] = '\n';
 	r->appended += need + 1;

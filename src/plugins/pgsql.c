@@ -103,7 +103,7 @@ struct pg {
 	char		 local_why[160];
 	uint64_t	 bad_first;
 	char		 bad_why[256];
-	int		 commit_lost, commit_found;
+	int		 commit_found;
 };
 
 /* ---- small helpers ---- */
@@ -332,11 +332,12 @@ skip_add(struct pg *pg, uint64_t r)
 	uint64_t *p;
 
 	if (pg->nskip == pg->skipcap) {
-		pg->skipcap = pg->skipcap ? 2 * pg->skipcap : 8;
-		p = realloc(pg->skip, pg->skipcap * sizeof(*p));
+		size_t cap = pg->skipcap ? 2 * pg->skipcap : 8;
+		p = realloc(pg->skip, cap * sizeof(*p));
 		if (p == NULL)
 			return -1;
 		pg->skip = p;
+		pg->skipcap = cap;
 	}
 	for (i = pg->nskip; i > 0 && pg->skip[i - 1] > r; i--)
 		pg->skip[i] = pg->skip[i - 1];
@@ -777,11 +778,12 @@ note_row(struct pg *pg, uint64_t seq)
 
 	if (pg->nruns == 0 || seq != pg->last_seq + 1) {
 		if (pg->nruns == pg->runcap) {
-			pg->runcap = pg->runcap ? 2 * pg->runcap : 64;
-			p = realloc(pg->runs, pg->runcap * sizeof(*p));
+			size_t cap = pg->runcap ? 2 * pg->runcap : 64;
+			p = realloc(pg->runs, cap * sizeof(*p));
 			if (p == NULL)
 				return -1;
 			pg->runs = p;
+			pg->runcap = cap;
 		}
 		pg->runs[pg->nruns].seq = seq;
 		pg->runs[pg->nruns].row = pg->rows;
@@ -1107,7 +1109,7 @@ reset_tx(struct pg *pg)
 	pg->local_bad = pg->local_first = 0;
 	pg->bad_first = 0;
 	pg->bad_why[0] = '\0';
-	pg->commit_lost = pg->commit_found = 0;
+	pg->commit_found = 0;
 }
 
 /* Leave no transaction open on a live connection (a failed one would
@@ -1170,7 +1172,6 @@ commit(struct pg *pg)
 			continue;
 		}
 		/* Lost during COMMIT: did it commit?  The token says. */
-		pg->commit_lost = 1;
 		pg->sending = 0;
 		if (pg->losses++ == 0) {
 			pg->lost_seq = pg->last_seq;

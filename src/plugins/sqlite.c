@@ -99,10 +99,6 @@ read_kwargs(const cns_ctx *ctx, struct db *db, json_t *kw, int *create,
 	json_t *v;
 	size_t i;
 
-	if (kw != NULL && !json_is_object(kw)) {
-		cns_fail(ctx, "sqlite: kwargs must be an object");
-		return -1;
-	}
 	if (json_array_size(cns_args(ctx)) > 0) {
 		cns_fail(ctx, "sqlite: the plugin takes no args; give its "
 		    "settings in kwargs (database, table, columns, create, "
@@ -308,8 +304,10 @@ setup(const cns_ctx *ctx, struct db *db, int create)
 	/* Untyped columns keep each value as it came (an integer stays an
 	 * INTEGER, text stays TEXT). */
 	if (create && asprintf(&sql, "CREATE TABLE IF NOT EXISTS main.\"%s\""
-	    "(%s%s)", db->table, cols, db->cols == NULL ? " TEXT" : "") == -1)
+	    "(%s%s)", db->table, cols, db->cols == NULL ? " TEXT" : "") == -1) {
+		sql = NULL;
 		goto oom;
+	}
 	if (create && exec(ctx, db, sql, "cannot create the table") == -1)
 		goto out;
 	free(sql);

@@ -6,8 +6,9 @@
  * {"count":N,"sum":S,"downstream":C}: how many numbers it squared, the sum
  * of their squares, and the downstream stream's completion.  The
  * completion handler adds counts and sums, and lists the downstream
- * completions.  A downstream pool that refuses the stream or fails is an
- * error of this stream, with the downstream's reason.
+ * completions.  A downstream pool that refuses the stream or fails, or
+ * does not consume every square (some rejected or quarantined), is an
+ * error of this stream, with the downstream's reason or counts.
  *
  * It reaches the daemon through $CONSUMERS_SOCKET, which consumersd sets
  * for every worker.  The client library is linked in (a static copy), so
@@ -118,10 +119,17 @@ squares(cns_items *items, const cns_ctx *ctx)
 		else if (!json_is_true(json_object_get(final, "ok")))
 			cns_fail(ctx, "pool %s: %s", to, err);
 		else if (json_integer_value(json_object_get(final,
-		    "rejected")) != 0)
-			cns_fail(ctx, "pool %s rejected %" JSON_INTEGER_FORMAT
-			    " squares", to, json_integer_value(
-			    json_object_get(final, "rejected")));
+		    "consumed")) != json_integer_value(json_object_get(final,
+		    "items")))
+			cns_fail(ctx, "pool %s consumed %" JSON_INTEGER_FORMAT
+			    " of %" JSON_INTEGER_FORMAT " squares (%"
+			    JSON_INTEGER_FORMAT " rejected, %" JSON_INTEGER_FORMAT
+			    " quarantined)", to, json_integer_value(
+			    json_object_get(final, "consumed")),
+			    json_integer_value(json_object_get(final, "items")),
+			    json_integer_value(json_object_get(final,
+			    "rejected")), json_integer_value(json_object_get(
+			    final, "quarantined")));
 		else
 			downstream = json_incref(json_object_get(final,
 			    "completion"));

@@ -17,7 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (CLI, Daemon, PLUGIN_DIR, SLOWDOWN, assert_invariant,  # noqa
-                     lines, main)
+                     lines, main, test_plugin)
 import test_systemd  # noqa: E402  (Activated: a socket-activated daemon)
 
 
@@ -155,6 +155,27 @@ class Chaining(unittest.TestCase):
             self.assertEqual(
                 e["error"], "pool loop: pool busy: no loop worker became "
                 "free within queue_timeout (1 s)")
+
+    def test_downstream_quarantine_is_an_error(self):
+        # The downstream consumer sleeps on its second item past
+        # item_timeout: that square is quarantined, the first consumed.
+        # Not every square was consumed, so the upstream call failed.
+        with Daemon(pools(
+                squares={"plugin": "squares", "workers": 1,
+                         "kwargs": {"to": "stuck"}},
+                stuck={"plugin": test_plugin("slow"), "workers": 1,
+                       "item_timeout": 0.3, "max_attempts": 1,
+                       "kwargs": {"every": 2, "usec": 5000000}})) as d:
+            rc, final, err = d.cli("submit", "squares", input=lines([3, 4]))
+            self.assertEqual(rc, 1, err)
+            assert_invariant(self, final)
+            self.assertEqual(final["consumed"], 2)
+            [e] = final["errors"]
+            self.assertEqual(e["error"], "pool stuck consumed 1 of 2 "
+                             "squares (0 rejected, 1 quarantined)")
+            self.assertEqual(final["completion"]["sum"], 25)
+            st = status_of(d, "stuck")
+            self.assertEqual(st["items"]["quarantined"], 1)
 
     def test_pool_env_overrides_consumers_socket(self):
         with Daemon(pools(squares={
