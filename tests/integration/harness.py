@@ -389,6 +389,25 @@ def read_lines(s):
     return [json.loads(l) for l in buf.split(b"\n") if l.strip()]
 
 
+def read_reply(s, timeout=10):
+    """The next reply line from socket s, read a byte at a time so that
+    nothing after it is taken from the socket (the lease line, say, before
+    the test goes on with the stream).  The socket's own timeout is left as
+    it was."""
+    before = s.gettimeout()
+    s.settimeout(timeout * SLOWDOWN)
+    buf = b""
+    try:
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(1)
+            if not chunk:
+                raise AssertionError("connection closed after %r" % buf)
+            buf += chunk
+    finally:
+        s.settimeout(before)
+    return json.loads(buf)
+
+
 def final_of(replies):
     for r in replies:
         if r.get("ok") is False or "items" in r:

@@ -13,7 +13,7 @@ import time
 import unittest
 
 from harness import (Daemon, assert_invariant, final_of, lines, main,
-                     read_lines, test_plugin)
+                     read_lines, read_reply, test_plugin)
 
 N = 100000
 KILLS = 20
@@ -30,11 +30,12 @@ class Chaos:
         self.kills = kills
         self.params = params
         self.done_killing = threading.Event()
+        self.stop = threading.Event()
         self.killed = 0
         self.rng = random.Random(seed)
 
     def killer(self):
-        while self.killed < self.kills:
+        while self.killed < self.kills and not self.stop.is_set():
             time.sleep(self.rng.uniform(0.06, 0.18))
             pids = self.d.worker_pids()
             if not pids:
@@ -63,11 +64,16 @@ class Chaos:
         for i in range(0, len(items), chunk):
             s.sendall(lines(items[i:i + chunk]))
             time.sleep(0.05)
-        self.done_killing.wait(60)
+        killed_all = self.done_killing.wait(60)
+        self.stop.set()
         s.shutdown(1)
         reader.join(120)
         k.join()
         s.close()
+        # Else the stream ended with fewer kills inside it than it claims.
+        if killed_all is not True:
+            raise AssertionError("only %d of %d kills within 60 s" %
+                                 (self.killed, self.kills))
         return replies, final_of(replies)
 
 
@@ -141,6 +147,12 @@ class ChaosTest(unittest.TestCase):
                 s.sendall(b'{"op":"submit","pool":"sum"}\n')
                 cut = rng.randrange(1000, 9000)
                 s.sendall(lines(items[:cut]))
+                # Once the lease says both are the stream's, at a random
+                # moment in it: the stream stays open until the rest of
+                # its items are sent, so both kills land inside it.
+                lease = read_reply(s, timeout=60)
+                self.assertTrue(lease["ok"], lease)
+                self.assertEqual(lease["workers"], 2, lease)
                 time.sleep(rng.uniform(0.01, 0.05))
                 for pid in pids:
                     os.kill(pid, signal.SIGKILL)

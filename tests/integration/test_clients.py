@@ -15,22 +15,10 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (wait_for, Daemon, lines, assert_invariant, test_plugin,  # noqa
-                     read_lines, final_of, rejections, main)
+                     read_lines, read_reply, final_of, rejections, main)
 
 SUM = {"sum": {"plugin": "sum"}}
 HEADER = b'{"op":"submit","pool":"sum"}\n'
-
-
-def read_reply(s, timeout=10):
-    """The next reply line from s."""
-    s.settimeout(timeout)
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(1)
-        if not chunk:
-            raise AssertionError("connection closed after %r" % buf)
-        buf += chunk
-    return json.loads(buf)
 
 
 def read_all(s, timeout=15):

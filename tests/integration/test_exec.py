@@ -165,8 +165,11 @@ class Consumers(unittest.TestCase):
                 else:
                     # No kwargs.complete: the completion is null.
                     self.assertIsNone(final["completion"])
-            # Every program was waited for: no zombie under a worker.
-            for w in d.worker_pids():
+            # Every program was waited for: no zombie under a worker (of
+            # the five, 3 + 2).
+            pids = d.worker_pids()
+            self.assertEqual(len(pids), 5, pids)
+            for w in pids:
                 self.assertEqual(children(w), [], "worker %d" % w)
 
     def test_params_and_environment(self):
@@ -201,13 +204,30 @@ class Failures(unittest.TestCase):
         with open(os.path.join(d.dir, "pools.d", "p.json"), "w") as f:
             json.dump(pool, f)
         with d:
+            before = sorted(d.worker_pids())
+            self.assertEqual(len(before), workers, before)
             rc, final, err = d.cli("submit", "p", input=lines(items))
             log = d.log_text()
-            # The worker survived, and serves the next stream.
-            rc2, final2, _ = d.cli("submit", "p", input=b"")
-            self.assertIsNotNone(final2)
-            for w in d.worker_pids():
-                self.assertEqual(children(w), [])
+            # The program failed, not its worker: no crash, the same
+            # workers, and they serve the next stream, where the program
+            # fails again (it always does) and is reported the same way.
+            self.assertEqual(final["crashes"], 0, final)
+            rc2, final2, err2 = d.cli("submit", "p", input=lines(items[:1]))
+            self.assertEqual(rc2, 1, err2)
+            self.assertIsNotNone(final2, err2)
+            self.assertFalse(final2["ok"])
+            self.assertEqual(final2["items"], 1, final2)
+            self.assertEqual(final2["crashes"], 0, final2)
+            self.assertEqual(len(final2["results"]), 1, final2)
+            assert_invariant(self, final2)
+            self.assertEqual([e["stage"] for e in final2["errors"]],
+                             ["consume"], final2)
+            self.assertIn("program %s " % prog, final2["errors"][0]["error"])
+            after = sorted(d.worker_pids())
+            self.assertEqual(after, before)
+            # Every program was waited for: no zombie under a worker.
+            for w in after:
+                self.assertEqual(children(w), [], "worker %d" % w)
         self.assertEqual(rc, 1, err)
         self.assertFalse(final["ok"])
         assert_invariant(self, final)

@@ -1,11 +1,13 @@
 /*
  * check_spool.c - unit tests for src/spool.c: records staged from an
  * evbuffer (left in place, across many chains) and flushed, read back by
- * offset, a line found by its seq, and a spool file that is unlinked from
- * the start.
+ * offset, a line found by its seq, a spool file that is unlinked from
+ * the start, and the errors: a write to a full disk, reads of a file
+ * shorter than its records say.
  */
 #include <sys/stat.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,6 +228,97 @@ START_TEST(test_stage_many_flush_once)
 }
 END_TEST
 
+/* A disk with no room left: the flush fails with ENOSPC, and keeps what
+ * it could not write staged (nothing is lost). */
+START_TEST(test_flush_no_space)
+{
+	struct evbuffer *st = evbuffer_new(), *in = evbuffer_new();
+	struct spool_rec r;
+	size_t staged;
+	int fd = open("/dev/full", O_WRONLY | O_CLOEXEC);
+
+	ck_assert_int_ge(fd, 0);
+	evbuffer_add_printf(in, "1\n2\n3\n");
+	spool_stage(st, 1, 3, in, evbuffer_get_length(in));
+	staged = evbuffer_get_length(st);
+	ck_assert_uint_eq(staged, sizeof r + 6);
+	errno = 0;
+	ck_assert_int_eq(spool_flush(fd, st), -1);
+	ck_assert_int_eq(errno, ENOSPC);
+	ck_assert_uint_eq(evbuffer_get_length(st), staged);
+	evbuffer_free(st);
+	evbuffer_free(in);
+	close(fd);
+}
+END_TEST
+
+/* A file cut short: a record header, or a record's lines, past its end
+ * are an I/O error (EIO), not a short record; spool_find finds nothing. */
+START_TEST(test_truncated)
+{
+	const char *a = "1\n22\n333\n";
+	struct evbuffer *in = chained(a);
+	struct spool_rec r, full;
+	ssize_t n;
+	int fd = spool_open(dir);
+
+	ck_assert_int_ge(fd, 0);
+	n = append(fd, 1, 3, in, strlen(a));
+	ck_assert_int_eq(n, (ssize_t)(sizeof r + strlen(a)));
+	evbuffer_free(in);
+	ck_assert_int_eq(spool_rec_at(fd, 0, &full), 0);
+
+	/* The header whole, the lines short by one byte. */
+	ck_assert_int_eq(ftruncate(fd, n - 1), 0);
+	ck_assert_int_eq(spool_rec_at(fd, 0, &r), 0);
+	errno = 0;
+	ck_assert_ptr_null(spool_lines(fd, 0, &r));
+	ck_assert_int_eq(errno, EIO);
+	ck_assert_ptr_null(spool_find(fd, (uint64_t)n, 2));
+
+	/* Half a header. */
+	ck_assert_int_eq(ftruncate(fd, (off_t)(sizeof r / 2)), 0);
+	errno = 0;
+	ck_assert_int_eq(spool_rec_at(fd, 0, &r), -1);
+	ck_assert_int_eq(errno, EIO);
+	errno = 0;
+	ck_assert_ptr_null(spool_lines(fd, 0, &full));
+	ck_assert_int_eq(errno, EIO);
+	ck_assert_ptr_null(spool_find(fd, (uint64_t)n, 1));
+
+	/* Nothing at all. */
+	ck_assert_int_eq(ftruncate(fd, 0), 0);
+	errno = 0;
+	ck_assert_int_eq(spool_rec_at(fd, 0, &r), -1);
+	ck_assert_int_eq(errno, EIO);
+	close(fd);
+}
+END_TEST
+
+/* A header that cannot be one (no lines, or more bytes than a frame may
+ * hold) is refused with EIO rather than trusted. */
+START_TEST(test_bad_header)
+{
+	struct spool_rec bad[] = {
+		{ 1, 0, 4 },			/* no lines */
+		{ 1, 2, 0 },			/* no bytes */
+		{ 1, 2, (uint32_t)FRAME_MAX + 1 },	/* too large */
+	};
+	struct spool_rec r;
+	int fd = spool_open(dir);
+
+	ck_assert_int_ge(fd, 0);
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		ck_assert_int_eq(pwrite(fd, &bad[i], sizeof bad[i], 0),
+		    (ssize_t)sizeof bad[i]);
+		errno = 0;
+		ck_assert_int_eq(spool_rec_at(fd, 0, &r), -1);
+		ck_assert_int_eq(errno, EIO);
+	}
+	close(fd);
+}
+END_TEST
+
 static Suite *
 spool_suite(void)
 {
@@ -239,6 +332,9 @@ spool_suite(void)
 	tcase_add_test(tc, test_find);
 	tcase_add_test(tc, test_many_chains);
 	tcase_add_test(tc, test_stage_many_flush_once);
+	tcase_add_test(tc, test_flush_no_space);
+	tcase_add_test(tc, test_truncated);
+	tcase_add_test(tc, test_bad_header);
 	suite_add_tcase(s, tc);
 	return s;
 }
