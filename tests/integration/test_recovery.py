@@ -17,6 +17,19 @@ from harness import (Daemon, ask, assert_invariant, final_of, lines, main,
                      wait_for)
 
 
+def half_sent(tc, d, pool, body, workers):
+    """A stream to pool that got its lease (of `workers` workers) and the
+    first half of body's lines: (socket, lease, the rest of body)."""
+    half = body.index(b"\n", len(body) // 2) + 1
+    s = d.connect()
+    s.settimeout(60)
+    s.sendall(json.dumps({"op": "submit", "pool": pool}).encode() + b"\n")
+    lease = read_reply(s)
+    tc.assertEqual(lease["workers"], workers, lease)
+    s.sendall(body[:half])
+    return s, lease, body[half:]
+
+
 def busy_with_items(d, pool, stream):
     """The pids of pool's workers that serve stream and were sent items in
     it (the status op), or [] (false) while there are none."""
@@ -110,18 +123,12 @@ class Replay(unittest.TestCase):
             # Half the items, then the kill once the lease is there and a
             # worker of the stream holds items: the stream is still open
             # (the rest is not sent yet), so the kill lands inside it.
-            half = body.index(b"\n", len(body) // 2) + 1
-            s = d.connect()
-            s.settimeout(60)
-            s.sendall(b'{"op":"submit","pool":"s"}\n')
-            lease = read_reply(s)
-            self.assertEqual(lease["workers"], 2, lease)
-            s.sendall(body[:half])
+            s, lease, rest = half_sent(self, d, "s", body, 2)
             victim = wait_for(
                 lambda: busy_with_items(d, "s", lease["stream"]),
                 what="a worker of the stream holding items")[0]
             os.kill(victim, signal.SIGKILL)
-            s.sendall(body[half:])
+            s.sendall(rest)
             s.shutdown(socket.SHUT_WR)
             final = final_of(read_lines(s))
             s.close()
@@ -248,13 +255,7 @@ class Redeliver(unittest.TestCase):
             # Half the items; once the first of them are on record, the
             # kill, then the rest.  The stream is open until the rest is
             # sent, so the kill lands inside it, whatever the pace.
-            half = body.index(b"\n", len(body) // 2) + 1
-            s = d.connect()
-            s.settimeout(60)
-            s.sendall(b'{"op":"submit","pool":"r"}\n')
-            lease = read_reply(s)
-            self.assertEqual(lease["workers"], 1, lease)
-            s.sendall(body[:half])
+            s, lease, rest = half_sent(self, d, "r", body, 1)
             wait_for(lambda: os.path.exists(path) and
                      os.path.getsize(path) > 1000,
                      what="the first items on record")
@@ -263,7 +264,7 @@ class Redeliver(unittest.TestCase):
                 what="the stream's worker")
             self.assertEqual(len(victim), 1, victim)
             os.kill(victim[0], signal.SIGKILL)
-            s.sendall(body[half:])
+            s.sendall(rest)
             s.shutdown(socket.SHUT_WR)
             final = final_of(read_lines(s))
             s.close()
