@@ -168,13 +168,7 @@ client_free(struct client *c)
 {
 	TAILQ_REMOVE(&clients, c, entry);
 	if (c->stream != NULL) {
-		struct stream *s = c->stream;
-		/* What the stream brought stays in the pool's counts. */
-		s->pool->done_in += s->seq;
-		s->pool->done_consumed += s->consumed;
-		s->pool->done_rejected += s->rejected;
-		s->pool->done_quarantined += s->quarantined;
-		stream_free(s);
+		stream_free(c->stream);
 	}
 	peer_clear(&c->peer);
 	if (c->counted)
@@ -187,9 +181,11 @@ client_free(struct client *c)
 	free(c);
 }
 
-struct evbuffer *
-client_input(struct client *c)
+static struct evbuffer *
+client_input(void *arg)
 {
+	struct client *c = arg;
+
 	return bufferevent_get_input(c->bev);
 }
 
@@ -198,7 +194,7 @@ client_input(struct client *c)
  * while its replies are unread.  Only a client that is read can be idle:
  * its idle clock starts when reading starts or resumes.
  */
-void
+static void
 client_read(struct client *c, int on)
 {
 	if (on && !c->eof && !c->closing && !c->idled) {
@@ -219,14 +215,16 @@ client_read(struct client *c, int on)
 	}
 }
 
-int
-client_output_full(struct client *c)
+static int
+client_output_full(void *arg)
 {
+	struct client *c = arg;
+
 	return !c->gone && evbuffer_get_length(bufferevent_get_output(
 	    c->bev)) > CLIENT_OUT_MAX;
 }
 
-void
+static void
 client_send_json(struct client *c, json_t *v)
 {
 	char *s;
@@ -248,7 +246,7 @@ client_send_json(struct client *c, json_t *v)
 }
 
 /* The last line: send it and close, or log it if the client is gone. */
-void
+static void
 client_finish(struct client *c, json_t *final)
 {
 	evtimer_del(c->timer);
@@ -272,6 +270,33 @@ client_finish(struct client *c, json_t *final)
 	/* The line is written at the end of this turn (flush.c), and the
 	 * write callback, called once it drained, closes. */
 }
+
+static void
+source_reading(void *arg, int on)
+{
+	client_read(arg, on);
+}
+
+static void
+source_event(void *arg, json_t *v)
+{
+	client_send_json(arg, v);
+}
+
+static void
+source_finish(void *arg, json_t *v)
+{
+	client_finish(arg, v);
+}
+
+/* The local socket as a source of items (source.h). */
+static const struct source_ops client_source = {
+	.input = client_input,
+	.reading = source_reading,
+	.full = client_output_full,
+	.event = source_event,
+	.finish = source_finish,
+};
 
 static void
 client_refuse(struct client *c, const char *fmt, ...)
@@ -357,7 +382,7 @@ client_reload(struct client *c)
 		client_denied(c, "reload", NULL, why);
 		return;
 	}
-	if (cns_draining()) {
+	if (cns_stopping) {
 		client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error",
 		    "consumersd is shutting down"));
 		return;
@@ -375,9 +400,8 @@ client_submit(struct client *c, json_t *h)
 {
 	const char *name;
 	struct pool *p;
-	struct worker **ws;
 	json_t *jw;
-	unsigned want, n;
+	unsigned want;
 	char why[1024];
 
 	name = json_string_value(json_object_get(h, "pool"));
@@ -391,22 +415,12 @@ client_submit(struct client *c, json_t *h)
 	if ((jw = json_object_get(h, "workers")) != NULL &&
 	    json_integer_value(jw) < (json_int_t)want)
 		want = (unsigned)json_integer_value(jw);
-	c->stream = stream_new(c, p, want, json_object_get(h, "params"));
-	if (pool_unavailable(p) != NULL) {
-		pool_dispatch(p);	/* refuses with the reason */
-		return;
-	}
-	if (p->nidle > 0 && TAILQ_FIRST(&p->queue) == c->stream) {
-		if ((ws = calloc(want, sizeof *ws)) == NULL)
-			fatal("%s: calloc", __func__);
-		/* Idle but dead, not yet reaped: wait for the replacement. */
-		if ((n = pool_lease(p, want, ws)) == 0) {
-			free(ws);
-			return;
-		}
-		TAILQ_REMOVE(&p->queue, c->stream, qentry);
-		stream_leased(c->stream, ws, n);
-	} else
+	c->stream = stream_new(&client_source, c, p, want,
+	    json_object_get(h, "params"));
+	/* Leased at once if workers are idle, refused if the pool cannot
+	 * serve: the pool's one lease path. */
+	pool_dispatch(p);
+	if (c->stream->state == S_QUEUED)
 		log_debug("stream %" PRIu64 ": waiting for a %s worker",
 		    c->stream->id, name);
 }
@@ -574,7 +588,7 @@ client_idle(struct client *c)
 	    (long)c->pid, (unsigned long)c->uid, idle);
 	c->idled = 1;
 	client_read(c, 0);
-	stream_client_eof(c->stream);
+	stream_eof(c->stream);
 }
 
 static void
@@ -677,7 +691,7 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 	 * unless idle_timeout closed it already. */
 	client_read(c, 0);
 	if (!c->idled)
-		stream_client_eof(c->stream);
+		stream_eof(c->stream);
 }
 
 /*
@@ -907,13 +921,7 @@ client_socket_abs(const struct conf *conf, int fd)
 			fatal("%s: strdup", __func__);
 	} else if (asprintf(&socket_abs, "%s/%s", cwd, path) == -1)
 		fatal("%s: asprintf", __func__);
-}
-
-/* The listening socket's absolute path, or NULL when not listening. */
-const char *
-client_socket_path(void)
-{
-	return socket_abs;
+	cns_socket_abs = socket_abs;
 }
 
 /* Listen on `fd` if it is >= 0 (handed over by systemd), else bind. */
@@ -956,6 +964,7 @@ client_close_listener(void)
 	}
 	free(socket_abs);
 	socket_abs = NULL;
+	cns_socket_abs = NULL;
 }
 
 /* Shutdown: end every stream with `why`, then drop what is left. */
@@ -973,34 +982,6 @@ client_abort_all(const char *why)
 		else
 			client_refuse(c, "%s", why);
 	}
-}
-
-/*
- * Walk the streams clients hold, done ones included: start with *cursor
- * NULL; returns NULL at the end.
- */
-struct stream *
-client_stream_next(struct client **cursor)
-{
-	struct client *c = *cursor == NULL ? TAILQ_FIRST(&clients) :
-	    TAILQ_NEXT(*cursor, entry);
-
-	while (c != NULL && c->stream == NULL)
-		c = TAILQ_NEXT(c, entry);
-	*cursor = c;
-	return c != NULL ? c->stream : NULL;
-}
-
-/* Seconds since the client's header was read: how long a queued stream
- * has waited. */
-double
-client_waited(const struct client *c)
-{
-	struct timespec now;
-
-	now_mono(&now);
-	return (double)(now.tv_sec - c->since.tv_sec) +
-	    (double)(now.tv_nsec - c->since.tv_nsec) / 1e9;
 }
 
 void

@@ -1,9 +1,11 @@
 /*
  * consumersd.c - the master: options, the configuration, the event loop,
  * signals, and an orderly stop.  It routes bytes between clients and
- * workers and never runs plugin code.
+ * workers and never runs plugin code.  It calls every room below it and
+ * none calls it: the rooms say that a worker, a stream or a tap came or
+ * went with cns_changed(), and daemon_changed() looks, on a later turn,
+ * whether the first start or a stop can go on.
  */
-#include <sys/prctl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -28,21 +30,18 @@
 #define STOP_GRACE	5	/* seconds before workers are killed */
 #define STARTUP_WAIT	10	/* seconds the first workers may take */
 
-struct event_base	*cns_base;
-struct conf		*cns_conf;
 struct conf_overrides	 cns_overrides;	/* -s, -P: kept for reloads */
 int			 cns_debug;	/* -d: debug logs whatever the config */
 
 int			 cns_startup;
-static unsigned		 startup_pending;
+static int		 starting;	/* the first workers are not all up */
 static struct event	*startup_timer;
-static int		 stopping;
 static int		 draining;	/* open streams may still finish */
 static struct event	*drain_timer;
 static struct event	*stop_timer;
 static int		 grace_over;	/* STOP_GRACE ran out */
-static char		*title_base;	/* argv's storage, for the title */
-static size_t		 title_len;
+
+static void	maybe_exit(void);
 
 static _Noreturn void
 usage(void)
@@ -52,41 +51,12 @@ usage(void)
 	exit(2);
 }
 
-/* Show what this process is in ps: argv's storage is rewritten. */
-void
-cns_proctitle(const char *fmt, ...)
-{
-	char buf[256];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	prctl(PR_SET_NAME, buf + (strncmp(buf, "consumersd: ", 12) == 0 ?
-	    12 : 0));
-	if (title_base == NULL || title_len < 2)
-		return;
-	memset(title_base, 0, title_len);
-	snprintf(title_base, title_len, "%s", buf);
-}
-
-static void
-proctitle_init(int argc, char **argv)
-{
-	char *end = argv[0] + strlen(argv[0]);
-
-	for (int i = 1; i < argc; i++)
-		if (argv[i] == end + 1)
-			end = argv[i] + strlen(argv[i]);
-	title_base = argv[0];
-	title_len = (size_t)(end - argv[0]) + 1;
-}
-
 /* Clients are accepted once every first worker is ready or has failed,
  * so the first streams get the pool's full width. */
 static void
 accept_clients(void)
 {
+	starting = 0;
 	if (startup_timer != NULL) {
 		event_free(startup_timer);
 		startup_timer = NULL;
@@ -96,13 +66,6 @@ accept_clients(void)
 	notify_ready();
 }
 
-void
-cns_worker_settled(void)
-{
-	if (startup_pending > 0 && --startup_pending == 0 && !stopping)
-		accept_clients();
-}
-
 static void
 on_startup_timer(evutil_socket_t fd, short ev, void *arg)
 {
@@ -110,9 +73,8 @@ on_startup_timer(evutil_socket_t fd, short ev, void *arg)
 	(void)ev;
 	(void)arg;
 	log_warnx("%u worker%s still starting after %d s; accepting clients "
-	    "anyway", startup_pending, startup_pending == 1 ? "" : "s",
+	    "anyway", worker_starting(), worker_starting() == 1 ? "" : "s",
 	    STARTUP_WAIT);
-	startup_pending = 0;
 	accept_clients();
 }
 
@@ -129,22 +91,16 @@ on_stop_timer(evutil_socket_t fd, short ev, void *arg)
 	/* A worker's output pipe may be held open by something it started:
 	 * past the grace, the daemon does not wait for it. */
 	grace_over = 1;
-	cns_maybe_exit();
+	maybe_exit();
 }
 
-void
-cns_maybe_exit(void)
+static void
+maybe_exit(void)
 {
 	/* The taps too: a worker's last lines may still be in its pipe. */
-	if (stopping && worker_count() == 0 &&
+	if (cns_stopping && worker_count() == 0 &&
 	    (tap_count() == 0 || grace_over))
 		event_base_loopexit(cns_base, NULL);
-}
-
-int
-cns_draining(void)
-{
-	return stopping;
 }
 
 /* The last phase of a stop: workers are told to exit, then killed. */
@@ -162,17 +118,24 @@ stop_workers(void)
 		stop_timer = evtimer_new(cns_base, on_stop_timer, NULL);
 		evtimer_add(stop_timer, &tv);
 	}
-	cns_maybe_exit();
+	maybe_exit();
 }
 
-/* A stream was freed: the stop may go on once none is left. */
-void
-cns_stream_freed(void)
+/*
+ * A worker, a stream or a tap came or went (cns_changed): clients are
+ * accepted once the first workers are up; a stop goes on once the open
+ * streams are done, and ends once the workers and their taps are gone.
+ */
+static void
+daemon_changed(void)
 {
+	if (starting && !cns_stopping && worker_starting() == 0)
+		accept_clients();
 	if (draining && stream_count() == 0) {
 		log_info("every open stream has finished");
 		stop_workers();
 	}
+	maybe_exit();
 }
 
 static void
@@ -205,7 +168,7 @@ stop(int sig)
 	struct timeval tv;
 	struct pool *p;
 
-	if (stopping) {
+	if (cns_stopping) {
 		if (draining) {
 			log_info("%s again: ending the open streams now",
 			    strsignal(sig));
@@ -215,7 +178,7 @@ stop(int sig)
 		}
 		return;
 	}
-	stopping = 1;
+	cns_stopping = 1;
 	notify_stopping();
 	client_close_listener();
 	if (cns_conf->shutdown_timeout <= 0 || stream_count() == 0) {
@@ -233,7 +196,7 @@ stop(int sig)
 	tv = cns_tv(cns_conf->shutdown_timeout);
 	drain_timer = evtimer_new(cns_base, on_drain_timer, NULL);
 	evtimer_add(drain_timer, &tv);
-	cns_stream_freed();	/* the refused ones may be all there was */
+	daemon_changed();	/* the refused ones may be all there was */
 }
 
 static void
@@ -246,7 +209,7 @@ on_signal(evutil_socket_t sig, short ev, void *arg)
 		worker_reap();
 		return;
 	case SIGHUP:
-		if (stopping)
+		if (cns_stopping)
 			log_info("SIGHUP while stopping: ignored");
 		else {
 			char why[512];
@@ -255,27 +218,6 @@ on_signal(evutil_socket_t sig, short ev, void *arg)
 		return;
 	}
 	stop((int)sig);
-}
-
-/* Whether a replay/redeliver pool can spool; 0, or -1 with why. */
-int
-check_spool(const struct conf *c, char *why, size_t whylen)
-{
-	int fd, need = 0;
-
-	for (size_t i = 0; i < c->npools; i++)
-		need |= c->pools[i].on_crash != CRASH_FAIL;
-	if (!need)
-		return 0;
-	if ((fd = spool_open(c->spool_dir)) == -1) {
-		snprintf(why, whylen, "cannot create replay spool files in %s: "
-		    "%s (set \"spool_dir\" to a writable directory, or "
-		    "\"on_crash\": \"fail\" in every pool)", c->spool_dir,
-		    strerror(errno));
-		return -1;
-	}
-	close(fd);
-	return 0;
 }
 
 static int
@@ -313,7 +255,7 @@ check_config(const char *file, const struct conf_overrides *ov, int quiet)
 		/* The runtime directory may only exist once the service runs:
 		 * a warning, not an error. */
 		char why[1024];
-		if (check_spool(c, why, sizeof why) == -1)
+		if (spool_check(c, why, sizeof why) == -1)
 			fprintf(stderr, "consumersd: warning: %s\n", why);
 	}
 	if (bad)
@@ -417,7 +359,7 @@ main(int argc, char **argv)
 	    strdup(ov.plugin_dir)) == NULL))
 		fatal("strdup");
 	cns_debug = debug;
-	proctitle_init(argc, argv);
+	cns_proctitle_init(argc, argv);
 	signal(SIGPIPE, SIG_IGN);
 	/* A spool file past RLIMIT_FSIZE (systemd's LimitFSIZE=) fails its
 	 * write with EFBIG, reported like a full disk, instead of killing. */
@@ -425,10 +367,12 @@ main(int argc, char **argv)
 
 	if ((cns_base = event_base_new()) == NULL)
 		fatalx("event_base_new");
+	cns_on_change(daemon_changed);
+	dispatch_init();
 	notify_init(cns_base);
 	{
 		char why[1024];
-		if (check_spool(cns_conf, why, sizeof why) == -1)
+		if (spool_check(cns_conf, why, sizeof why) == -1)
 			fatalx("%s", why);
 	}
 	lfd = inherited_socket();
@@ -450,8 +394,8 @@ main(int argc, char **argv)
 		pool_start(p);
 	}
 	cns_startup = 0;
-	startup_pending = worker_count();
-	if (startup_pending == 0)
+	starting = 1;
+	if (worker_starting() == 0)
 		accept_clients();
 	else {
 		struct timeval tv = { STARTUP_WAIT, 0 };
@@ -464,6 +408,7 @@ main(int argc, char **argv)
 	client_free_all();
 	pool_free_all();
 	tap_free_all();
+	cns_later_free();	/* the frees put off to a next turn */
 	for (int i = 0; signums[i] != 0; i++)
 		event_free(sigs[i]);
 	if (stop_timer != NULL)

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "proto.h"
+#include "source.h"
 
 struct event_base;
 struct event;
@@ -206,6 +207,7 @@ struct pool {
 	int		 has_complete;
 	int		 failed;	/* max_init_failures reached */
 	int		 capped;	/* held back by max_workers */
+	int		 freeing;	/* retired and empty: freed next turn */
 	struct event	*respawn_ev;
 	struct event	*watch_ev;	/* item_timeout checks */
 	struct event	*manage_ev;	/* dynamic, ondemand: once a tick */
@@ -241,8 +243,8 @@ void		 pool_retire_check(struct pool *);
 void		 pool_stream_new(struct pool *);
 void		 pool_stream_free(struct pool *);
 void		 pool_demand(struct pool *);
-double		 cns_now(void);
-struct timeval	 cns_tv(double seconds);
+void		 pool_works(struct pool *);
+void		 pool_start_failed(struct pool *, char *msg);
 void		 pool_free_all(void);
 
 /* worker.c: the master's side of worker processes, a table keyed by pid */
@@ -281,6 +283,7 @@ struct worker {
 	int		 reaped;
 	int		 closed;	/* its socket hit EOF */
 	int		 init_failed;	/* it sent INITFAIL */
+	int		 gone;		/* out of the table; freed next turn */
 	int		 startup;	/* one of the first, not settled yet */
 	struct worker_shm *shm;
 	/* item_timeout: what it held at the last look, and since when */
@@ -302,7 +305,13 @@ struct worker {
 	struct worker	*hnext;		/* pid hash chain */
 };
 
+void		 worker_on(int (*frame)(struct worker *,
+		    const struct frame_hdr *, struct evbuffer *),
+		    void (*gone)(struct worker *, const char *how));
 struct worker	*worker_spawn(struct pool *, unsigned slot);
+void		 worker_protocol(struct worker *, const char *why);
+void		 worker_bind(struct worker *, struct stream *, unsigned index);
+unsigned	 worker_starting(void);
 struct worker	*worker_find(pid_t);
 void		 worker_reap(void);
 void		 worker_send(struct worker *, uint16_t type, uint64_t stream,
@@ -315,8 +324,13 @@ void		 worker_stop(struct worker *);
 void		 worker_stop_all(void);
 void		 worker_kill_all(void);
 unsigned	 worker_count(void);
-char		*worker_describe_exit(int status);
 void		 worker_watch(struct worker *, double now);
+
+/* dispatch.c: what workers say, routed to their stream and pool */
+void		 dispatch_init(void);
+int		 dispatch_frame(struct worker *, const struct frame_hdr *,
+		    struct evbuffer *);
+void		 dispatch_gone(struct worker *, const char *how);
 
 /* stream.c: one client stream, from lease to final line */
 enum stream_state { S_QUEUED, S_RUNNING, S_COMPLETING, S_DONE };
@@ -358,7 +372,8 @@ struct attempt { uint64_t seq; unsigned n; };
 
 struct stream {
 	uint64_t	 id;
-	struct client	*client;
+	struct source	 src;		/* where items come from, replies go */
+	double		 since;		/* opened, monotonic seconds */
 	struct pool	*pool;
 	enum stream_state state;
 	unsigned	 want;
@@ -381,16 +396,17 @@ struct stream {
 	json_t		*completion;
 	struct worker	*completer;
 	struct event	*timer;		/* queue timeout */
-	TAILQ_ENTRY(stream) qentry;
+	TAILQ_ENTRY(stream) qentry;	/* pool->queue while queued */
+	TAILQ_ENTRY(stream) entry;	/* every stream not yet freed */
 };
 
-struct stream	*stream_new(struct client *, struct pool *, unsigned want,
-		    json_t *params);
+struct stream	*stream_new(const struct source_ops *, void *arg,
+		    struct pool *, unsigned want, json_t *params);
 void		 stream_free(struct stream *);
 void		 stream_leased(struct stream *, struct worker **, unsigned);
 void		 stream_refuse(struct stream *, const char *why);
 void		 stream_input(struct stream *);
-void		 stream_client_eof(struct stream *);
+void		 stream_eof(struct stream *);
 int		 stream_ack(struct stream *, struct worker *, unsigned items,
 		    size_t bytes);
 int		 stream_reject(struct stream *, struct worker *, uint64_t seq,
@@ -403,6 +419,79 @@ void		 stream_abort(struct stream *, const char *why);
 void		 stream_lane_leased(struct lane *, struct worker *);
 void		 stream_lane_fail(struct lane *, const char *why);
 unsigned	 stream_count(void);	/* streams not yet freed */
+struct stream	*stream_next(struct stream *);
+double		 stream_waited(const struct stream *);
+
+/* feed.c: one item's way from the source to a worker, and back (ACK) */
+enum feed_result { FEED_OK, FEED_LANE_LOST, FEED_ORPHANED };
+enum feed_result feed_pump(struct stream *, struct lane **lost, char *why,
+		    size_t whylen);
+void		 feed_reject(struct stream *, uint64_t seq, const char *why);
+int		 feed_holds(const struct lane *, uint64_t seq);
+int		 feed_spool_flush(struct stream *, struct lane *);
+void		 feed_spool_close(struct lane *);
+char		*feed_spool_line(struct stream *, struct lane *, uint64_t seq);
+
+/* crash.c: the failure policy, decisions only (no I/O, no state) */
+#define RESPAWN_MIN_MS	100	/* the first wait after a failed start */
+#define RESPAWN_MAX_MS	30000	/* the longest */
+#define CRASHES_MAX	1000	/* workers a stream may lose in all */
+
+/* What stream.c knows when a lane's worker died inside consume. */
+struct crash_facts {
+	int		 policy;	/* CRASH_* */
+	unsigned	 max_attempts;
+	uint64_t	 blame;		/* crash_blame(): the item it held */
+	int		 blame_held;	/* blame is one of the lane's seqs */
+	uint64_t	 last_done;	/* its page: the last item finished */
+	int		 last_done_held;
+	uint64_t	 ndone;		/* items finished by its call */
+	uint64_t	 started;	/* items its call took */
+	uint64_t	 ended;		/* its iterator had ended */
+	uint64_t	 sent, rejected; /* lines it was sent, and rejected */
+	uint64_t	 resend_from;	/* the lane's: seqs before are done */
+	int		 spool_ok;	/* its lines can be sent again */
+	unsigned	 stream_crashes; /* workers the stream lost, this one
+					   included */
+	unsigned	 attempts;	/* crashes on blame before this one */
+	unsigned	 end_crashes;	/* the lane's, before this one */
+	unsigned	 fruitless;
+};
+
+enum crash_action { CRASH_RERUN, CRASH_LANE_LOST };
+enum crash_note { CRASH_NOTE_NONE, CRASH_NOTE_ITEM, CRASH_NOTE_BETWEEN,
+	CRASH_NOTE_BAD_PROGRESS };
+
+struct crash_verdict {
+	enum crash_action action;
+	char		 why[160];	/* LANE_LOST: said after how it died */
+	uint64_t	 blame;		/* the item it died on, 0: none */
+	unsigned	 attempts;	/* crashes on blame, this one included */
+	int		 quarantine;	/* blame is poison: report, skip it */
+	unsigned	 end_crashes;	/* the lane's new counts */
+	unsigned	 fruitless;
+	int		 plugin_works;	/* it took an item: no more backoff */
+	uint64_t	 resend_from;	/* RERUN: send again from this seq */
+	uint64_t	 acked;		/* RERUN: items done, counted consumed
+					   (redeliver) */
+	enum crash_note	 note;		/* what the log says */
+};
+
+enum watch_verdict { WATCH_NONE, WATCH_MOVED, WATCH_WAIT, WATCH_KILL };
+
+int		 crash_spools(int policy);
+uint64_t	 crash_blame(uint64_t cur, uint64_t last_done,
+		    uint64_t timed_out);
+void		 crash_lane(const struct crash_facts *, struct crash_verdict *);
+int		 crash_failed_start(int init_failed, unsigned streams_served,
+		    int in_stream, int exiting);
+unsigned	 crash_backoff_ms(unsigned failures);
+int		 crash_pool_failed(unsigned failures, unsigned max_init_failures);
+enum watch_verdict crash_watch(uint64_t cur, uint64_t started,
+		    uint64_t seen_cur, uint64_t seen_started, double since,
+		    double now, double timeout);
+char		*crash_describe(uint64_t timed_out, double item_timeout,
+		    int status);
 
 /* spool.c: replay spool files */
 struct spool_rec {
@@ -410,6 +499,7 @@ struct spool_rec {
 	uint32_t	 count;		/* lines */
 	uint32_t	 nbytes;	/* bytes of lines, newlines included */
 };
+int		 spool_check(const struct conf *, char *why, size_t whylen);
 int		 spool_open(const char *dir);
 void		 spool_stage(struct evbuffer *stage, uint64_t first,
 		    uint32_t count, struct evbuffer *in, size_t nbytes);
@@ -458,32 +548,31 @@ void		 client_abort_all(const char *why);
 void		 client_free_all(void);
 void		 client_accepting(void);
 void		 client_close_listener(void);
-const char	*client_socket_path(void);
-void		 client_send_json(struct client *, json_t *);
-struct evbuffer	*client_input(struct client *);
-void		 client_read(struct client *, int on);
-void		 client_finish(struct client *, json_t *final);
-int		 client_output_full(struct client *);
-/* For status: every stream a client holds, and since when it waits. */
-struct stream	*client_stream_next(struct client **cursor);
-double		 client_waited(const struct client *);
 
 /* consumersd.c: daemon-wide state */
-extern struct event_base *cns_base;
-extern struct conf	*cns_conf;
-void		 cns_proctitle(const char *fmt, ...)
-		    __attribute__((format(printf, 1, 2)));
-void		 cns_maybe_exit(void);
 extern int	 cns_startup;	/* spawning the first workers */
-int		 cns_draining(void);	/* stopping: no new streams */
 extern struct conf_overrides cns_overrides;
 extern int	 cns_debug;
-int		 check_spool(const struct conf *, char *why, size_t whylen);
-void		 cns_stream_freed(void);
+
+/* util.c: helpers for every room; work put off to a later loop turn */
+extern struct event_base *cns_base;
+extern struct conf	*cns_conf;
+extern int	 cns_stopping;	/* stopping: no new streams */
+extern const char *cns_socket_abs; /* where clients reach us, or NULL */
+double		 cns_now(void);
+struct timeval	 cns_tv(double seconds);
+void		 cns_proctitle_init(int argc, char **argv);
+void		 cns_proctitle(const char *fmt, ...)
+		    __attribute__((format(printf, 1, 2)));
+char		*cns_describe_exit(int status);
+void		 cns_later(void (*fn)(void *), void *arg);
+void		 cns_later_run(void);
+void		 cns_later_free(void);
+void		 cns_on_change(void (*fn)(void));
+void		 cns_changed(void);
 
 /* reload.c: SIGHUP */
 int		 cns_reload(char *why, size_t whylen);
-void		 cns_worker_settled(void);
 
 /*
  * notify.c: what systemd hears (sd_notify); no-ops without libsystemd or
@@ -502,7 +591,7 @@ void		 notify_status(const char *fmt, ...)
 void		 notify_status_clear(void);
 void		 notify_free(void);
 
-/* child.c: the worker process, never returns */
+/* child/child.c: the worker process, never returns */
 _Noreturn void	 child_main(int fd, const struct pool_conf *, unsigned slot,
 		    struct worker_shm *);
 int		 child_probe(const struct pool_conf *, char *why, size_t);

@@ -46,13 +46,12 @@ static void
 send_status(void)
 {
 	unsigned open = 0, queued = 0, busy = 0, idle = 0;
-	struct client *cursor = NULL;
-	struct stream *s;
+	struct stream *s = NULL;
 	struct worker *w;
 	struct pool *p;
 	double t = cns_now(), rate = 0;
 
-	while ((s = client_stream_next(&cursor)) != NULL) {
+	while ((s = stream_next(s)) != NULL) {
 		queued += s->state == S_QUEUED;
 		open += s->state != S_DONE;
 	}

@@ -12,9 +12,6 @@
 
 #include "consumersd.h"
 
-#define RESPAWN_MIN_MS	100
-#define RESPAWN_MAX_MS	30000
-
 static struct poolq	pools = TAILQ_HEAD_INITIALIZER(pools);
 static struct poolq	retired = TAILQ_HEAD_INITIALIZER(retired);
 
@@ -170,6 +167,12 @@ pool_retire(struct pool *p, struct pool *successor)
 	pool_retire_check(p);
 }
 
+static void
+pool_free_cb(void *arg)
+{
+	pool_free(arg);
+}
+
 /* A retiring pool: stop its workers once its streams are done; free it
  * once nothing points to it. */
 void
@@ -185,11 +188,13 @@ pool_retire_check(struct pool *p)
 			if (w->state != W_EXITING)
 				worker_stop(w);
 		}
-	if (p->nworkers == 0 && p->nstreams == 0) {
+	if (p->nworkers == 0 && p->nstreams == 0 && !p->freeing) {
 		log_info("pool %s: the configuration it ran under is retired",
 		    p->pc->name);
 		TAILQ_REMOVE(&retired, p, entry);
-		pool_free(p);
+		/* Callers up the stack may still hold it: freed later. */
+		p->freeing = 1;
+		cns_later(pool_free_cb, p);
 	}
 }
 
@@ -219,26 +224,6 @@ pool_slot(struct pool *p)
 		if (!used)
 			return slot;
 	}
-}
-
-double
-cns_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Seconds as a timeval, for libevent's timers. */
-struct timeval
-cns_tv(double seconds)
-{
-	struct timeval tv;
-
-	tv.tv_sec = (time_t)seconds;
-	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
-	return tv;
 }
 
 /* Workers that streams are waiting for: queued wants and lanes. */
@@ -439,7 +424,7 @@ static const char *pool_broken(struct pool *);
 const char *
 pool_unavailable(struct pool *p)
 {
-	if (cns_draining())
+	if (cns_stopping)
 		return "consumersd is shutting down";
 	return pool_broken(p);
 }
@@ -505,7 +490,7 @@ pool_dispatch(struct pool *p)
 		pool_lane_unwait(p, l);
 		stream_lane_leased(l, w);
 	}
-	if (cns_draining()) {
+	if (cns_stopping) {
 		/* Queued streams have not started: they are refused. */
 		while ((s = TAILQ_FIRST(&p->queue)) != NULL)
 			stream_refuse(s, "consumersd is shutting down");
@@ -538,18 +523,15 @@ pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
 		return;
 	p->respawns++;
 	if (init_failed) {
-		unsigned shift = p->init_failures < 9 ? p->init_failures : 9;
-		unsigned ms = RESPAWN_MIN_MS << shift;
-		if (ms > RESPAWN_MAX_MS)
-			ms = RESPAWN_MAX_MS;
+		unsigned ms = crash_backoff_ms(p->init_failures);
 		p->init_failures++;
 		tv.tv_sec = ms / 1000;
 		tv.tv_usec = (ms % 1000) * 1000;
 		log_warnx("pool %s: %u failed start%s in a row; next try in "
 		    "%u ms", p->pc->name, p->init_failures,
 		    p->init_failures == 1 ? "" : "s", ms);
-		if (p->init_failures >= p->pc->max_init_failures &&
-		    !p->failed) {
+		if (crash_pool_failed(p->init_failures,
+		    p->pc->max_init_failures) && !p->failed) {
 			p->failed = 1;
 			log_warnx("pool %s failed: its workers died while "
 			    "starting %u times in a row (max_init_failures); "
@@ -562,7 +544,23 @@ pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
 	if (p->respawn_ev != NULL && !evtimer_pending(p->respawn_ev, NULL))
 		evtimer_add(p->respawn_ev, &tv);
 	pool_dispatch(p);
-	pool_retire_check(p);	/* may free p */
+	pool_retire_check(p);	/* may free p, later */
+}
+
+/* A consume call of the pool took an item: its plugin works, so a failed
+ * start from now on backs off from the start again. */
+void
+pool_works(struct pool *p)
+{
+	p->init_failures = 0;
+}
+
+/* A worker said why it cannot start (INITFAIL); the pool keeps `msg`. */
+void
+pool_start_failed(struct pool *p, char *msg)
+{
+	free(p->last_error);
+	p->last_error = msg;
 }
 
 /* A pool's own timers: respawns, item_timeout's watch, its manager. */

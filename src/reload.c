@@ -43,7 +43,7 @@ reload_load(void)
 			bad = 1;
 		}
 	}
-	if (check_spool(nc, why, sizeof why) == -1) {
+	if (spool_check(nc, why, sizeof why) == -1) {
 		log_warnx("reload: %s", why);
 		bad = 1;
 	}

@@ -19,6 +19,27 @@
 
 #define SPOOL_IOV	64
 
+/* Whether a replay/redeliver pool of `c` can spool; 0, or -1 with why. */
+int
+spool_check(const struct conf *c, char *why, size_t whylen)
+{
+	int fd, need = 0;
+
+	for (size_t i = 0; i < c->npools; i++)
+		need |= crash_spools(c->pools[i].on_crash);
+	if (!need)
+		return 0;
+	if ((fd = spool_open(c->spool_dir)) == -1) {
+		snprintf(why, whylen, "cannot create replay spool files in %s: "
+		    "%s (set \"spool_dir\" to a writable directory, or "
+		    "\"on_crash\": \"fail\" in every pool)", c->spool_dir,
+		    strerror(errno));
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
 /* A new, already unlinked spool file in `dir`; -1 with errno. */
 int
 spool_open(const char *dir)

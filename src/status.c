@@ -145,26 +145,25 @@ struct pool_tally {
 static void
 status_tally(struct pool *p, struct pool_tally *t)
 {
-	struct client *cursor = NULL;
-	struct stream *s;
+	struct stream *s = NULL;
 
 	memset(t, 0, sizeof *t);
 	t->in = p->done_in;
 	t->consumed = p->done_consumed;
 	t->rejected = p->done_rejected;
 	t->quarantined = p->done_quarantined;
-	while ((s = client_stream_next(&cursor)) != NULL) {
+	while ((s = stream_next(s)) != NULL) {
 		if (s->pool != p)
 			continue;
 		if (s->state == S_QUEUED) {
-			double waited = client_waited(s->client);
+			double waited = stream_waited(s);
 			t->queued++;
 			if (waited > t->wait)
 				t->wait = waited;
 		} else if (s->state != S_DONE)
 			t->open++;
-		/* Held streams, done or not: client_free adds them to the
-		 * pool's done_ counts when it lets them go. */
+		/* Streams not yet freed, done or not: stream_free adds
+		 * them to the pool's done_ counts. */
 		t->in += s->seq;
 		t->consumed += s->consumed;
 		t->rejected += s->rejected;
@@ -229,8 +228,7 @@ status_reply(struct pool *only)
 {
 	double uptime = proc_uptime(), age = proc_age(getpid(), uptime);
 	time_t now = time(NULL);
-	struct client *cursor = NULL;
-	struct stream *s;
+	struct stream *s = NULL;
 	struct pool *p;
 	unsigned open = 0;
 	json_t *pools, *v;
@@ -241,7 +239,7 @@ status_reply(struct pool *only)
 		if (only == NULL || p == only)
 			json_array_append_new(pools, status_pool(p, uptime,
 			    now));
-	while ((s = client_stream_next(&cursor)) != NULL)
+	while ((s = stream_next(s)) != NULL)
 		open += s->state != S_DONE;
 	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i},s:o}",
 	    "ok", 1,

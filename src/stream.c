@@ -1,38 +1,27 @@
 /*
- * stream.c - one client stream, from lease to final line.  Item lines move
- * from the client's input to its workers in batches, by credit: when every
- * leased worker's window is full the client is not read any more, so a
- * fast producer is slowed down instead of buffered.  The master never
- * parses an item; workers report rejected lines and their results.
- *
- * Each leased worker runs one lane: one consume call of the stream.  When
- * a lane's worker dies the pool's on_crash policy decides: replay (a new
- * worker runs the call again over every line the spool file kept, then
- * goes on with live ones), redeliver (only the lines the dead worker had
- * not finished), or fail (the lane's lines are reported lost).  An item a
- * worker died on max_attempts times is quarantined: reported and skipped.
+ * stream.c - one stream's life, from lease to final line: leasing its
+ * workers, a lane (one consume call) per worker, the results, the
+ * completion handler, and the final line through its source's finish.
+ * Items move in feed.c; when a lane's worker dies this file gathers the
+ * facts, crash.c gives the verdict, and this file applies it: the lane
+ * runs again on a new worker (replay, redeliver), or its items are
+ * reported lost (fail); an item quarantined is reported with its line.
  */
 #include <sys/wait.h>
-#include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
 
 #include "consumersd.h"
 
-#define BATCH_MAX	(256u << 10)	/* bytes in one ITEMS frame */
-#define RANGES_MAX	65536	/* seq ranges kept per lane */
-#define CRASHES_MAX	1000	/* workers a stream may lose in all */
-
 static uint64_t	stream_next_id = 1;
 static unsigned	stream_total;		/* allocated, not yet freed */
+static TAILQ_HEAD(, stream) streams = TAILQ_HEAD_INITIALIZER(streams);
 
 unsigned
 stream_count(void)
@@ -40,10 +29,24 @@ stream_count(void)
 	return stream_total;
 }
 
+/* Every stream not yet freed, done ones included: start with NULL. */
+struct stream *
+stream_next(struct stream *s)
+{
+	return s == NULL ? TAILQ_FIRST(&streams) : TAILQ_NEXT(s, entry);
+}
+
+/* Seconds since the stream was opened: how long a queued one waited. */
+double
+stream_waited(const struct stream *s)
+{
+	return cns_now() - s->since;
+}
+
 static void	stream_finish(struct stream *);
 static void	stream_orphaned(struct stream *);
-static void	stream_check(struct stream *);
-static void	lane_spool_close(struct lane *);
+static void	stream_consumed(struct stream *);
+static void	lane_fail(struct stream *, struct lane *, const char *);
 
 static void
 stream_timeout(evutil_socket_t fd, short ev, void *arg)
@@ -60,7 +63,8 @@ stream_timeout(evutil_socket_t fd, short ev, void *arg)
 }
 
 struct stream *
-stream_new(struct client *c, struct pool *p, unsigned want, json_t *params)
+stream_new(const struct source_ops *ops, void *arg, struct pool *p,
+    unsigned want, json_t *params)
 {
 	struct stream *s;
 	struct timeval tv;
@@ -69,7 +73,10 @@ stream_new(struct client *c, struct pool *p, unsigned want, json_t *params)
 		fatal("%s: calloc", __func__);
 	s->id = stream_next_id++;
 	stream_total++;
-	s->client = c;
+	TAILQ_INSERT_TAIL(&streams, s, entry);
+	s->src.ops = ops;
+	s->src.arg = arg;
+	s->since = cns_now();
 	s->pool = p;
 	pool_stream_new(p);
 	s->want = want;
@@ -85,20 +92,28 @@ stream_new(struct client *c, struct pool *p, unsigned want, json_t *params)
 	return s;
 }
 
+/* The source is done with the stream. */
 void
 stream_free(struct stream *s)
 {
+	struct pool *p = s->pool;
+
 	if (s->state == S_QUEUED)
-		TAILQ_REMOVE(&s->pool->queue, s, qentry);
+		TAILQ_REMOVE(&p->queue, s, qentry);
 	if (s->timer != NULL)
 		event_free(s->timer);
 	for (unsigned i = 0; i < s->nw; i++) {
 		struct lane *l = &s->lanes[i];
 		if (l->state == L_WAITING)
-			pool_lane_unwait(s->pool, l);
-		lane_spool_close(l);
+			pool_lane_unwait(p, l);
+		feed_spool_close(l);
 		free(l->ranges);
 	}
+	/* What the stream brought stays in the pool's counts. */
+	p->done_in += s->seq;
+	p->done_consumed += s->consumed;
+	p->done_rejected += s->rejected;
+	p->done_quarantined += s->quarantined;
 	free(s->lanes);
 	free(s->attempts);
 	json_decref(s->params);
@@ -106,10 +121,11 @@ stream_free(struct stream *s)
 	json_decref(s->errors);
 	json_decref(s->completion);
 	free(s->w);
-	pool_stream_free(s->pool);	/* may free a retiring pool */
+	TAILQ_REMOVE(&streams, s, entry);
 	free(s);
 	stream_total--;
-	cns_stream_freed();
+	pool_stream_free(p);	/* a retiring pool may go, later */
+	cns_changed();		/* a stop may wait for the last stream */
 }
 
 /* A worker starts a consume call for lane i. */
@@ -119,17 +135,7 @@ stream_bind(struct stream *s, unsigned i, struct worker *w)
 	json_t *begin = json_pack("{s:O}", "params", s->params);
 
 	s->w[i] = w;
-	w->stream = s;
-	w->index = i;
-	memset(&w->credit, 0, sizeof w->credit);
-	w->sent = w->rejected = 0;
-	w->returned = 0;
-	w->watch_cur = w->watch_started = 0;
-	w->timed_out = 0;
-	/* The page still says where its last stream was; a worker that dies
-	 * before it reads BEGIN must not be taken to be there. */
-	if (w->shm != NULL)
-		memset(w->shm, 0, sizeof *w->shm);
+	worker_bind(w, s, i);
 	worker_send_json(w, F_BEGIN, s->id, begin);
 	json_decref(begin);
 }
@@ -161,7 +167,7 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 	    s->pool->pc->name, n, n == 1 ? "" : "s");
 	reply = json_pack("{s:b,s:I,s:i}", "ok", 1, "stream",
 	    (json_int_t)s->id, "workers", (int)n);
-	client_send_json(s->client, reply);
+	s->src.ops->event(s->src.arg, reply);
 	json_decref(reply);
 	stream_input(s);
 }
@@ -178,425 +184,54 @@ stream_refuse(struct stream *s, const char *why)
 	s->state = S_DONE;
 	log_info("stream %" PRIu64 ": refused: %s", s->id, why);
 	reply = json_pack("{s:b,s:s}", "ok", 0, "error", why);
-	client_finish(s->client, reply);
-}
-
-static void
-stream_send_reject(struct stream *s, uint64_t seq, const char *why)
-{
-	json_t *v = json_pack("{s:{s:I,s:s}}", "rejected", "seq",
-	    (json_int_t)seq, "error", why);
-
-	s->rejected++;
-	client_send_json(s->client, v);
-	json_decref(v);
-}
-
-/* The next leased worker, round robin, whose window has room. */
-static struct worker *
-stream_pick(struct stream *s, struct flow_room *room, unsigned *tried)
-{
-	const struct conf *c = cns_conf;
-
-	while (*tried < s->nw) {
-		struct worker *w = s->w[s->rr % s->nw];
-		s->rr++;
-		(*tried)++;
-		if (w != NULL && worker_alive(w) &&
-		    s->lanes[w->index].resend_off >=
-		    s->lanes[w->index].resend_end &&
-		    credit_room(&w->credit, c->window_bytes, c->window_items,
-		    c->max_item_bytes, room))
-			return w;
-	}
-	return NULL;
+	s->src.ops->finish(s->src.arg, reply);
 }
 
 /*
- * Remember the seqs a lane took; adjacent batches merge into one range.
- * The list is bounded: past RANGES_MAX the last range grows to cover the
- * new one (gaps included) and the report says the ranges are inexact.
- */
-static void
-lane_add_range(struct lane *l, uint64_t first, uint64_t last)
-{
-	if (l->nranges > 0 && (l->ranges[l->nranges - 1].last + 1 == first ||
-	    l->nranges == RANGES_MAX)) {
-		l->ranges_inexact |= l->ranges[l->nranges - 1].last + 1 != first;
-		l->ranges[l->nranges - 1].last = last;
-		return;
-	}
-	if (l->nranges == l->caprange) {
-		size_t cap = l->caprange ? l->caprange * 2 : 16;
-		struct range *r = reallocarray(l->ranges, cap, sizeof *r);
-		if (r == NULL)
-			fatal("%s: reallocarray", __func__);
-		l->ranges = r;
-		l->caprange = cap;
-	}
-	l->ranges[l->nranges].first = first;
-	l->ranges[l->nranges].last = last;
-	l->nranges++;
-}
-
-/* Whether `seq` went to the lane; ranges ascend, so a binary search. */
-static int
-lane_holds(const struct lane *l, uint64_t seq)
-{
-	size_t lo = 0, hi = l->nranges;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (seq < l->ranges[mid].first)
-			hi = mid;
-		else if (seq > l->ranges[mid].last)
-			lo = mid + 1;
-		else
-			return 1;
-	}
-	return 0;
-}
-
-#define SPOOL_STAGE_MAX	(64u << 10)	/* bytes staged before a write */
-
-/* Write the lane's staged records to its file; -1 if that failed. */
-static int
-lane_spool_flush(struct stream *s, struct lane *l)
-{
-	if (l->spool_stage == NULL || l->spool_broken)
-		return l->spool_broken ? -1 : 0;
-	/* The file is made on the first write: a stream whose lanes stay
-	 * within the stage (most short ones) costs no file at all. */
-	if (l->spool == -1 &&
-	    (l->spool = spool_open(cns_conf->spool_dir)) == -1) {
-		log_warn("stream %" PRIu64 ": cannot create a spool file in "
-		    "%s; a crash of its lane %u will lose its items", s->id,
-		    cns_conf->spool_dir, l->index + 1);
-		l->spool_broken = 1;
-		return -1;
-	}
-	if (spool_flush(l->spool, l->spool_stage) == -1) {
-		log_warn("stream %" PRIu64 ": writing the spool file in %s; "
-		    "a crash of its lane %u will lose its items", s->id,
-		    cns_conf->spool_dir, l->index + 1);
-		l->spool_broken = 1;
-		return -1;
-	}
-	return 0;
-}
-
-static void
-lane_spool_close(struct lane *l)
-{
-	if (l->spool != -1) {
-		close(l->spool);
-		l->spool = -1;
-	}
-	if (l->spool_stage != NULL) {
-		evbuffer_free(l->spool_stage);
-		l->spool_stage = NULL;
-	}
-}
-
-/*
- * Keep a batch in the lane's spool, for a replay after a crash.  Batches
- * are staged and written 64 KiB at a time: a write per batch would cost
- * more than the batch.
- */
-static void
-lane_spool(struct stream *s, struct lane *l, uint64_t first, uint32_t count,
-    struct evbuffer *in, size_t nbytes)
-{
-	if (s->pool->pc->on_crash == CRASH_FAIL || l->spool_broken)
-		return;
-	if (l->spool_stage == NULL && (l->spool_stage = evbuffer_new()) ==
-	    NULL)
-		fatalx("%s: evbuffer_new", __func__);
-	spool_stage(l->spool_stage, first, count, in, nbytes);
-	l->spool_len += sizeof(struct spool_rec) + nbytes;
-	if (evbuffer_get_length(l->spool_stage) >= SPOOL_STAGE_MAX)
-		lane_spool_flush(s, l);
-}
-
-/*
- * The head of an ITEMS frame of `count` lines (`nbytes`) from seq
- * `first`, in one piece, with the worker's window and count charged;
- * the caller adds the lines.
- */
-static struct evbuffer *
-items_head(struct stream *s, struct worker *w, uint64_t first,
-    uint32_t count, size_t nbytes)
-{
-	struct {
-		struct frame_hdr h;
-		uint64_t	 first;
-		uint32_t	 count;
-	} __attribute__((packed)) head = {
-		.h = { .version = FRAME_VERSION, .type = F_ITEMS,
-		    .len = (uint32_t)(ITEMS_HDR_SIZE + nbytes),
-		    .stream = s->id },
-		.first = first, .count = count
-	};
-	struct evbuffer *out = worker_output(w);
-
-	_Static_assert(sizeof head == FRAME_HDR_SIZE + ITEMS_HDR_SIZE,
-	    "items head");
-	evbuffer_add(out, &head, sizeof head);
-	credit_take(&w->credit, count, nbytes);
-	w->sent += count;
-	return out;
-}
-
-static void
-stream_send_batch(struct stream *s, struct worker *w, struct evbuffer *in,
-    const struct cut *cut)
-{
-	struct lane *l = &s->lanes[w->index];
-	uint64_t first = s->seq + 1;
-
-	lane_spool(s, l, first, cut->n, in, cut->nbytes);
-	evbuffer_remove_buffer(in, items_head(s, w, first, cut->n,
-	    cut->nbytes), cut->nbytes);
-	lane_add_range(l, first, first + cut->n - 1);
-	l->items += cut->n;
-	s->seq += cut->n;
-	cns_items_in += cut->n;		/* for the items/s in STATUS= */
-}
-
-static int
-stream_quarantined(const struct stream *s, uint64_t seq)
-{
-	for (size_t i = 0; i < s->nattempts; i++)
-		if (s->attempts[i].seq == seq)
-			return s->attempts[i].n >= s->pool->pc->max_attempts;
-	return 0;
-}
-
-/* One ITEMS frame of `count` lines from `p` to the lane's worker. */
-static void
-lane_send(struct stream *s, struct worker *w, uint64_t first, uint32_t count,
-    const char *p, size_t nbytes)
-{
-	evbuffer_add(items_head(s, w, first, count, nbytes), p, nbytes);
-}
-
-/*
- * Resend the spool to the lane's new worker, as its window allows: every
- * line from resend_from on, but no quarantined one.  Live lines wait
- * until it has caught up.  Returns -1 if the lane failed.
- */
-static int
-lane_resend(struct stream *s, struct lane *l)
-{
-	const struct conf *c = cns_conf;
-	struct worker *w = s->w[l->index];
-
-	while (w != NULL && worker_alive(w) &&
-	    l->resend_off < l->resend_end) {
-		struct spool_rec r;
-		char *buf, *p, *run, *end;
-		uint64_t seq, run_first = 0;
-		uint32_t run_n = 0;
-
-		if (spool_rec_at(l->spool, l->resend_off, &r) == -1)
-			goto unreadable;
-		if (r.first + r.count <= l->resend_from) {
-			/* redeliver: all of it was done before the crash */
-			l->resend_off += sizeof r + r.nbytes;
-			continue;
-		}
-		if (w->credit.items > 0 && (w->credit.items + r.count >
-		    c->window_items || w->credit.bytes + r.nbytes >
-		    c->window_bytes))
-			break;		/* wait for acks */
-		if ((buf = spool_lines(l->spool, l->resend_off, &r)) == NULL)
-			goto unreadable;
-		p = run = buf;
-		end = buf + r.nbytes;
-		for (seq = r.first; seq < r.first + r.count && p < end; seq++) {
-			char *nl = memchr(p, '\n', (size_t)(end - p));
-			int keep = seq >= l->resend_from &&
-			    !stream_quarantined(s, seq);
-			if (nl == NULL)
-				break;
-			if (!keep) {
-				if (run_n > 0)
-					lane_send(s, w, run_first, run_n, run,
-					    (size_t)(p - run));
-				run_n = 0;
-				run = nl + 1;
-			} else if (run_n++ == 0) {
-				run_first = seq;
-				run = p;
-			}
-			p = nl + 1;
-		}
-		if (run_n > 0)
-			lane_send(s, w, run_first, run_n, run, (size_t)(p - run));
-		free(buf);
-		l->resend_off += sizeof r + r.nbytes;
-	}
-	return 0;
-
-unreadable: {
-	char why[200];
-	snprintf(why, sizeof why, "the spool file could not be read back: "
-	    "%s", strerror(errno));
-	stream_lane_fail(l, why);
-	return -1;
-	}
-}
-
-/* END to every lane whose worker has had all of its lines. */
-static void
-stream_end_lanes(struct stream *s)
-{
-	for (unsigned i = 0; i < s->nw; i++) {
-		struct lane *l = &s->lanes[i];
-		if (s->w[i] == NULL || l->state != L_LIVE || l->end_sent ||
-		    l->resend_off < l->resend_end)
-			continue;
-		l->end_sent = 1;
-		worker_send(s->w[i], F_END, s->id, NULL, 0);
-	}
-}
-
-/* Resends first; returns -1 if the stream is over. */
-static int
-stream_resend(struct stream *s)
-{
-	for (unsigned i = 0; i < s->nw; i++) {
-		struct lane *l = &s->lanes[i];
-		if (l->state == L_LIVE && l->resend_off < l->resend_end &&
-		    lane_resend(s, l) == -1 && s->state != S_RUNNING)
-			return -1;
-	}
-	return 0;
-}
-
-/*
- * Move what the client sent to workers with room.  Runs on client input,
- * on acks (room came back) and when the client's output drained.
+ * The stream moves on: resends, then what its source holds, then the end;
+ * and it finishes once nothing is left to wait for.  Runs on input, on
+ * acks (room came back), when the source's output drained, and after
+ * every change of a lane.  A lane lost on the way (its spool could not be
+ * read back) is ended here and the pump runs again: each lane is lost at
+ * most once, so the loop is bounded and nothing recurses.
  */
 void
 stream_input(struct stream *s)
 {
-	struct evbuffer *in = client_input(s->client);
-	const size_t max_item = cns_conf->max_item_bytes;
+	for (unsigned i = 0; i <= s->nw && s->state == S_RUNNING; i++) {
+		struct lane *l;
+		char why[200];
 
-	if (s->state != S_RUNNING)
-		return;
-	if (stream_resend(s) == -1)
-		return;
-	if (s->ended) {
-		stream_end_lanes(s);
-		return;
-	}
-	for (;;) {
-		struct flow_room room;
-		struct worker *w;
-		struct cut cut;
-		unsigned tried = 0;
-		size_t share;
-
-
-		if (s->skipping) {
-			struct evbuffer_ptr e = evbuffer_search(in, "\n", 1,
-			    NULL);
-			if (e.pos == -1) {
-				evbuffer_drain(in, evbuffer_get_length(in));
-				break;
-			}
-			evbuffer_drain(in, (size_t)e.pos + 1);
-			s->skipping = 0;
-		}
-		if (evbuffer_get_length(in) == 0)
-			break;
-		if (client_output_full(s->client)) {
-			client_read(s->client, 0);
-			return;
-		}
-		if (s->nlive == 0 && s->nwaiting > 0) {
-			/* Every lane waits for a new worker. */
-			client_read(s->client, 0);
-			return;
-		}
-		if (s->nlive == 0) {
-			/* No worker left: count the rest, to report it. */
-			struct flow_room all = { max_item, SIZE_MAX, SIZE_MAX,
-			    UINT_MAX };
-			w = NULL;
-			flow_cut(in, &all, &cut);
-		} else {
-			/* Spread what is buffered over the workers: small
-			 * streams reach every consumer, large ones move in
-			 * big batches. */
-			share = evbuffer_get_length(in) / s->nlive;
-			for (;;) {
-				if ((w = stream_pick(s, &room, &tried)) == NULL)
-					break;
-				if (room.soft_bytes > share)
-					room.soft_bytes = share;
-				if (room.soft_bytes > BATCH_MAX)
-					room.soft_bytes = BATCH_MAX;
-				flow_cut(in, &room, &cut);
-				if (cut.kind != CUT_FULL)
-					break;
-			}
-			if (w == NULL) {
-				/* Every window is full: wait for acks. */
-				client_read(s->client, 0);
+		if (s->nlive == 0 && s->nwaiting == 0) {
+			if (s->ended) {
+				stream_finish(s);
 				return;
 			}
+			/* Nobody is left to take the rest: read it to the
+			 * end and report it, so no item goes unaccounted. */
+			if (s->orphan_from == 0)
+				s->orphan_from = s->seq + 1;
+		} else if (s->ended && s->nwaiting == 0 &&
+		    s->nreturned == s->nlive) {
+			stream_consumed(s);
+			return;
 		}
-		switch (cut.kind) {
-		case CUT_BATCH:
-			if (w != NULL)
-				stream_send_batch(s, w, in, &cut);
-			else {
-				s->seq += cut.n;
-				s->unconsumed += cut.n;
-				evbuffer_drain(in, cut.nbytes);
-			}
+		switch (feed_pump(s, &l, why, sizeof why)) {
+		case FEED_LANE_LOST:
+			lane_fail(s, l, why);
 			continue;
-		case CUT_EMPTY:
-			evbuffer_drain(in, cut.nbytes);
-			continue;
-		case CUT_LONG: {
-			char why[160];
-			snprintf(why, sizeof why, "line of %s%zu bytes exceeds "
-			    "max_item_bytes (%zu)", cut.newline ? "" :
-			    "at least ", cut.nbytes - (cut.newline ? 1 : 0),
-			    max_item);
-			stream_send_reject(s, ++s->seq, why);
-			evbuffer_drain(in, cut.nbytes);
-			s->skipping = !cut.newline;
-			continue;
-		}
-		case CUT_NEED:
-		case CUT_FULL:
-			break;
-		}
-		break;
-	}
-	if (s->eof && !s->skipping && evbuffer_get_length(in) > 0) {
-		/* The client closed with an unterminated last line. */
-		stream_send_reject(s, ++s->seq, "truncated: the last line has "
-		    "no newline before the end of the stream");
-		evbuffer_drain(in, evbuffer_get_length(in));
-	}
-	if (s->eof && evbuffer_get_length(in) == 0) {
-		s->ended = 1;
-		if (s->nlive == 0 && s->nwaiting == 0)
+		case FEED_ORPHANED:
 			stream_orphaned(s);
-		else
-			stream_end_lanes(s);
-	} else
-		client_read(s->client, 1);
+			return;
+		case FEED_OK:
+			return;
+		}
+	}
 }
 
+/* The source ended: no more items. */
 void
-stream_client_eof(struct stream *s)
+stream_eof(struct stream *s)
 {
 	s->eof = 1;
 	stream_input(s);
@@ -621,7 +256,7 @@ stream_reject(struct stream *s, struct worker *w, uint64_t seq,
 	if (s->state != S_RUNNING || w->returned || w->rejected >= w->sent)
 		return -1;
 	l = &s->lanes[w->index];
-	if (!lane_holds(l, seq))
+	if (!feed_holds(l, seq))
 		return -1;
 	w->rejected++;
 	/* A worker running the call again rejects the same lines again:
@@ -631,7 +266,7 @@ stream_reject(struct stream *s, struct worker *w, uint64_t seq,
 		return 0;
 	l->reject_hwm = seq;
 	l->rejected++;
-	stream_send_reject(s, seq, why);
+	feed_reject(s, seq, why);
 	return 0;
 }
 
@@ -759,13 +394,13 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 		return -1;
 	w->returned = 1;
 	l->state = L_RETURNED;
-	lane_spool_close(l);	/* the call returned: nothing to replay */
+	feed_spool_close(l);	/* the call returned: nothing to replay */
 	s->nreturned++;
 	json_array_set(s->results, w->index, json_object_get(v, "result"));
 	if (json_is_string(err))
 		stream_error(s, "consume", w, json_string_value(err));
 	lane_account(s, l, w, (uint64_t)consumed);
-	stream_check(s);
+	stream_input(s);
 	return 0;
 }
 
@@ -783,30 +418,6 @@ stream_completion(struct stream *s, struct worker *w, json_t *v)
 	if (json_is_string(err))
 		stream_error(s, "complete", w, json_string_value(err));
 	stream_finish(s);
-}
-
-/* Every lane returned, failed, or took nothing more: go on. */
-static void
-stream_check(struct stream *s)
-{
-	if (s->state != S_RUNNING)
-		return;
-	if (s->nlive == 0 && s->nwaiting == 0) {
-		if (s->ended) {
-			stream_finish(s);
-			return;
-		}
-		/* Nobody is left to take the rest: read it to the end and
-		 * report it, so no item goes unaccounted. */
-		if (s->orphan_from == 0)
-			s->orphan_from = s->seq + 1;
-		stream_input(s);
-		return;
-	}
-	if (s->ended && s->nwaiting == 0 && s->nreturned == s->nlive)
-		stream_consumed(s);
-	else
-		stream_input(s);
 }
 
 /* A lane gives up: what it held and did not finish is reported lost. */
@@ -839,16 +450,15 @@ lane_dead(struct stream *s, struct lane *l, struct worker *w,
 	else if (w != NULL && WIFSIGNALED(status))
 		json_object_set_new(e, "signal", json_integer(WTERMSIG(status)));
 	s->unconsumed += lost;
-	lane_spool_close(l);
+	feed_spool_close(l);
 }
 
-/* Tell the client an item is quarantined, with its line. */
+/* Tell the source an item is quarantined, with its line. */
 static void
 stream_quarantine(struct stream *s, struct lane *l, uint64_t seq,
     const char *reason)
 {
-	char *line = l->spool_stage != NULL && lane_spool_flush(s, l) == 0 ?
-	    spool_find(l->spool, l->spool_len, seq) : NULL;
+	char *line = feed_spool_line(s, l, seq);
 	json_t *item = NULL, *v;
 
 	if (line != NULL) {
@@ -866,118 +476,109 @@ stream_quarantine(struct stream *s, struct lane *l, uint64_t seq,
 	v = json_pack("{s:{s:I,s:o,s:s}}", "quarantined", "seq",
 	    (json_int_t)seq, "item", item != NULL ? item : json_null(),
 	    "reason", reason);
-	client_send_json(s->client, v);
+	s->src.ops->event(s->src.arg, v);
 	json_decref(v);
 }
 
-/* One more crash on `seq`; returns how many there were. */
+/* Crashes so far on `seq`. */
 static unsigned
-stream_attempt(struct stream *s, uint64_t seq)
+stream_attempts(const struct stream *s, uint64_t seq)
+{
+	for (size_t i = 0; i < s->nattempts; i++)
+		if (s->attempts[i].seq == seq)
+			return s->attempts[i].n;
+	return 0;
+}
+
+static void
+stream_set_attempts(struct stream *s, uint64_t seq, unsigned n)
 {
 	struct attempt *a;
 
 	for (size_t i = 0; i < s->nattempts; i++)
-		if (s->attempts[i].seq == seq)
-			return ++s->attempts[i].n;
+		if (s->attempts[i].seq == seq) {
+			s->attempts[i].n = n;
+			return;
+		}
 	a = reallocarray(s->attempts, s->nattempts + 1, sizeof *a);
 	if (a == NULL)
 		fatal("%s: reallocarray", __func__);
 	s->attempts = a;
 	a[s->nattempts].seq = seq;
-	a[s->nattempts].n = 1;
+	a[s->nattempts].n = n;
 	s->nattempts++;
-	return 1;
 }
 
 /*
- * A lane's worker died inside its consume call.  Decide from where it was
- * (the shared page, checked against what it was sent) whether an item is
- * to blame, and whether the lane runs again on a new worker.
+ * A lane's worker died inside its consume call: the facts (where its
+ * page says it was, checked against what it was sent) go to crash.c, and
+ * its verdict is applied here.
  */
 static void
 lane_crashed(struct stream *s, struct lane *l, struct worker *w,
     const char *how)
 {
 	const struct pool_conf *pc = s->pool->pc;
-	uint64_t cur = 0, last_done = 0, ndone = 0, started = 0, ended = 0;
+	struct crash_facts f = { 0 };
+	struct crash_verdict v;
 	char why[600];
 
 	s->crashes++;
 	s->pool->crashes++;
 	if (w->shm != NULL) {
-		cur = shm_load(&w->shm->cur);
-		last_done = shm_load(&w->shm->last_done);
-		ndone = shm_load(&w->shm->ndone);
-		started = shm_load(&w->shm->started);
-		ended = shm_load(&w->shm->ended);
+		f.blame = shm_load(&w->shm->cur);
+		f.last_done = shm_load(&w->shm->last_done);
+		f.ndone = shm_load(&w->shm->ndone);
+		f.started = shm_load(&w->shm->started);
+		f.ended = shm_load(&w->shm->ended);
 	}
-	/* Killed for item_timeout, unless it finished that item between
-	 * the look and the kill. */
-	if (w->timed_out != 0 && w->timed_out < TIMEOUT_COMPLETE &&
-	    last_done < w->timed_out)
-		cur = w->timed_out;
-	if (cur != 0 && (!lane_holds(l, cur) || cur < l->resend_from))
-		cur = 0;		/* not one of its items: no blame */
-	if (pc->on_crash == CRASH_FAIL) {
-		lane_dead(s, l, w, how, w->status, NULL);
-		return;
-	}
-	if (lane_spool_flush(s, l) == -1) {
-		lane_dead(s, l, w, how, w->status, " (its items could not be "
-		    "spooled, so they cannot be sent again)");
-		return;
-	}
-	if (s->crashes > CRASHES_MAX) {
-		snprintf(why, sizeof why, " (the stream lost %u workers, the "
-		    "most it may)", CRASHES_MAX);
-		lane_dead(s, l, w, how, w->status, why);
-		return;
-	}
-	if (cur != 0) {
-		unsigned n = stream_attempt(s, cur);
+	f.blame = crash_blame(f.blame, f.last_done, w->timed_out);
+	f.blame_held = f.blame != 0 && feed_holds(l, f.blame);
+	f.last_done_held = f.last_done != 0 && feed_holds(l, f.last_done);
+	f.policy = pc->on_crash;
+	f.max_attempts = pc->max_attempts;
+	f.resend_from = l->resend_from;
+	f.sent = w->sent;
+	f.rejected = w->rejected;
+	/* The spool is written now: a replay reads it back. */
+	f.spool_ok = !crash_spools(f.policy) || feed_spool_flush(s, l) == 0;
+	f.stream_crashes = s->crashes;
+	f.end_crashes = l->end_crashes;
+	f.fruitless = l->fruitless;
+	if (f.blame_held)
+		f.attempts = stream_attempts(s, f.blame);
+	crash_lane(&f, &v);
+
+	l->end_crashes = v.end_crashes;
+	l->fruitless = v.fruitless;
+	if (v.blame != 0) {
+		stream_set_attempts(s, v.blame, v.attempts);
 		log_warnx("stream %" PRIu64 ": pool %s: worker %u died on item "
 		    "%" PRIu64 " (%u of %u attempts): %s", s->id, pc->name,
-		    w->slot, cur, n, pc->max_attempts, how);
-		if (n >= pc->max_attempts) {
-			snprintf(why, sizeof why, "its consumer died on it %u "
-			    "time%s: %s", n, n == 1 ? "" : "s", how);
-			utf8_clean(why);
-			stream_quarantine(s, l, cur, why);
-		}
-	} else if (ended) {
-		if (++l->end_crashes >= pc->max_attempts) {
-			snprintf(why, sizeof why, " (consume died after its "
-			    "items ended %u times)", l->end_crashes);
-			lane_dead(s, l, w, how, w->status, why);
-			return;
-		}
-	} else if (w->sent > w->rejected && started == 0) {
-		if (++l->fruitless >= pc->max_attempts) {
-			snprintf(why, sizeof why, " (consume died %u times "
-			    "before it took an item)", l->fruitless);
-			lane_dead(s, l, w, how, w->status, why);
-			return;
-		}
-	} else
+		    w->slot, v.blame, v.attempts, pc->max_attempts, how);
+	}
+	if (v.action == CRASH_LANE_LOST) {
+		lane_dead(s, l, w, how, w->status, v.why[0] != '\0' ? v.why :
+		    NULL);
+		return;
+	}
+	if (v.quarantine) {
+		snprintf(why, sizeof why, "its consumer died on it %u time%s: "
+		    "%s", v.attempts, v.attempts == 1 ? "" : "s", how);
+		utf8_clean(why);
+		stream_quarantine(s, l, v.blame, why);
+	}
+	if (v.note == CRASH_NOTE_BETWEEN)
 		log_warnx("stream %" PRIu64 ": pool %s: worker %u died between "
 		    "items: %s", s->id, pc->name, w->slot, how);
-	if (started > 0) {
-		l->fruitless = 0;
-		s->pool->init_failures = 0;	/* its plugin does work */
-	}
-	if (pc->on_crash == CRASH_REDELIVER) {
-		/* What it finished stays done; the rest goes again. */
-		uint64_t from = cur != 0 ? cur : last_done != 0 &&
-		    lane_holds(l, last_done) ? last_done + 1 : 0;
-		if (ndone <= w->sent - w->rejected && from != 0 &&
-		    from >= l->resend_from) {
-			l->acked += ndone;
-			l->resend_from = from;
-		} else if (ndone > 0)
-			log_warnx("stream %" PRIu64 ": pool %s: worker %u left "
-			    "a progress record that does not add up; its "
-			    "items go again", s->id, pc->name, w->slot);
-	}
+	else if (v.note == CRASH_NOTE_BAD_PROGRESS)
+		log_warnx("stream %" PRIu64 ": pool %s: worker %u left a "
+		    "progress record that does not add up; its items go "
+		    "again", s->id, pc->name, w->slot);
+	if (v.plugin_works)
+		pool_works(s->pool);
+	l->acked += v.acked;
+	l->resend_from = v.resend_from;
 	l->state = L_WAITING;
 	l->end_sent = 0;
 	l->resend_off = l->resend_end = 0;
@@ -1011,7 +612,7 @@ stream_worker_gone(struct stream *s, struct worker *w, const char *how)
 		s->nreturned--;
 	else
 		lane_crashed(s, l, w, how);
-	stream_check(s);
+	stream_input(s);
 }
 
 /* A new worker for a lane whose worker died: run the call again. */
@@ -1033,11 +634,10 @@ stream_lane_leased(struct lane *l, struct worker *w)
 	stream_input(s);
 }
 
-/* No worker will come for a waiting lane. */
-void
-stream_lane_fail(struct lane *l, const char *why)
+/* A lane will not run again: what it held is reported lost. */
+static void
+lane_fail(struct stream *s, struct lane *l, const char *why)
 {
-	struct stream *s = l->stream;
 	char msg[600];
 
 	if (l->state == L_WAITING) {
@@ -1054,10 +654,17 @@ stream_lane_fail(struct lane *l, const char *why)
 	snprintf(msg, sizeof msg, "the consume call could not run again: %s",
 	    why);
 	lane_dead(s, l, NULL, NULL, 0, msg);
-	stream_check(s);
 }
 
-/* Every worker died before the client's end: report what was left. */
+/* No worker will come for a waiting lane (its pool cannot start any). */
+void
+stream_lane_fail(struct lane *l, const char *why)
+{
+	lane_fail(l->stream, l, why);
+	stream_input(l->stream);
+}
+
+/* Every worker died before the source's end: report what was left. */
 static void
 stream_orphaned(struct stream *s)
 {
@@ -1087,7 +694,7 @@ stream_finish(struct stream *s)
 			pool_lane_unwait(s->pool, l);
 			l->state = L_DEAD;
 		}
-		lane_spool_close(l);
+		feed_spool_close(l);
 	}
 	s->nwaiting = 0;
 	for (unsigned i = 0; i < s->nw; i++) {
@@ -1129,7 +736,7 @@ stream_finish(struct stream *s)
 	    s->quarantined, s->unconsumed, s->crashes,
 	    s->crashes == 1 ? "" : "es", json_array_size(s->errors),
 	    json_array_size(s->errors) == 1 ? "" : "s");
-	client_finish(s->client, final);
+	s->src.ops->finish(s->src.arg, final);
 }
 
 /* Shutdown: every open stream ends now, with the reason. */

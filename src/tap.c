@@ -84,7 +84,7 @@ tap_free(struct tap *t)
 	ntaps--;
 	bufferevent_free(t->bev);
 	free(t);
-	cns_maybe_exit();
+	cns_changed();		/* a stop may wait for its last lines */
 }
 
 static void

@@ -1,7 +1,13 @@
 /*
- * worker.c - the master's side of worker processes: spawning, the table
- * keyed by pid, reading their frames, and the one path for "a worker is
- * gone", whether it exited, crashed, was killed or broke the protocol.
+ * worker.c - the master's side of worker processes, as processes:
+ * spawning, the table keyed by pid, their sockets, reaping, stopping, and
+ * the one path for "a worker is gone", whether it exited, crashed, was
+ * killed or broke the protocol.  What a worker's frames and its end mean
+ * is dispatch.c's: it hears them through the two hooks set with
+ * worker_on(), as a tmux peer's dispatch callback does (a gone worker is
+ * that path's NULL message).  A gone worker leaves the table at once and
+ * is freed on a later loop turn, so no caller is left holding freed
+ * memory.
  */
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -26,6 +32,19 @@
 
 static struct worker	*worker_table[WORKER_HASH];
 static unsigned		 worker_total;
+static int		(*hook_frame)(struct worker *, const struct frame_hdr *,
+			    struct evbuffer *);
+static void		(*hook_gone)(struct worker *, const char *how);
+
+/* Who hears a worker's frames (returns -1 when it dropped the worker)
+ * and its end. */
+void
+worker_on(int (*frame)(struct worker *, const struct frame_hdr *,
+    struct evbuffer *), void (*gone)(struct worker *, const char *))
+{
+	hook_frame = frame;
+	hook_gone = gone;
+}
 
 static void	worker_gone(struct worker *);
 static void	worker_readcb(struct bufferevent *, void *);
@@ -58,23 +77,6 @@ worker_count(void)
 	return worker_total;
 }
 
-char *
-worker_describe_exit(int status)
-{
-	char *s = NULL;
-	int r;
-
-	if (WIFSIGNALED(status))
-		r = asprintf(&s, "killed by signal %d (%s)%s", WTERMSIG(status),
-		    strsignal(WTERMSIG(status)),
-		    WCOREDUMP(status) ? ", core dumped" : "");
-	else
-		r = asprintf(&s, "exited with status %d", WEXITSTATUS(status));
-	if (r == -1)
-		fatal("%s: asprintf", __func__);
-	return s;
-}
-
 /* Close the master's end of the worker's socket, dropping unsent frames. */
 static void
 worker_drop_socket(struct worker *w)
@@ -87,7 +89,7 @@ worker_drop_socket(struct worker *w)
 }
 
 /* A worker that breaks the protocol is killed; worker_gone follows. */
-static void
+void
 worker_protocol(struct worker *w, const char *why)
 {
 	log_warnx("pool %s: worker %u (pid %ld): protocol error: %s; "
@@ -97,126 +99,6 @@ worker_protocol(struct worker *w, const char *why)
 	w->closed = 1;
 	if (w->reaped)
 		worker_gone(w);
-}
-
-static json_t *
-worker_json(struct worker *w, struct evbuffer *in, size_t len)
-{
-	json_t *v = json_loadb((const char *)evbuffer_pullup(in,
-	    (ev_ssize_t)len), len, JSON_DECODE_ANY, NULL);
-
-	evbuffer_drain(in, len);
-	if (v == NULL || !json_is_object(v)) {
-		json_decref(v);
-		worker_protocol(w, "payload is not a JSON object");
-		return NULL;
-	}
-	return v;
-}
-
-/* Handle one frame; returns -1 when the worker was dropped. */
-static int
-worker_dispatch(struct worker *w, const struct frame_hdr *h,
-    struct evbuffer *in)
-{
-	struct stream *s = w->stream;
-	uint32_t ack[2];
-	uint64_t seq;
-	json_t *v;
-	int r;
-
-	if (h->type != F_READY && h->type != F_INITFAIL &&
-	    (s == NULL || h->stream != s->id)) {
-		if (w->state == W_EXITING) {
-			/* Stopped inside a stream that ended without it:
-			 * what it still says is moot. */
-			evbuffer_drain(in, h->len);
-			return 0;
-		}
-		worker_protocol(w, "frame for a stream it does not hold");
-		return -1;
-	}
-	switch (h->type) {
-	case F_READY:
-		if (w->state == W_EXITING) {
-			/* Stopped while it started (its pool retired). */
-			evbuffer_drain(in, h->len);
-			break;
-		}
-		if (w->state != W_STARTING) {
-			worker_protocol(w, "READY twice");
-			return -1;
-		}
-		if ((v = worker_json(w, in, h->len)) == NULL)
-			return -1;
-		w->pool->has_complete = json_is_true(json_object_get(v,
-		    "complete"));
-		json_decref(v);
-		log_debug("pool %s: worker %u (pid %ld) ready",
-		    w->pool->pc->name, w->slot, (long)w->pid);
-		if (w->startup) {
-			w->startup = 0;
-			cns_worker_settled();
-		}
-		pool_idle(w->pool, w);
-		break;
-	case F_INITFAIL: {
-		char *msg = malloc((size_t)h->len + 1);
-		if (msg == NULL)
-			fatal("%s: malloc", __func__);
-		evbuffer_remove(in, msg, h->len);
-		msg[h->len] = '\0';
-		utf8_clean(msg);
-		log_warnx("pool %s: worker %u (pid %ld) failed to start: %s",
-		    w->pool->pc->name, w->slot, (long)w->pid, msg);
-		free(w->pool->last_error);
-		w->pool->last_error = msg;
-		w->init_failed = 1;
-		break;
-	}
-	case F_ACK:
-		evbuffer_remove(in, ack, sizeof ack);
-		if (stream_ack(s, w, ack[0], ack[1]) == -1) {
-			worker_protocol(w, "acknowledged more than it was sent");
-			return -1;
-		}
-		break;
-	case F_REJECT: {
-		size_t tlen = h->len - 8;
-		char *why = malloc(tlen + 1);
-		if (why == NULL)
-			fatal("%s: malloc", __func__);
-		evbuffer_remove(in, &seq, 8);
-		evbuffer_remove(in, why, tlen);
-		why[tlen] = '\0';
-		utf8_clean(why);
-		r = stream_reject(s, w, seq, why);
-		free(why);
-		if (r == -1) {
-			worker_protocol(w, "a rejection for an item it does "
-			    "not hold");
-			return -1;
-		}
-		break;
-	}
-	case F_RESULT:
-		if ((v = worker_json(w, in, h->len)) == NULL)
-			return -1;
-		r = stream_result(s, w, v);
-		json_decref(v);
-		if (r == -1) {
-			worker_protocol(w, "a result that does not add up");
-			return -1;
-		}
-		break;
-	case F_COMPLETION:
-		if ((v = worker_json(w, in, h->len)) == NULL)
-			return -1;
-		stream_completion(s, w, v);
-		json_decref(v);
-		break;
-	}
-	return 0;
 }
 
 static void
@@ -229,7 +111,7 @@ worker_readcb(struct bufferevent *bev, void *arg)
 	int r;
 
 	while ((r = frame_pull(in, &h, why, sizeof why)) == 1)
-		if (worker_dispatch(w, &h, in) == -1)
+		if (hook_frame(w, &h, in) == -1)
 			return;
 	if (r == -1)
 		worker_protocol(w, why);
@@ -360,7 +242,7 @@ worker_reap(void)
 			while (evbuffer_read(in, fd, 256u << 10) > 0)
 				;
 			worker_readcb(w->bev, w);
-			if (worker_find(pid) != w)
+			if (w->gone)
 				continue;	/* already dropped */
 			worker_drop_socket(w);
 			w->closed = 1;
@@ -371,29 +253,25 @@ worker_reap(void)
 }
 
 static void
+worker_free(void *arg)
+{
+	struct worker *w = arg;
+
+	if (w->shm != NULL)
+		munmap(w->shm, sizeof *w->shm);
+	free(w);
+}
+
+static void
 worker_gone(struct worker *w)
 {
 	struct pool *p = w->pool;
 	char *how;
 
-	if (w->timed_out != 0) {
-		int r;
-		if (w->timed_out == TIMEOUT_END)
-			r = asprintf(&how, "killed after item_timeout (%g s): "
-			    "consume did not return after its items ended",
-			    p->pc->item_timeout);
-		else if (w->timed_out == TIMEOUT_COMPLETE)
-			r = asprintf(&how, "killed after item_timeout (%g s) "
-			    "in the completion handler", p->pc->item_timeout);
-		else
-			r = asprintf(&how, "killed after item_timeout (%g s) "
-			    "on item %" PRIu64, p->pc->item_timeout,
-			    w->timed_out);
-		if (r == -1)
-			fatal("%s: asprintf", __func__);
-	} else
-		how = worker_describe_exit(w->status);
-
+	if (w->gone)
+		return;
+	w->gone = 1;
+	how = crash_describe(w->timed_out, p->pc->item_timeout, w->status);
 	worker_unhash(w);
 	TAILQ_REMOVE(&p->workers, w, entry);
 	p->nworkers--;
@@ -407,20 +285,39 @@ worker_gone(struct worker *w)
 		log_warnx("pool %s: worker %u (pid %ld) %s%s", p->pc->name,
 		    w->slot, (long)w->pid, how, w->stream != NULL ?
 		    " during a stream" : "");
-	if (w->stream != NULL)
-		stream_worker_gone(w->stream, w, how);
-	if (w->startup)
-		cns_worker_settled();
-	/* A worker that dies before it served any stream counts as a failed
-	 * start, so a plugin that crashes just after init backs off. */
-	pool_worker_gone(p, w, w->init_failed ||
-	    (w->streams_served == 0 && w->stream == NULL &&
-	    w->state != W_EXITING));
+	hook_gone(w, how);
 	free(how);
+	cns_later(worker_free, w);
+	cns_changed();		/* a stop, or the start, may wait for it */
+}
+
+/* The worker starts a consume call of stream s, as its lane i. */
+void
+worker_bind(struct worker *w, struct stream *s, unsigned i)
+{
+	w->stream = s;
+	w->index = i;
+	memset(&w->credit, 0, sizeof w->credit);
+	w->sent = w->rejected = 0;
+	w->returned = 0;
+	w->watch_cur = w->watch_started = 0;
+	w->timed_out = 0;
+	/* The page still says where its last stream was; a worker that dies
+	 * before it reads BEGIN must not be taken to be there. */
 	if (w->shm != NULL)
-		munmap(w->shm, sizeof *w->shm);
-	free(w);
-	cns_maybe_exit();
+		memset(w->shm, 0, sizeof *w->shm);
+}
+
+/* Workers of the first start not yet ready nor gone. */
+unsigned
+worker_starting(void)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < WORKER_HASH; i++)
+		for (struct worker *w = worker_table[i]; w; w = w->hnext)
+			n += w->startup != 0;
+	return n;
 }
 
 void
@@ -516,18 +413,21 @@ worker_watch(struct worker *w, double now)
 		if (cur == 0 && shm_load(&w->shm->ended))
 			cur = TIMEOUT_END;
 	}
-	if (cur == 0) {
+	switch (crash_watch(cur, started, w->watch_cur, w->watch_started,
+	    w->watch_since, now, w->pool->pc->item_timeout)) {
+	case WATCH_NONE:
 		w->watch_cur = 0;
 		return;
-	}
-	if (cur != w->watch_cur || started != w->watch_started) {
+	case WATCH_MOVED:
 		w->watch_cur = cur;
 		w->watch_started = started;
 		w->watch_since = now;
 		return;
-	}
-	if (now - w->watch_since < w->pool->pc->item_timeout)
+	case WATCH_WAIT:
 		return;
+	case WATCH_KILL:
+		break;
+	}
 	what = cur == TIMEOUT_COMPLETE ? "in its completion handler" :
 	    cur == TIMEOUT_END ? "in consume after its items ended" : NULL;
 	if (what != NULL)

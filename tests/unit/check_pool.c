@@ -19,11 +19,6 @@
 
 #include "consumersd.h"
 
-/* The daemon's globals that pool.c reads; NULL means no timers, and no
- * daemon-wide settings. */
-struct event_base *cns_base;
-struct conf *cns_conf;
-
 /* ---- fakes ---- */
 
 #define MAXREC	64

@@ -612,8 +612,8 @@ child_identity(struct child *ch, pid_t master)
 	}
 	clearenv();
 	setenv("PATH", "/usr/local/bin:/usr/bin:/bin", 1);
-	if (client_socket_path() != NULL)
-		setenv("CONSUMERS_SOCKET", client_socket_path(), 1);
+	if (cns_socket_abs != NULL)
+		setenv("CONSUMERS_SOCKET", cns_socket_abs, 1);
 	json_object_foreach(keep, k, v)
 		setenv(k, json_string_value(v), 1);
 	json_object_foreach(pc->env, k, v)
@@ -699,7 +699,7 @@ child_probe(const struct pool_conf *pc, char *why, size_t whylen)
 		return -1;
 	}
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		char *how = worker_describe_exit(status);
+		char *how = cns_describe_exit(status);
 		snprintf(why, whylen, "loading plugin %s: the process %s",
 		    pc->plugin, how);
 		free(how);

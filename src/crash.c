@@ -1,0 +1,187 @@
+/*
+ * crash.c - the failure policy, in one place: decisions only.  Whoever
+ * sees a worker die (stream.c for a consume call, pool.c for a start,
+ * the item_timeout watch) gathers the facts and asks here; this file does
+ * no I/O, keeps no state and calls nobody, so each rule is a function of
+ * its facts, unit-tested in tests/unit/check_crash.c.
+ *
+ * A consume call (a lane) that loses its worker: on_crash "fail" loses
+ * its items; "replay" runs the call again on a new worker over every item
+ * it took (kept in a spool file); "redeliver" sends again only what the
+ * dead worker had not finished.  An item a consumer died on max_attempts
+ * times is poison: quarantined (reported and skipped).  A call that dies
+ * max_attempts times after its items ended, or before it took any, is
+ * lost.  A worker that dies before serving a stream is a failed start;
+ * failed starts back off exponentially and mark the pool failed.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "consumersd.h"
+
+/* Whether the pool keeps its lanes' items in spool files. */
+int
+crash_spools(int policy)
+{
+	return policy != CRASH_FAIL;
+}
+
+/*
+ * The item to blame for a death: the one its page says it held, or, when
+ * item_timeout killed it, the one it was stuck on (unless it finished that
+ * one between the look and the kill).
+ */
+uint64_t
+crash_blame(uint64_t cur, uint64_t last_done, uint64_t timed_out)
+{
+	if (timed_out != 0 && timed_out < TIMEOUT_COMPLETE &&
+	    last_done < timed_out)
+		return timed_out;
+	return cur;
+}
+
+static void
+lost(struct crash_verdict *v, const char *fmt, unsigned n)
+{
+	v->action = CRASH_LANE_LOST;
+	if (fmt != NULL)
+		snprintf(v->why, sizeof v->why, fmt, n);
+}
+
+/*
+ * A lane's worker died inside its consume call.  The caller applies the
+ * verdict: counts, the quarantine, and the lane lost or waiting for a new
+ * worker from v->resend_from on.
+ */
+void
+crash_lane(const struct crash_facts *f, struct crash_verdict *v)
+{
+	uint64_t blame = f->blame_held && f->blame >= f->resend_from ?
+	    f->blame : 0;
+
+	memset(v, 0, sizeof *v);
+	v->resend_from = f->resend_from;
+	v->end_crashes = f->end_crashes;
+	v->fruitless = f->fruitless;
+	if (f->policy == CRASH_FAIL) {
+		lost(v, NULL, 0);
+		return;
+	}
+	if (!f->spool_ok) {
+		lost(v, " (its items could not be spooled, so they cannot be "
+		    "sent again)", 0);
+		return;
+	}
+	if (f->stream_crashes > CRASHES_MAX) {
+		lost(v, " (the stream lost %u workers, the most it may)",
+		    CRASHES_MAX);
+		return;
+	}
+	if (blame != 0) {
+		v->blame = blame;
+		v->attempts = f->attempts + 1;
+		v->quarantine = v->attempts >= f->max_attempts;
+		v->note = CRASH_NOTE_ITEM;
+	} else if (f->ended) {
+		if (++v->end_crashes >= f->max_attempts) {
+			lost(v, " (consume died after its items ended %u "
+			    "times)", v->end_crashes);
+			return;
+		}
+	} else if (f->sent > f->rejected && f->started == 0) {
+		if (++v->fruitless >= f->max_attempts) {
+			lost(v, " (consume died %u times before it took an "
+			    "item)", v->fruitless);
+			return;
+		}
+	} else
+		v->note = CRASH_NOTE_BETWEEN;
+	if (f->started > 0) {
+		v->fruitless = 0;
+		v->plugin_works = 1;
+	}
+	v->action = CRASH_RERUN;
+	if (f->policy == CRASH_REDELIVER) {
+		/* What it finished stays done; the rest goes again. */
+		uint64_t from = blame != 0 ? blame : f->last_done != 0 &&
+		    f->last_done_held ? f->last_done + 1 : 0;
+		if (f->ndone <= f->sent - f->rejected && from != 0 &&
+		    from >= f->resend_from) {
+			v->acked = f->ndone;
+			v->resend_from = from;
+		} else if (f->ndone > 0)
+			v->note = CRASH_NOTE_BAD_PROGRESS;
+	}
+}
+
+/*
+ * A worker is gone: whether it counts as a failed start.  One that dies
+ * before it served any stream does, so a plugin that crashes just after
+ * init backs off too; one told to exit does not.
+ */
+int
+crash_failed_start(int init_failed, unsigned streams_served, int in_stream,
+    int exiting)
+{
+	return init_failed || (streams_served == 0 && !in_stream && !exiting);
+}
+
+/* The wait before the next start after `failures` failed ones in a row. */
+unsigned
+crash_backoff_ms(unsigned failures)
+{
+	unsigned shift = failures < 9 ? failures : 9;
+	unsigned ms = RESPAWN_MIN_MS << shift;
+
+	return ms > RESPAWN_MAX_MS ? RESPAWN_MAX_MS : ms;
+}
+
+/* Whether that many failed starts in a row mark the pool failed. */
+int
+crash_pool_failed(unsigned failures, unsigned max_init_failures)
+{
+	return failures >= max_init_failures;
+}
+
+/*
+ * item_timeout, at one look at a leased worker: `cur` is what it holds now
+ * (an item's seq, TIMEOUT_END, TIMEOUT_COMPLETE, or 0 for nothing to
+ * watch), `started` how many items its call has taken; `seen_*` and
+ * `since` what the last look saw and since when.
+ */
+enum watch_verdict
+crash_watch(uint64_t cur, uint64_t started, uint64_t seen_cur,
+    uint64_t seen_started, double since, double now, double timeout)
+{
+	if (cur == 0)
+		return WATCH_NONE;
+	if (cur != seen_cur || started != seen_started)
+		return WATCH_MOVED;
+	if (now - since < timeout)
+		return WATCH_WAIT;
+	return WATCH_KILL;
+}
+
+/* How a worker ended, for the log and the stream's errors. */
+char *
+crash_describe(uint64_t timed_out, double item_timeout, int status)
+{
+	char *how;
+	int r;
+
+	if (timed_out == 0)
+		return cns_describe_exit(status);
+	if (timed_out == TIMEOUT_END)
+		r = asprintf(&how, "killed after item_timeout (%g s): consume "
+		    "did not return after its items ended", item_timeout);
+	else if (timed_out == TIMEOUT_COMPLETE)
+		r = asprintf(&how, "killed after item_timeout (%g s) in the "
+		    "completion handler", item_timeout);
+	else
+		r = asprintf(&how, "killed after item_timeout (%g s) on item %"
+		    PRIu64, item_timeout, timed_out);
+	if (r == -1)
+		fatal("%s: asprintf", __func__);
+	return how;
+}

@@ -1,0 +1,449 @@
+/*
+ * feed.c - the master's side of one item: bytes from the stream's source
+ * are cut into lines, each line gets its sequence number, a lane is picked
+ * by credit, the batch is spooled (for a replay) and leaves as an ITEMS
+ * frame; acks give the credit back; after a crash a lane's spool is sent
+ * again to its new worker.  When every window is full the source is not
+ * read any more, so a fast producer is slowed down instead of buffered.
+ * The master never parses an item: workers report rejected lines.
+ *
+ * Mechanics only: what a crash means is crash.c's, and what to do about a
+ * lane or a stream that ends is stream.c's; feed_pump tells its caller.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+
+#include "consumersd.h"
+
+#define BATCH_MAX	(256u << 10)	/* bytes in one ITEMS frame */
+#define RANGES_MAX	65536	/* seq ranges kept per lane */
+#define SPOOL_STAGE_MAX	(64u << 10)	/* bytes staged before a write */
+
+/* Tell the source a line is rejected. */
+void
+feed_reject(struct stream *s, uint64_t seq, const char *why)
+{
+	json_t *v = json_pack("{s:{s:I,s:s}}", "rejected", "seq",
+	    (json_int_t)seq, "error", why);
+
+	s->rejected++;
+	s->src.ops->event(s->src.arg, v);
+	json_decref(v);
+}
+
+/* The next leased worker, round robin, whose window has room. */
+static struct worker *
+feed_pick(struct stream *s, struct flow_room *room, unsigned *tried)
+{
+	const struct conf *c = cns_conf;
+
+	while (*tried < s->nw) {
+		struct worker *w = s->w[s->rr % s->nw];
+		s->rr++;
+		(*tried)++;
+		if (w != NULL && worker_alive(w) &&
+		    s->lanes[w->index].resend_off >=
+		    s->lanes[w->index].resend_end &&
+		    credit_room(&w->credit, c->window_bytes, c->window_items,
+		    c->max_item_bytes, room))
+			return w;
+	}
+	return NULL;
+}
+
+/*
+ * Remember the seqs a lane took; adjacent batches merge into one range.
+ * The list is bounded: past RANGES_MAX the last range grows to cover the
+ * new one (gaps included) and the report says the ranges are inexact.
+ */
+static void
+lane_add_range(struct lane *l, uint64_t first, uint64_t last)
+{
+	if (l->nranges > 0 && (l->ranges[l->nranges - 1].last + 1 == first ||
+	    l->nranges == RANGES_MAX)) {
+		l->ranges_inexact |= l->ranges[l->nranges - 1].last + 1 != first;
+		l->ranges[l->nranges - 1].last = last;
+		return;
+	}
+	if (l->nranges == l->caprange) {
+		size_t cap = l->caprange ? l->caprange * 2 : 16;
+		struct range *r = reallocarray(l->ranges, cap, sizeof *r);
+		if (r == NULL)
+			fatal("%s: reallocarray", __func__);
+		l->ranges = r;
+		l->caprange = cap;
+	}
+	l->ranges[l->nranges].first = first;
+	l->ranges[l->nranges].last = last;
+	l->nranges++;
+}
+
+/* Whether `seq` went to the lane; ranges ascend, so a binary search. */
+int
+feed_holds(const struct lane *l, uint64_t seq)
+{
+	size_t lo = 0, hi = l->nranges;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (seq < l->ranges[mid].first)
+			hi = mid;
+		else if (seq > l->ranges[mid].last)
+			lo = mid + 1;
+		else
+			return 1;
+	}
+	return 0;
+}
+
+/* Write the lane's staged records to its file; -1 if that failed. */
+int
+feed_spool_flush(struct stream *s, struct lane *l)
+{
+	if (l->spool_stage == NULL || l->spool_broken)
+		return l->spool_broken ? -1 : 0;
+	/* The file is made on the first write: a stream whose lanes stay
+	 * within the stage (most short ones) costs no file at all. */
+	if (l->spool == -1 &&
+	    (l->spool = spool_open(cns_conf->spool_dir)) == -1) {
+		log_warn("stream %" PRIu64 ": cannot create a spool file in "
+		    "%s; a crash of its lane %u will lose its items", s->id,
+		    cns_conf->spool_dir, l->index + 1);
+		l->spool_broken = 1;
+		return -1;
+	}
+	if (spool_flush(l->spool, l->spool_stage) == -1) {
+		log_warn("stream %" PRIu64 ": writing the spool file in %s; "
+		    "a crash of its lane %u will lose its items", s->id,
+		    cns_conf->spool_dir, l->index + 1);
+		l->spool_broken = 1;
+		return -1;
+	}
+	return 0;
+}
+
+void
+feed_spool_close(struct lane *l)
+{
+	if (l->spool != -1) {
+		close(l->spool);
+		l->spool = -1;
+	}
+	if (l->spool_stage != NULL) {
+		evbuffer_free(l->spool_stage);
+		l->spool_stage = NULL;
+	}
+}
+
+/* The line of `seq` from the lane's spool (malloc'ed), or NULL. */
+char *
+feed_spool_line(struct stream *s, struct lane *l, uint64_t seq)
+{
+	if (l->spool_stage == NULL || feed_spool_flush(s, l) == -1)
+		return NULL;
+	return spool_find(l->spool, l->spool_len, seq);
+}
+
+/*
+ * Keep a batch in the lane's spool, for a replay after a crash.  Batches
+ * are staged and written 64 KiB at a time: a write per batch would cost
+ * more than the batch.
+ */
+static void
+lane_spool(struct stream *s, struct lane *l, uint64_t first, uint32_t count,
+    struct evbuffer *in, size_t nbytes)
+{
+	if (!crash_spools(s->pool->pc->on_crash) || l->spool_broken)
+		return;
+	if (l->spool_stage == NULL && (l->spool_stage = evbuffer_new()) ==
+	    NULL)
+		fatalx("%s: evbuffer_new", __func__);
+	spool_stage(l->spool_stage, first, count, in, nbytes);
+	l->spool_len += sizeof(struct spool_rec) + nbytes;
+	if (evbuffer_get_length(l->spool_stage) >= SPOOL_STAGE_MAX)
+		feed_spool_flush(s, l);
+}
+
+/*
+ * The head of an ITEMS frame of `count` lines (`nbytes`) from seq
+ * `first`, in one piece, with the worker's window and count charged;
+ * the caller adds the lines.
+ */
+static struct evbuffer *
+items_head(struct stream *s, struct worker *w, uint64_t first,
+    uint32_t count, size_t nbytes)
+{
+	struct {
+		struct frame_hdr h;
+		uint64_t	 first;
+		uint32_t	 count;
+	} __attribute__((packed)) head = {
+		.h = { .version = FRAME_VERSION, .type = F_ITEMS,
+		    .len = (uint32_t)(ITEMS_HDR_SIZE + nbytes),
+		    .stream = s->id },
+		.first = first, .count = count
+	};
+	struct evbuffer *out = worker_output(w);
+
+	_Static_assert(sizeof head == FRAME_HDR_SIZE + ITEMS_HDR_SIZE,
+	    "items head");
+	evbuffer_add(out, &head, sizeof head);
+	credit_take(&w->credit, count, nbytes);
+	w->sent += count;
+	return out;
+}
+
+static void
+feed_batch(struct stream *s, struct worker *w, struct evbuffer *in,
+    const struct cut *cut)
+{
+	struct lane *l = &s->lanes[w->index];
+	uint64_t first = s->seq + 1;
+
+	lane_spool(s, l, first, cut->n, in, cut->nbytes);
+	evbuffer_remove_buffer(in, items_head(s, w, first, cut->n,
+	    cut->nbytes), cut->nbytes);
+	lane_add_range(l, first, first + cut->n - 1);
+	l->items += cut->n;
+	s->seq += cut->n;
+	cns_items_in += cut->n;		/* for the items/s in STATUS= */
+}
+
+static int
+feed_quarantined(const struct stream *s, uint64_t seq)
+{
+	for (size_t i = 0; i < s->nattempts; i++)
+		if (s->attempts[i].seq == seq)
+			return s->attempts[i].n >= s->pool->pc->max_attempts;
+	return 0;
+}
+
+/* One ITEMS frame of `count` lines from `p` to the lane's worker. */
+static void
+lane_send(struct stream *s, struct worker *w, uint64_t first, uint32_t count,
+    const char *p, size_t nbytes)
+{
+	evbuffer_add(items_head(s, w, first, count, nbytes), p, nbytes);
+}
+
+/*
+ * Resend the spool to the lane's new worker, as its window allows: every
+ * line from resend_from on, but no quarantined one.  Live lines wait
+ * until it has caught up.  Returns -1 with why if the spool could not be
+ * read back: the lane is lost.
+ */
+static int
+lane_resend(struct stream *s, struct lane *l, char *why, size_t whylen)
+{
+	const struct conf *c = cns_conf;
+	struct worker *w = s->w[l->index];
+
+	while (w != NULL && worker_alive(w) &&
+	    l->resend_off < l->resend_end) {
+		struct spool_rec r;
+		char *buf, *p, *run, *end;
+		uint64_t seq, run_first = 0;
+		uint32_t run_n = 0;
+
+		if (spool_rec_at(l->spool, l->resend_off, &r) == -1)
+			goto unreadable;
+		if (r.first + r.count <= l->resend_from) {
+			/* redeliver: all of it was done before the crash */
+			l->resend_off += sizeof r + r.nbytes;
+			continue;
+		}
+		if (w->credit.items > 0 && (w->credit.items + r.count >
+		    c->window_items || w->credit.bytes + r.nbytes >
+		    c->window_bytes))
+			break;		/* wait for acks */
+		if ((buf = spool_lines(l->spool, l->resend_off, &r)) == NULL)
+			goto unreadable;
+		p = run = buf;
+		end = buf + r.nbytes;
+		for (seq = r.first; seq < r.first + r.count && p < end; seq++) {
+			char *nl = memchr(p, '\n', (size_t)(end - p));
+			int keep = seq >= l->resend_from &&
+			    !feed_quarantined(s, seq);
+			if (nl == NULL)
+				break;
+			if (!keep) {
+				if (run_n > 0)
+					lane_send(s, w, run_first, run_n, run,
+					    (size_t)(p - run));
+				run_n = 0;
+				run = nl + 1;
+			} else if (run_n++ == 0) {
+				run_first = seq;
+				run = p;
+			}
+			p = nl + 1;
+		}
+		if (run_n > 0)
+			lane_send(s, w, run_first, run_n, run, (size_t)(p - run));
+		free(buf);
+		l->resend_off += sizeof r + r.nbytes;
+	}
+	return 0;
+
+unreadable:
+	snprintf(why, whylen, "the spool file could not be read back: %s",
+	    strerror(errno));
+	return -1;
+}
+
+/* END to every lane whose worker has had all of its lines. */
+static void
+feed_end_lanes(struct stream *s)
+{
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (s->w[i] == NULL || l->state != L_LIVE || l->end_sent ||
+		    l->resend_off < l->resend_end)
+			continue;
+		l->end_sent = 1;
+		worker_send(s->w[i], F_END, s->id, NULL, 0);
+	}
+}
+
+/* Resends first; the first lane lost on the way, or NULL. */
+static struct lane *
+feed_resend(struct stream *s, char *why, size_t whylen)
+{
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (l->state == L_LIVE && l->resend_off < l->resend_end &&
+		    lane_resend(s, l, why, whylen) == -1)
+			return l;
+	}
+	return NULL;
+}
+
+/*
+ * Move what the source holds to workers with room: resends first, then
+ * live lines, then END once the source ended.  Returns FEED_LANE_LOST
+ * with *lost and why when a lane's spool could not be read back (the
+ * caller ends that lane and calls again), FEED_ORPHANED when the input
+ * ended with no lane left to take it, else FEED_OK.
+ */
+enum feed_result
+feed_pump(struct stream *s, struct lane **lost, char *why, size_t whylen)
+{
+	const struct source *src = &s->src;
+	struct evbuffer *in = src->ops->input(src->arg);
+	const size_t max_item = cns_conf->max_item_bytes;
+
+	if ((*lost = feed_resend(s, why, whylen)) != NULL)
+		return FEED_LANE_LOST;
+	if (s->ended) {
+		feed_end_lanes(s);
+		return FEED_OK;
+	}
+	for (;;) {
+		struct flow_room room;
+		struct worker *w;
+		struct cut cut;
+		unsigned tried = 0;
+		size_t share;
+
+		if (s->skipping) {
+			struct evbuffer_ptr e = evbuffer_search(in, "\n", 1,
+			    NULL);
+			if (e.pos == -1) {
+				evbuffer_drain(in, evbuffer_get_length(in));
+				break;
+			}
+			evbuffer_drain(in, (size_t)e.pos + 1);
+			s->skipping = 0;
+		}
+		if (evbuffer_get_length(in) == 0)
+			break;
+		if (src->ops->full(src->arg)) {
+			src->ops->reading(src->arg, 0);
+			return FEED_OK;
+		}
+		if (s->nlive == 0 && s->nwaiting > 0) {
+			/* Every lane waits for a new worker. */
+			src->ops->reading(src->arg, 0);
+			return FEED_OK;
+		}
+		if (s->nlive == 0) {
+			/* No worker left: count the rest, to report it. */
+			struct flow_room all = { max_item, SIZE_MAX, SIZE_MAX,
+			    UINT_MAX };
+			w = NULL;
+			flow_cut(in, &all, &cut);
+		} else {
+			/* Spread what is buffered over the workers: small
+			 * streams reach every consumer, large ones move in
+			 * big batches. */
+			share = evbuffer_get_length(in) / s->nlive;
+			for (;;) {
+				if ((w = feed_pick(s, &room, &tried)) == NULL)
+					break;
+				if (room.soft_bytes > share)
+					room.soft_bytes = share;
+				if (room.soft_bytes > BATCH_MAX)
+					room.soft_bytes = BATCH_MAX;
+				flow_cut(in, &room, &cut);
+				if (cut.kind != CUT_FULL)
+					break;
+			}
+			if (w == NULL) {
+				/* Every window is full: wait for acks. */
+				src->ops->reading(src->arg, 0);
+				return FEED_OK;
+			}
+		}
+		switch (cut.kind) {
+		case CUT_BATCH:
+			if (w != NULL)
+				feed_batch(s, w, in, &cut);
+			else {
+				s->seq += cut.n;
+				s->unconsumed += cut.n;
+				evbuffer_drain(in, cut.nbytes);
+			}
+			continue;
+		case CUT_EMPTY:
+			evbuffer_drain(in, cut.nbytes);
+			continue;
+		case CUT_LONG: {
+			char msg[160];
+			snprintf(msg, sizeof msg, "line of %s%zu bytes exceeds "
+			    "max_item_bytes (%zu)", cut.newline ? "" :
+			    "at least ", cut.nbytes - (cut.newline ? 1 : 0),
+			    max_item);
+			feed_reject(s, ++s->seq, msg);
+			evbuffer_drain(in, cut.nbytes);
+			s->skipping = !cut.newline;
+			continue;
+		}
+		case CUT_NEED:
+		case CUT_FULL:
+			break;
+		}
+		break;
+	}
+	if (s->eof && !s->skipping && evbuffer_get_length(in) > 0) {
+		/* The source ended with an unterminated last line. */
+		feed_reject(s, ++s->seq, "truncated: the last line has no "
+		    "newline before the end of the stream");
+		evbuffer_drain(in, evbuffer_get_length(in));
+	}
+	if (s->eof && evbuffer_get_length(in) == 0) {
+		s->ended = 1;
+		if (s->nlive == 0 && s->nwaiting == 0)
+			return FEED_ORPHANED;
+		feed_end_lanes(s);
+	} else
+		src->ops->reading(src->arg, 1);
+	return FEED_OK;
+}

@@ -1,0 +1,193 @@
+/*
+ * util.c - helpers every room of the master uses: the monotonic clock and
+ * timevals for libevent, the process title, how a process ended, and work
+ * put off to the next loop turn.
+ *
+ * Work put off (cns_later) is how the master frees a worker or a pool that
+ * went away while a call chain may still hold it (tmux frees its clients
+ * the same way): the chain marks it gone and returns, and the free runs
+ * once no callback is on the stack.  The daemon's own "is the stop done,
+ * are the first workers up" check (cns_changed) runs the same way, so the
+ * rooms below consumersd.c never call up into it.
+ */
+#include <sys/prctl.h>
+#include <sys/queue.h>
+#include <sys/wait.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "consumersd.h"
+
+struct event_base *cns_base;	/* the master's loop; NULL: none yet */
+struct conf	*cns_conf;	/* the configuration running now */
+int		 cns_stopping;
+const char	*cns_socket_abs;
+
+double
+cns_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Seconds as a timeval, for libevent's timers. */
+struct timeval
+cns_tv(double seconds)
+{
+	struct timeval tv;
+
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	return tv;
+}
+
+static char	*title_base;	/* argv's storage, for the title */
+static size_t	 title_len;
+
+void
+cns_proctitle_init(int argc, char **argv)
+{
+	char *end = argv[0] + strlen(argv[0]);
+
+	for (int i = 1; i < argc; i++)
+		if (argv[i] == end + 1)
+			end = argv[i] + strlen(argv[i]);
+	title_base = argv[0];
+	title_len = (size_t)(end - argv[0]) + 1;
+}
+
+/* Show what this process is in ps: argv's storage is rewritten. */
+void
+cns_proctitle(const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	prctl(PR_SET_NAME, buf + (strncmp(buf, "consumersd: ", 12) == 0 ?
+	    12 : 0));
+	if (title_base == NULL || title_len < 2)
+		return;
+	memset(title_base, 0, title_len);
+	snprintf(title_base, title_len, "%s", buf);
+}
+
+char *
+cns_describe_exit(int status)
+{
+	char *s = NULL;
+	int r;
+
+	if (WIFSIGNALED(status))
+		r = asprintf(&s, "killed by signal %d (%s)%s", WTERMSIG(status),
+		    strsignal(WTERMSIG(status)),
+		    WCOREDUMP(status) ? ", core dumped" : "");
+	else
+		r = asprintf(&s, "exited with status %d", WEXITSTATUS(status));
+	if (r == -1)
+		fatal("%s: asprintf", __func__);
+	return s;
+}
+
+struct later {
+	void		(*fn)(void *);
+	void		*arg;
+	STAILQ_ENTRY(later) entry;
+};
+static STAILQ_HEAD(, later) laterq = STAILQ_HEAD_INITIALIZER(laterq);
+static struct event	*later_ev;
+static void		(*change_fn)(void);
+static int		 change_queued;
+
+/* Run what was put off, in order; what it puts off runs too. */
+void
+cns_later_run(void)
+{
+	struct later *l;
+
+	while ((l = STAILQ_FIRST(&laterq)) != NULL) {
+		STAILQ_REMOVE_HEAD(&laterq, entry);
+		l->fn(l->arg);
+		free(l);
+	}
+}
+
+static void
+later_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	cns_later_run();
+}
+
+/*
+ * Call fn(arg) once the callback running now has returned: on this loop
+ * turn, after it.  Without a loop (unit tests, the last frees after it)
+ * the call is made at once.
+ */
+void
+cns_later(void (*fn)(void *), void *arg)
+{
+	struct later *l;
+
+	if (cns_base == NULL) {
+		fn(arg);
+		return;
+	}
+	if (later_ev == NULL &&
+	    (later_ev = event_new(cns_base, -1, 0, later_cb, NULL)) == NULL)
+		fatalx("%s: event_new", __func__);
+	if ((l = malloc(sizeof *l)) == NULL)
+		fatal("%s: malloc", __func__);
+	l->fn = fn;
+	l->arg = arg;
+	STAILQ_INSERT_TAIL(&laterq, l, entry);
+	if (!event_pending(later_ev, EV_TIMEOUT, NULL))
+		event_active(later_ev, EV_TIMEOUT, 0);
+}
+
+void
+cns_later_free(void)
+{
+	cns_later_run();
+	if (later_ev != NULL) {
+		event_free(later_ev);
+		later_ev = NULL;
+	}
+}
+
+static void
+change_cb(void *arg)
+{
+	(void)arg;
+	change_queued = 0;
+	if (change_fn != NULL)
+		change_fn();
+}
+
+/* Who wants to hear that a worker, a stream or a tap came or went. */
+void
+cns_on_change(void (*fn)(void))
+{
+	change_fn = fn;
+}
+
+/* A worker, a stream or a tap came or went: tell the daemon, later. */
+void
+cns_changed(void)
+{
+	if (change_fn == NULL || change_queued)
+		return;
+	change_queued = 1;
+	cns_later(change_cb, NULL);
+}
