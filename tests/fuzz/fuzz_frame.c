@@ -3,12 +3,12 @@
  *
  * Worker to master: the input is what a worker (so, plugin code) wrote to
  * its socket.  frame_pull() takes frames off an evbuffer until it wants
- * more bytes or refuses a header, and each frame's payload is taken apart
- * the way worker_dispatch() in worker.c does.  That function is static
- * and needs live workers and streams, so its payload steps are repeated
- * here from the same primitives (evbuffer_remove, json_loadb, credit_ack,
- * utf8_clean); the stream-level checks (stream_reject, stream_result) are
- * not reached.
+ * more bytes or refuses a header, and each frame goes to the master's own
+ * dispatch_frame() (dispatch.c), which checks and takes its payload apart.
+ * What dispatch_frame hands on (to the stream, the pool, or
+ * worker_protocol to kill the worker) is received by the fakes below,
+ * which check that what they get is what the rooms behind them may rely
+ * on: a JSON object, text that is valid in JSON, acks within the window.
  *
  * Master to worker: the same bytes read as the worker's child_read() reads
  * them, checked with frame_check(h, 0), ITEMS and JSON payloads taken
@@ -25,63 +25,139 @@
 
 int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 
-/* worker_json(): the payload must be a JSON object. */
-static json_t *
-payload_json(struct evbuffer *in, size_t len)
-{
-	json_t *v = json_loadb((const char *)evbuffer_pullup(in,
-	    (ev_ssize_t)len), len, JSON_DECODE_ANY, NULL);
+#define STREAM_ID	7	/* the seeds' (make_frame_seeds.py) */
 
-	evbuffer_drain(in, len);
-	if (v != NULL && !json_is_object(v)) {
-		json_decref(v);
-		v = NULL;
-	}
-	return v;
+static int	killed;		/* worker_protocol was called */
+
+/* ---- what dispatch_frame calls, received here ---- */
+
+void
+worker_protocol(struct worker *w, const char *why)
+{
+	(void)w;
+	FUZZ_CHECK(why != NULL && why[0] != '\0');
+	killed = 1;
 }
 
-/*
- * Text from a worker (INITFAIL, REJECT): copied, cut at its first NUL and
- * cleaned, then sent to clients inside JSON, so jansson must accept it as
- * client_send_json() expects.  (corpus/frame/regress-* are inputs that
- * once got invalid UTF-8 through utf8_clean().)
- */
+/* Text from a worker reaches clients inside JSON: it must be valid. */
 static void
-payload_text(struct evbuffer *in, size_t len)
+check_text(const char *msg)
 {
-	char *msg = malloc(len + 1);
+	json_t *s = json_string(msg);
 
-	if (msg == NULL)
-		abort();
-	FUZZ_CHECK(evbuffer_remove(in, msg, len) == (int)len);
-	msg[len] = '\0';
-	utf8_clean(msg);
-	FUZZ_CHECK(strlen(msg) <= len);
-	{
-		/* Cleaned text is always a JSON string. */
-		json_t *s = json_string(msg);
-		FUZZ_CHECK(s != NULL);
-		json_decref(s);
-	}
+	FUZZ_CHECK(s != NULL);
+	json_decref(s);
+}
+
+void
+pool_idle(struct pool *p, struct worker *w)
+{
+	(void)p;
+	FUZZ_CHECK(w->state == W_STARTING);
+	w->state = W_IDLE;
+}
+
+void
+pool_start_failed(struct pool *p, char *msg)
+{
+	(void)p;
+	check_text(msg);
 	free(msg);
 }
+
+int
+stream_ack(struct stream *s, struct worker *w, unsigned items, size_t bytes)
+{
+	struct credit old = w->credit;
+	int bad = items > old.items || bytes > old.bytes;
+	int r = credit_ack(&w->credit, items, bytes);
+
+	(void)s;
+	FUZZ_CHECK(r == (bad ? -1 : 0));
+	if (bad)
+		FUZZ_CHECK(w->credit.items == old.items &&
+		    w->credit.bytes == old.bytes);
+	return r;
+}
+
+int
+stream_reject(struct stream *s, struct worker *w, uint64_t seq,
+    const char *why)
+{
+	(void)s;
+	(void)w;
+	(void)seq;
+	check_text(why);
+	return 0;
+}
+
+int
+stream_result(struct stream *s, struct worker *w, json_t *v)
+{
+	(void)s;
+	(void)w;
+	FUZZ_CHECK(json_is_object(v));
+	return 0;
+}
+
+void
+stream_completion(struct stream *s, struct worker *w, json_t *v)
+{
+	(void)s;
+	(void)w;
+	FUZZ_CHECK(json_is_object(v));
+}
+
+/* Not reached from dispatch_frame. */
+void
+stream_worker_gone(struct stream *s, struct worker *w, const char *how)
+{
+	(void)s;
+	(void)w;
+	(void)how;
+	abort();
+}
+
+void
+pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
+{
+	(void)p;
+	(void)w;
+	(void)init_failed;
+	abort();
+}
+
+void
+worker_on(int (*frame)(struct worker *, const struct frame_hdr *,
+    struct evbuffer *), void (*gone)(struct worker *, const char *))
+{
+	(void)frame;
+	(void)gone;
+}
+
+/* ---- the harness ---- */
 
 static void
 worker_to_master(const uint8_t *data, size_t size, size_t piece)
 {
 	struct evbuffer *in = evbuffer_new();
-	/* A window with something in flight, for the acks to return. */
-	struct credit cr = { 1u << 20, 8192 };
+	struct pool_conf pc = { .name = "fuzz" };
+	struct pool pool = { .pc = &pc };
+	struct stream stream = { .id = STREAM_ID, .state = S_RUNNING };
+	/* A starting worker, leased at once: READY and stream frames both
+	 * get through dispatch_frame's first check.  A window with
+	 * something in flight, for the acks to return. */
+	struct worker w = { .pid = 1, .pool = &pool, .slot = 1,
+	    .state = W_STARTING, .stream = &stream,
+	    .credit = { 1u << 20, 8192 } };
 	struct frame_hdr h;
 	char why[128];
 	size_t before;
-	uint32_t ack[2];
-	uint64_t seq;
-	json_t *v;
 	int r;
 
 	if (in == NULL)
 		abort();
+	killed = 0;
 	fuzz_add_pieces(in, data, size, piece);
 	for (;;) {
 		before = evbuffer_get_length(in);
@@ -103,58 +179,17 @@ worker_to_master(const uint8_t *data, size_t size, size_t piece)
 		FUZZ_CHECK(h.type >= F_READY && h.type <= F_WORKER_LAST);
 		FUZZ_CHECK(before >= FRAME_HDR_SIZE + (size_t)h.len);
 		FUZZ_CHECK(evbuffer_get_length(in) == before - FRAME_HDR_SIZE);
-		switch (h.type) {
-		case F_READY:
-		case F_RESULT:
-		case F_COMPLETION:
-			if ((v = payload_json(in, h.len)) == NULL)
-				goto out;	/* the worker is killed */
-			/* The fields the master reads, as it reads them. */
-			(void)json_is_true(json_object_get(v, "complete"));
-			(void)json_integer_value(json_object_get(v,
-			    "consumed"));
-			(void)json_integer_value(json_object_get(v,
-			    "rejected"));
-			(void)json_integer_value(json_object_get(v, "skipped"));
-			(void)json_string_value(json_object_get(v, "error"));
-			json_decref(v);
+		r = dispatch_frame(&w, &h, in);
+		/* -1 exactly when the worker was killed for the frame. */
+		FUZZ_CHECK((r == -1) == killed);
+		if (r == -1)
 			break;
-		case F_INITFAIL:
-			payload_text(in, h.len);
-			break;
-		case F_ACK:
-			FUZZ_CHECK(h.len == sizeof ack);
-			FUZZ_CHECK(evbuffer_remove(in, ack, sizeof ack) ==
-			    (int)sizeof ack);
-			{
-				struct credit old = cr;
-				int bad = ack[0] > old.items ||
-				    ack[1] > old.bytes;
-				FUZZ_CHECK(credit_ack(&cr, ack[0], ack[1]) ==
-				    (bad ? -1 : 0));
-				if (bad)
-					FUZZ_CHECK(cr.items == old.items &&
-					    cr.bytes == old.bytes);
-				else
-					FUZZ_CHECK(cr.items == old.items -
-					    ack[0] && cr.bytes == old.bytes -
-					    ack[1]);
-			}
-			break;
-		case F_REJECT:
-			FUZZ_CHECK(h.len >= sizeof seq);
-			FUZZ_CHECK(evbuffer_remove(in, &seq, sizeof seq) ==
-			    (int)sizeof seq);
-			payload_text(in, h.len - sizeof seq);
-			break;
-		default:
-			FUZZ_CHECK(!"frame_check let an unknown type through");
-		}
+		if (w.state == W_IDLE)
+			w.state = W_LEASED;	/* leased to the stream */
 		/* The payload is used up: the next frame starts here. */
 		FUZZ_CHECK(evbuffer_get_length(in) ==
 		    before - FRAME_HDR_SIZE - h.len);
 	}
-out:
 	evbuffer_free(in);
 }
 
