@@ -16,7 +16,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,16 +36,25 @@ static char	 conf_file[PATH_MAX];
 static char	 pool_file[PATH_MAX];
 static char	 plugin_dir[PATH_MAX];
 
-/* conf.c's keys, for conf_keypos() to look for. */
+/*
+ * conf.c's keys, for conf_keypos() to look for: the same lists as its
+ * daemon_keys[] and pool_keys[].  `make check` runs
+ * tests/fuzz/check_conf_keys.py, which fails when they differ, or when
+ * conf.dict or the seeds in corpus/conf miss a key.
+ */
 static const char *const daemon_keys[] = {
 	"socket", "socket_mode", "plugin_dir", "pools_dir", "max_item_bytes",
 	"window_bytes", "window_items", "log_level", "spool_dir",
-	"header_timeout", "idle_timeout", "max_connections_per_uid", NULL
+	"header_timeout", "idle_timeout", "max_connections_per_uid",
+	"shutdown_timeout", "admin_group", "socket_group", "root_workers",
+	"max_workers", NULL
 };
 static const char *const pool_keys[] = {
 	"plugin", "workers", "stream_workers", "args", "kwargs",
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
-	"max_init_failures", NULL
+	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
+	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
+	"max_spare", "idle_timeout", "max_streams", NULL
 };
 
 static int
@@ -118,6 +129,80 @@ setup(void)
 	write_file(path, (const uint8_t *)"", 0);
 }
 
+/* A group name that loaded stands for the gid stored beside it. */
+static int
+same_group(const char *name, gid_t gid)
+{
+	struct group *g = getgrnam(name);
+
+	return g != NULL && g->gr_gid == gid;
+}
+
+/* What the daemon relies on in a pool that loaded. */
+static void
+check_pool(const struct pool_conf *pc)
+{
+	size_t i;
+	const char *k;
+	json_t *e;
+
+	FUZZ_CHECK(pc->name != NULL && pc->plugin != NULL);
+	FUZZ_CHECK(access(pc->plugin, R_OK) == 0);
+	FUZZ_CHECK(pc->workers >= 1 && pc->workers <= CNS_MAX_WORKERS);
+	FUZZ_CHECK(pc->stream_workers >= 1 &&
+	    pc->stream_workers <= pc->workers);
+	FUZZ_CHECK(json_is_array(pc->args) && json_is_object(pc->kwargs));
+	FUZZ_CHECK(pc->queue_timeout >= 0 && pc->queue_timeout <= 86400);
+	FUZZ_CHECK(pc->item_timeout >= 0 && pc->item_timeout <= 86400);
+	FUZZ_CHECK(pc->on_crash >= 0 && pc->on_crash < CRASH_NPOLICIES);
+	FUZZ_CHECK(pc->max_attempts >= 1 && pc->max_init_failures >= 1);
+	FUZZ_CHECK(pc->plugin_line >= 1 && pc->plugin_column >= 1);
+
+	/* The process manager. */
+	FUZZ_CHECK(pc->mode >= 0 && pc->mode < MODE_NMODES);
+	FUZZ_CHECK(pc->max_spare >= 1 && pc->max_spare <= CNS_MAX_WORKERS &&
+	    pc->min_spare <= CNS_MAX_WORKERS);
+	if (pc->mode == MODE_DYNAMIC)
+		FUZZ_CHECK(pc->min_spare <= pc->max_spare &&
+		    pc->max_spare <= pc->workers);
+	FUZZ_CHECK(pc->idle_timeout >= 0 && pc->idle_timeout <= 86400);
+
+	/* Who the workers run as: only root switches users. */
+	FUZZ_CHECK(pc->group == NULL || pc->user != NULL);
+	if (geteuid() != 0)
+		FUZZ_CHECK(pc->user == NULL && pc->group == NULL);
+	if (pc->user != NULL) {
+		struct passwd *pw = getpwnam(pc->user);
+		FUZZ_CHECK(pw != NULL && pw->pw_uid == pc->uid);
+		FUZZ_CHECK(pc->group != NULL ? same_group(pc->group,
+		    pc->gid) : pw->pw_gid == pc->gid);
+	}
+
+	/* Their limits and environment. */
+	FUZZ_CHECK(pc->rlimit_nofile == 0 || (pc->rlimit_nofile >= 16 &&
+	    pc->rlimit_nofile <= 1u << 20));
+	FUZZ_CHECK(pc->rlimit_as == 0 || (pc->rlimit_as >= 16u << 20 &&
+	    pc->rlimit_as <= UINT64_MAX >> 1));
+	FUZZ_CHECK(pc->nice >= -20 && pc->nice <= 19);
+	FUZZ_CHECK(json_is_object(pc->env));
+	json_object_foreach(pc->env, k, e)
+		FUZZ_CHECK(json_is_string(e) && k[0] != '\0' &&
+		    strchr(k, '=') == NULL);
+	FUZZ_CHECK(json_is_array(pc->env_keep));
+	json_array_foreach(pc->env_keep, i, e)
+		FUZZ_CHECK(json_is_string(e) && json_string_length(e) > 0);
+
+	/* Who may submit: ids looked up, none without "allow". */
+	if (pc->allow)
+		FUZZ_CHECK(pc->allow_uids != NULL && pc->allow_gids != NULL);
+	else
+		FUZZ_CHECK(pc->nallow_uids == 0 && pc->nallow_gids == 0);
+	for (i = 0; i < pc->nallow_uids; i++)
+		FUZZ_CHECK(getpwuid(pc->allow_uids[i]) != NULL);
+	for (i = 0; i < pc->nallow_gids; i++)
+		FUZZ_CHECK(getgrgid(pc->allow_gids[i]) != NULL);
+}
+
 /* What the daemon relies on in a configuration that loaded. */
 static void
 check_conf(const struct conf *c)
@@ -132,20 +217,19 @@ check_conf(const struct conf *c)
 	FUZZ_CHECK(c->window_items >= 1 && c->window_bytes >= 4096);
 	FUZZ_CHECK(c->log_level >= LOG_LVL_ERR &&
 	    c->log_level <= LOG_LVL_DEBUG);
+	FUZZ_CHECK(c->header_timeout >= 0 && c->header_timeout <= 3600);
+	FUZZ_CHECK(c->idle_timeout >= 0 && c->idle_timeout <= 86400);
+	FUZZ_CHECK(c->shutdown_timeout >= 0 && c->shutdown_timeout <= 86400);
+	FUZZ_CHECK(c->root_workers == 0 || c->root_workers == 1);
+	FUZZ_CHECK(c->max_workers <= 1u << 20);
+	FUZZ_CHECK(c->max_conn_per_uid <= 1000000);
+	FUZZ_CHECK(c->admin_group == NULL || same_group(c->admin_group,
+	    c->admin_gid));
+	FUZZ_CHECK(c->socket_group == NULL || same_group(c->socket_group,
+	    c->socket_gid));
 	FUZZ_CHECK(c->npools >= 1);
-	for (size_t i = 0; i < c->npools; i++) {
-		const struct pool_conf *pc = &c->pools[i];
-		FUZZ_CHECK(pc->name != NULL && pc->plugin != NULL);
-		FUZZ_CHECK(access(pc->plugin, R_OK) == 0);
-		FUZZ_CHECK(pc->workers >= 1 && pc->workers <= CNS_MAX_WORKERS);
-		FUZZ_CHECK(pc->stream_workers >= 1 &&
-		    pc->stream_workers <= pc->workers);
-		FUZZ_CHECK(json_is_array(pc->args) &&
-		    json_is_object(pc->kwargs));
-		FUZZ_CHECK(pc->on_crash >= 0 && pc->on_crash < CRASH_NPOLICIES);
-		FUZZ_CHECK(pc->max_attempts >= 1 && pc->max_init_failures >= 1);
-		FUZZ_CHECK(pc->plugin_line >= 1 && pc->plugin_column >= 1);
-	}
+	for (size_t i = 0; i < c->npools; i++)
+		check_pool(&c->pools[i]);
 }
 
 /*

@@ -1,7 +1,7 @@
 /*
  * check_pool.c - unit tests for src/pool.c: slots, leasing, the FIFO of
  * waiting streams, refusing streams when workers fail to start, and the
- * respawn backoff.
+ * respawn backoff (checked by the order timers fire in, never by a clock).
  *
  * Workers and streams are plain structs made here.  worker_spawn,
  * worker_watch, worker_stop, cns_draining, stream_leased, stream_refuse,
@@ -23,6 +23,18 @@
 
 #define MAXREC	64
 
+/* What happened, one letter an event: S for each worker_spawn() call. */
+static char		 evlog[MAXREC + 1];
+static unsigned		 nevlog;
+
+static void
+note(char c)
+{
+	if (nevlog < MAXREC)
+		evlog[nevlog++] = c;
+	evlog[nevlog] = '\0';
+}
+
 static int		 spawn_budget = -1;	/* successes left, -1: any */
 static unsigned		 spawn_calls;
 static unsigned		 spawned;
@@ -35,6 +47,7 @@ worker_spawn(struct pool *p, unsigned slot)
 	struct worker *w;
 
 	spawn_calls++;
+	note('S');
 	if (spawn_budget == 0)
 		return NULL;
 	if (spawn_budget > 0)
@@ -185,6 +198,8 @@ setup(void)
 	spawn_calls = spawned = 0;
 	nlane_got = nlane_failed = 0;
 	nleases = nrefusals = nstreams = 0;
+	nevlog = 0;
+	evlog[0] = '\0';
 	cns_base = NULL;
 	log_setlevel(LOG_LVL_ERR);
 }
@@ -720,32 +735,91 @@ END_TEST
 /* ---- with an event base: the respawn timer ---- */
 
 /*
- * libevent 2.1 times events with CLOCK_MONOTONIC_COARSE on Linux, which
- * ticks every few ms (4 ms here): a timer may fire up to one tick early
- * by the precise clock measured here, and the expiry evtimer_pending()
- * gives, turned into wall-clock time, may be a tick or two off.
+ * No assertion here reads a clock.  A respawn's delay is checked against
+ * marker timers: one made just before the failure with a shorter delay
+ * must fire (or be due) before the respawn, and one made just after it
+ * with a longer delay must fire after.  libevent runs expired timers in
+ * the order they are due, so that order holds however late the process
+ * gets to run; a respawn that comes too soon, too late or never puts the
+ * events in another order.
+ *
+ * A marker logs its own letter when it fires, after the S of each
+ * worker_spawn() call before it.
  */
-#define TICK_MS	5
+#define POLL_MAX	10000	/* polls of POLL_NS: 10 s and more */
+#define POLL_NS		1000000
 
-static double
-now_ms(void)
+struct marker {
+	struct event	*ev;
+	char		 c;
+};
+
+static void
+marker_fired(evutil_socket_t fd, short ev, void *arg)
 {
-	struct timespec ts;
+	struct marker *m = arg;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+	(void)fd;
+	(void)ev;
+	note(m->c);
 }
 
-/* Milliseconds until the respawn timer fires, from libevent's view. */
-static double
-pending_ms(struct pool *p)
+/* A marker that logs `c` when `ms` milliseconds from now have passed. */
+static void
+marker_set(struct marker *m, char c, unsigned ms)
 {
-	struct timeval tv, now;
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
 
-	ck_assert(evtimer_pending(p->respawn_ev, &tv));
-	gettimeofday(&now, NULL);
-	return (tv.tv_sec - now.tv_sec) * 1e3 +
-	    (tv.tv_usec - now.tv_usec) / 1e3;
+	m->c = c;
+	m->ev = evtimer_new(cns_base, marker_fired, m);
+	ck_assert_ptr_nonnull(m->ev);
+	ck_assert_int_eq(evtimer_add(m->ev, &tv), 0);
+}
+
+static void
+marker_free(struct marker *m)
+{
+	event_free(m->ev);
+	m->ev = NULL;
+}
+
+/* Run the loop until `c` is in the log, polling, for 10 s at most. */
+static void
+run_until(char c)
+{
+	struct timespec nap = { 0, POLL_NS };
+
+	for (int i = 0; i < POLL_MAX && strchr(evlog, c) == NULL; i++) {
+		ck_assert_int_ne(event_base_loop(cns_base, EVLOOP_NONBLOCK),
+		    -1);
+		if (strchr(evlog, c) == NULL)
+			nanosleep(&nap, NULL);
+	}
+	ck_assert_msg(strchr(evlog, c) != NULL, "'%c' never came; events: "
+	    "\"%s\"", c, evlog);
+}
+
+/* Whether pending timer `a` is due before pending timer `b`. */
+static int
+due_before(struct event *a, struct event *b)
+{
+	struct timeval ta, tb;
+
+	ck_assert(evtimer_pending(a, &ta));
+	ck_assert(evtimer_pending(b, &tb));
+	return evutil_timercmp(&ta, &tb, <);
+}
+
+/* Drop the worker the respawn started, as if it died at once. */
+static void
+drop_spawned(struct pool *p)
+{
+	struct worker *w = TAILQ_FIRST(&p->workers);
+
+	ck_assert_ptr_nonnull(w);
+	ck_assert_uint_eq(w->slot, 1);
+	remove_worker(p, w);
+	free(w);
 }
 
 static void
@@ -764,12 +838,15 @@ base_teardown(void)
 	cns_base = NULL;
 }
 
+/*
+ * Workers that die while starting are replaced after 100 ms, then 200,
+ * 400... up to 30 s.
+ */
 START_TEST(test_respawn_backoff)
 {
 	struct pool *p = pool_new(&pc);
 	struct worker *w;
-	double t0, waited;
-	unsigned calls;
+	struct marker a, b, c, d, e, f, g, h;
 
 	ck_assert_ptr_nonnull(p->respawn_ev);
 	pc.workers = 1;
@@ -777,79 +854,98 @@ START_TEST(test_respawn_backoff)
 	remove_worker(p, w);
 
 	/* First failure: a try in 100 ms, which starts the pool. */
-	t0 = now_ms();
+	marker_set(&a, 'a', 50);
 	pool_worker_gone(p, w, 1);
+	marker_set(&b, 'b', 150);
+	ck_assert_uint_eq(p->init_failures, 1);
 	ck_assert(evtimer_pending(p->respawn_ev, NULL));
 	ck_assert_uint_eq(spawn_calls, 0);
-	ck_assert_int_eq(event_base_loop(cns_base, EVLOOP_ONCE), 0);
-	waited = now_ms() - t0;
-	ck_assert_msg(waited >= 99 - TICK_MS, "respawned after %.1f ms",
-	    waited);
+	run_until('b');
+	ck_assert_str_eq(evlog, "aSb");
 	ck_assert_uint_eq(spawned, 1);
 	ck_assert(!evtimer_pending(p->respawn_ev, NULL));
+	free(w);
+	drop_spawned(p);
 
-	/* It fails too: twice as long. */
-	free(w);
-	w = TAILQ_FIRST(&p->workers);
-	ck_assert_uint_eq(w->slot, 1);
-	remove_worker(p, w);
-	free(w);
-	t0 = now_ms();
+	/* It fails too: twice as long, 200 ms. */
+	marker_set(&c, 'c', 150);
 	pool_worker_gone(p, NULL, 1);
+	marker_set(&d, 'd', 250);
 	ck_assert_uint_eq(p->init_failures, 2);
-	ck_assert_int_eq(event_base_loop(cns_base, EVLOOP_ONCE), 0);
-	waited = now_ms() - t0;
-	ck_assert_msg(waited >= 199 - TICK_MS, "respawned after %.1f ms",
-	    waited);
+	run_until('d');
+	ck_assert_str_eq(evlog, "aSbcSd");
 	ck_assert_uint_eq(spawned, 2);
-	w = TAILQ_FIRST(&p->workers);
-	remove_worker(p, w);
-	free(w);
+	drop_spawned(p);
 
-	/* A timer already set is not pushed back by another failure. */
-	calls = spawn_calls;
-	pool_worker_gone(p, NULL, 1);	/* 3rd: 400 ms */
-	ck_assert_double_le(pending_ms(p), 400 + 2 * TICK_MS);
-	ck_assert_double_gt(pending_ms(p), 300);
-	pool_worker_gone(p, NULL, 1);	/* would be 800 ms */
+	/* A timer already set is not pushed back by another failure: the
+	 * 3rd is due in 400 ms, and the 4th (800 ms) leaves it there. */
+	marker_set(&e, 'e', 300);
+	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, 1);
+	marker_set(&f, 'f', 500);
 	ck_assert_uint_eq(p->init_failures, 4);
-	ck_assert_double_le(pending_ms(p), 400 + 2 * TICK_MS);
+	run_until('f');
+	ck_assert_str_eq(evlog, "aSbcSdeSf");
+	ck_assert_uint_eq(spawned, 3);
+	drop_spawned(p);
+	ck_assert(!evtimer_pending(p->respawn_ev, NULL));
+
+	/* 100 << 8 = 25.6 s, not yet at the cap: only how the timers are
+	 * due is looked at, none of them is waited for. */
+	p->init_failures = 8;
+	marker_set(&g, 'g', 25500);
+	pool_worker_gone(p, NULL, 1);
+	marker_set(&h, 'h', 25700);
+	ck_assert(due_before(g.ev, p->respawn_ev));
+	ck_assert(due_before(p->respawn_ev, h.ev));
 	evtimer_del(p->respawn_ev);
+	marker_free(&g);
+	marker_free(&h);
 
 	/* The delay stops growing at 30 s. */
 	p->init_failures = 20;
+	marker_set(&g, 'g', 29900);
 	pool_worker_gone(p, NULL, 1);
-	ck_assert_double_le(pending_ms(p), 30000 + 2 * TICK_MS);
-	ck_assert_double_gt(pending_ms(p), 29000);
+	marker_set(&h, 'h', 30100);
+	ck_assert(due_before(g.ev, p->respawn_ev));
+	ck_assert(due_before(p->respawn_ev, h.ev));
 	evtimer_del(p->respawn_ev);
-	p->init_failures = 8;		/* 100 << 8 = 25.6 s */
-	pool_worker_gone(p, NULL, 1);
-	ck_assert_double_le(pending_ms(p), 25600 + 2 * TICK_MS);
-	ck_assert_double_gt(pending_ms(p), 25000);
-	evtimer_del(p->respawn_ev);
-	ck_assert_uint_eq(spawn_calls, calls);
+	marker_free(&g);
+	marker_free(&h);
+
+	ck_assert_uint_eq(spawn_calls, 3);
+	ck_assert_str_eq(evlog, "aSbcSdeSf");
+	marker_free(&a);
+	marker_free(&b);
+	marker_free(&c);
+	marker_free(&d);
+	marker_free(&e);
+	marker_free(&f);
 	free_pool(p);
 }
 END_TEST
 
+/* A worker that was up died: replaced at once, in its slot, with no
+ * backoff: before a marker due in 50 ms (half the first backoff). */
 START_TEST(test_respawn_now)
 {
 	struct pool *p = pool_new(&pc);
 	struct worker *w = add_worker(p, 2, W_IDLE);
-	double t0 = now_ms(), waited;
+	struct marker m;
 
-	/* A worker that was up died: replaced at once, in its slot. */
 	pc.workers = 2;
 	add_worker(p, 1, W_IDLE);
 	remove_worker(p, w);
 	pool_worker_gone(p, w, 0);
-	ck_assert_double_le(pending_ms(p), 2 * TICK_MS);
-	ck_assert_int_eq(event_base_loop(cns_base, EVLOOP_ONCE), 0);
-	waited = now_ms() - t0;
-	ck_assert_double_lt(waited, 90);
+	marker_set(&m, 'm', 50);
+	ck_assert(due_before(p->respawn_ev, m.ev));
+	ck_assert_uint_eq(spawn_calls, 0);
+	run_until('m');
+	ck_assert_str_eq(evlog, "Sm");
 	ck_assert_uint_eq(spawned, 1);
 	ck_assert_uint_eq(spawn_slots[0], 2);
 	ck_assert_uint_eq(p->init_failures, 0);
+	marker_free(&m);
 	free(w);
 	free_pool(p);
 }
