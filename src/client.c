@@ -1,6 +1,8 @@
 /*
  * client.c - the listening socket and client connections: reading the
- * header line, opening a stream, and writing replies.  A connection that
+ * header line, opening a stream, and writing replies.  A connection is
+ * its stream's source (source.h): the stream reads items and sends
+ * replies through client_source's ops, never by name.  A connection that
  * is done (refused, or its final line flushed) is freed here, with its
  * stream.  Here too are the limits on what a client may hold: a deadline
  * for its header, an idle limit while its stream reads it, and a count of

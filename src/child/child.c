@@ -1,5 +1,6 @@
 /*
- * child.c - a worker process.  Forked by the master, it loads the pool's
+ * child/child.c - a worker process, apart from the master's rooms in
+ * src/: none of this runs in the master.  Forked by the master, it loads the pool's
  * plugin, calls init once, then serves streams one after another: a
  * blocking loop that reads a frame, acts and replies.  The plugin API
  * (cns_next and friends) is implemented here, since only workers run it.
