@@ -158,16 +158,20 @@ class ZeroWorkerLease(unittest.TestCase):
             s.close()
             final = final_of(replies)
             # The race happened: the header was read while the dead w
-            # still counted as idle.  Had its death been handled first,
-            # the stream would have queued with "waiting for a sum
-            # worker" (client.c); had its EOF not been seen, the stream
-            # would have leased it and it would have died "during a
-            # stream".
+            # still counted as idle.  The stream then waits for the
+            # replacement ("waiting for a sum worker") before w's death
+            # is handled; had its death been handled first, that line
+            # would come after the death; had its EOF not been seen, the
+            # stream would have leased it and it would have died "during
+            # a stream" (the death line would not end at "(Killed)").
             log = d.log_text()
-            self.assertRegex(log, r"(?m)^consumersd\[\d+\]: pool sum: "
-                             r"worker 1 \(pid %d\) killed by signal 9 "
-                             r"\(Killed\)$" % w)
-            self.assertNotIn("stream 2: waiting for a sum worker", log)
+            death = re.search(r"(?m)^consumersd\[\d+\]: pool sum: "
+                              r"worker 1 \(pid %d\) killed by signal 9 "
+                              r"\(Killed\)$" % w, log)
+            self.assertIsNotNone(death, log)
+            waiting = log.find("stream 2: waiting for a sum worker")
+            self.assertNotEqual(waiting, -1, log)
+            self.assertLess(waiting, death.start(), log)
             assert_invariant(self, final)
             self.assertEqual(replies[0].get("workers"), 1, replies)
             self.assertEqual(final["errors"], [], final)
