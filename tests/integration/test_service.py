@@ -102,6 +102,35 @@ class Shutdown(unittest.TestCase):
                           final["errors"][-1]["error"])
             self.assertEqual(d.proc.wait(timeout=30), 0)
 
+    def test_stream_outlives_its_workers_in_a_stop(self):
+        # A stream done with its workers (an ondemand pool's worker has
+        # exited since) whose client has not read its final line yet: a
+        # stop with no worker and no tap left must still wait for it.
+        # The daemon once exited at once there, cutting the line short.
+        pools = {"c": {"plugin": "collect", "workers": 1,
+                       "mode": "ondemand", "idle_timeout": 0.3}}
+        with Daemon(pools, {"shutdown_timeout": 30}) as d:
+            s = d.connect()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            items = [("x" * 200) + str(i) for i in range(20000)]
+            s.sendall(b'{"op":"submit","pool":"c"}\n' +
+                      lines(items))
+            s.shutdown(socket.SHUT_WR)
+            wait_for(lambda: "stream 1: pool c:" in d.log_text(),
+                     what="the stream's end")
+            wait_for(lambda: d.worker_pids() == [], what="no worker")
+            d.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "may finish within 30 s" in d.log_text())
+            s.settimeout(30)
+            final = final_of(read_lines(s))
+            s.close()
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["results"], [items])
+            self.assertEqual(d.proc.wait(timeout=30), 0)
+            log = d.log_text()
+            self.assertLess(log.index("every open stream has finished"),
+                            log.index("stopped"), log)
+
     def test_second_signal_ends_the_wait(self):
         with Daemon({"s": SLOW}, {"shutdown_timeout": 60}) as d:
             s, lease, rest = open_stream(d, "s", b"1\n")

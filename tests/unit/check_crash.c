@@ -116,6 +116,7 @@ check_lost(const struct crash_facts *f, const struct crash_verdict *v,
 	ck_assert_uint_eq(v->resend_from, f->resend_from);
 	ck_assert_uint_eq(v->acked, 0);
 	ck_assert_int_eq(v->note, CRASH_NOTE_NONE);
+	ck_assert_int_eq(v->bad_progress, 0);
 }
 
 START_TEST(test_lane_fail)
@@ -527,39 +528,40 @@ static const struct {
 	uint64_t	 ndone, sent, rejected, resend_from;
 	uint64_t	 want_from, want_acked;
 	enum crash_note	 want_note;
+	int		 want_bad;	/* progress that does not add up */
 } redelivers[] = {
 	{ "from the blamed item", 7, 1, 6, 1, 6, 10, 0, 1,
-	    7, 6, CRASH_NOTE_ITEM },
+	    7, 6, CRASH_NOTE_ITEM, 0 },
 	{ "blame before its last done", 7, 1, 9, 1, 6, 10, 0, 1,
-	    7, 6, CRASH_NOTE_ITEM },
+	    7, 6, CRASH_NOTE_ITEM, 0 },
 	{ "after its last done, held", 0, 0, 6, 1, 6, 10, 0, 1,
-	    7, 6, CRASH_NOTE_BETWEEN },
+	    7, 6, CRASH_NOTE_BETWEEN, 0 },
 	{ "blame not held: its last done", 40, 0, 6, 1, 6, 10, 0, 1,
-	    7, 6, CRASH_NOTE_BETWEEN },
+	    7, 6, CRASH_NOTE_BETWEEN, 0 },
 	{ "last done not held", 0, 0, 6, 0, 6, 10, 0, 1,
-	    1, 0, CRASH_NOTE_BAD_PROGRESS },
+	    1, 0, CRASH_NOTE_BETWEEN, 1 },
 	{ "nothing done", 0, 0, 0, 0, 0, 10, 0, 3,
-	    3, 0, CRASH_NOTE_BETWEEN },
+	    3, 0, CRASH_NOTE_BETWEEN, 0 },
 	{ "last done 0 though held", 0, 0, 0, 1, 0, 10, 0, 3,
-	    3, 0, CRASH_NOTE_BETWEEN },
+	    3, 0, CRASH_NOTE_BETWEEN, 0 },
 	{ "done, but no last done", 0, 0, 0, 0, 2, 10, 0, 3,
-	    3, 0, CRASH_NOTE_BAD_PROGRESS },
+	    3, 0, CRASH_NOTE_BETWEEN, 1 },
 	{ "all it was sent, less rejected", 9, 1, 8, 1, 7, 10, 3, 1,
-	    9, 7, CRASH_NOTE_ITEM },
+	    9, 7, CRASH_NOTE_ITEM, 0 },
 	{ "more done than sent less rejected", 9, 1, 8, 1, 8, 10, 3, 1,
-	    1, 0, CRASH_NOTE_BAD_PROGRESS },
+	    1, 0, CRASH_NOTE_ITEM, 1 },
 	{ "more done than sent", 0, 0, 8, 1, 11, 10, 0, 1,
-	    1, 0, CRASH_NOTE_BAD_PROGRESS },
+	    1, 0, CRASH_NOTE_BETWEEN, 1 },
 	{ "from before resend_from", 0, 0, 3, 1, 3, 10, 0, 5,
-	    5, 0, CRASH_NOTE_BAD_PROGRESS },
+	    5, 0, CRASH_NOTE_BETWEEN, 1 },
 	{ "from at resend_from", 0, 0, 4, 1, 4, 10, 0, 5,
-	    5, 4, CRASH_NOTE_BETWEEN },
+	    5, 4, CRASH_NOTE_BETWEEN, 0 },
 	{ "blame at resend_from", 5, 1, 4, 1, 4, 10, 0, 5,
-	    5, 4, CRASH_NOTE_ITEM },
+	    5, 4, CRASH_NOTE_ITEM, 0 },
 	{ "blame before resend_from", 4, 1, 3, 1, 3, 10, 0, 5,
-	    5, 0, CRASH_NOTE_BAD_PROGRESS },
+	    5, 0, CRASH_NOTE_BETWEEN, 1 },
 	{ "blamed, progress off", 7, 1, 6, 1, 11, 10, 0, 1,
-	    1, 0, CRASH_NOTE_BAD_PROGRESS },
+	    1, 0, CRASH_NOTE_ITEM, 1 },
 };
 
 START_TEST(test_lane_redeliver)
@@ -585,6 +587,9 @@ START_TEST(test_lane_redeliver)
 	    redelivers[_i].what, v.acked, redelivers[_i].want_acked);
 	ck_assert_msg(v.note == redelivers[_i].want_note, "%s: note %d, "
 	    "want %d", redelivers[_i].what, v.note, redelivers[_i].want_note);
+	ck_assert_msg(v.bad_progress == redelivers[_i].want_bad, "%s: "
+	    "bad_progress %d, want %d", redelivers[_i].what, v.bad_progress,
+	    redelivers[_i].want_bad);
 	ck_assert_str_eq(v.why, "");
 }
 END_TEST
@@ -617,7 +622,8 @@ START_TEST(test_lane_redeliver_poison)
 	ck_assert_int_eq(v.quarantine, 1);
 	ck_assert_uint_eq(v.resend_from, 1);
 	ck_assert_uint_eq(v.acked, 0);
-	ck_assert_int_eq(v.note, CRASH_NOTE_BAD_PROGRESS);
+	ck_assert_int_eq(v.note, CRASH_NOTE_ITEM);
+	ck_assert_int_eq(v.bad_progress, 1);
 }
 END_TEST
 
