@@ -532,6 +532,11 @@ py_start(const cns_ctx *ctx)
 	if (PyStatus_Exception(st))
 		goto fail;
 	py.started = 1;
+	/* Items are made whether or not the code imports consumersd. */
+	if (PyType_Ready(&ItemsType) < 0) {
+		py_fail(ctx, "python: ");
+		return -1;
+	}
 	return 0;
 fail:
 	cns_fail(ctx, "python: cannot start the interpreter (home %s): %s%s%s",

@@ -126,10 +126,19 @@ def add(results):
 '''
 
 
+# A module that does not import consumersd (the items iterator's type
+# must be ready all the same).
+PLAIN = '''
+def echo(items):
+    return list(items)
+'''
+
+
 def write_modules():
     where = tempfile.mkdtemp(prefix="cnsd-python-")
     os.chmod(where, 0o755)
-    for name, text in (("upstream_fns", UPSTREAM), ("plugin_fns", PLUGIN)):
+    for name, text in (("upstream_fns", UPSTREAM), ("plugin_fns", PLUGIN),
+                       ("plain_fns", PLAIN)):
         with open(os.path.join(where, name + ".py"), "w") as f:
             f.write(text)
         os.chmod(os.path.join(where, name + ".py"), 0o644)
@@ -333,7 +342,7 @@ class Plugin(unittest.TestCase):
                  -0.25, 1e300, "", "a\u00e9\u4e2d\U0001f600",
                  [], {}, [1, [2, [3, {"k": [None]}]]],
                  {"a": 1, "b": {"c": [True, "d"]}, "\u00e9": ""}]
-        with Daemon({"echo": py_pool("plugin_fns:echo")}) as d:
+        with Daemon({"echo": py_pool("plain_fns:echo")}) as d:
             replies, final = d.submit_raw(
                 {"op": "submit", "pool": "echo"}, lines(items))
         self.assertEqual(final["results"], [items])
