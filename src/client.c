@@ -44,7 +44,6 @@ struct client {
 	gid_t			 gid;
 	pid_t			 pid;
 	struct peer		 peer;		/* the same, and its groups */
-	struct timespec		 since;		/* its header was read */
 	int			 counted;	/* holds a place in its uid's count */
 	int			 denied;	/* refused at the uid limit */
 	int			 eof;		/* its write side is closed */
@@ -476,7 +475,6 @@ client_header(struct client *c)
 		return 1;
 	}
 	evtimer_del(c->timer);		/* the header deadline is met */
-	now_mono(&c->since);
 	op = json_string_value(json_object_get(h, "op"));
 	if (strcmp(op, "submit") == 0)
 		client_submit(c, h);

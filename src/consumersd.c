@@ -97,8 +97,10 @@ on_stop_timer(evutil_socket_t fd, short ev, void *arg)
 static void
 maybe_exit(void)
 {
-	/* The taps too: a worker's last lines may still be in its pipe. */
-	if (cns_stopping && worker_count() == 0 &&
+	/* Not while open streams may still finish (their clients read
+	 * their final lines); the taps too: a worker's last lines may
+	 * still be in its pipe. */
+	if (cns_stopping && !draining && worker_count() == 0 &&
 	    (tap_count() == 0 || grace_over))
 		event_base_loopexit(cns_base, NULL);
 }
@@ -180,6 +182,11 @@ stop(int sig)
 	}
 	cns_stopping = 1;
 	notify_stopping();
+	if (startup_timer != NULL) {
+		/* No "ready" any more while stopping. */
+		event_free(startup_timer);
+		startup_timer = NULL;
+	}
 	client_close_listener();
 	if (cns_conf->shutdown_timeout <= 0 || stream_count() == 0) {
 		log_info("%s: stopping", strsignal(sig));
@@ -408,6 +415,7 @@ main(int argc, char **argv)
 	client_free_all();
 	pool_free_all();
 	tap_free_all();
+	cns_on_change(NULL);	/* the loop is over: nothing to start or stop */
 	cns_later_free();	/* the frees put off to a next turn */
 	for (int i = 0; signums[i] != 0; i++)
 		event_free(sigs[i]);

@@ -462,8 +462,7 @@ struct crash_facts {
 };
 
 enum crash_action { CRASH_RERUN, CRASH_LANE_LOST };
-enum crash_note { CRASH_NOTE_NONE, CRASH_NOTE_ITEM, CRASH_NOTE_BETWEEN,
-	CRASH_NOTE_BAD_PROGRESS };
+enum crash_note { CRASH_NOTE_NONE, CRASH_NOTE_ITEM, CRASH_NOTE_BETWEEN };
 
 struct crash_verdict {
 	enum crash_action action;
@@ -478,6 +477,8 @@ struct crash_verdict {
 	uint64_t	 acked;		/* RERUN: items done, counted consumed
 					   (redeliver) */
 	enum crash_note	 note;		/* what the log says */
+	int		 bad_progress;	/* redeliver: its page does not add up,
+					   so all its items go again */
 };
 
 enum watch_verdict { WATCH_NONE, WATCH_MOVED, WATCH_WAIT, WATCH_KILL };

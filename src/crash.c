@@ -1,9 +1,10 @@
 /*
  * crash.c - the failure policy, in one place: decisions only.  Whoever
- * sees a worker die (stream.c for a consume call, pool.c for a start,
- * the item_timeout watch) gathers the facts and asks here; this file does
- * no I/O, keeps no state and calls nobody, so each rule is a function of
- * its facts, unit-tested in tests/unit/check_crash.c.
+ * sees a worker die (stream.c for a consume call, dispatch.c and pool.c
+ * for a start, worker.c for the item_timeout watch) gathers the facts and
+ * asks here; this file does no I/O and keeps no state (crash_describe
+ * only formats), so each rule is a function of its facts, unit-tested in
+ * tests/unit/check_crash.c.
  *
  * A consume call (a lane) that loses its worker: on_crash "fail" loses
  * its items; "replay" runs the call again on a new worker over every item
@@ -111,7 +112,7 @@ crash_lane(const struct crash_facts *f, struct crash_verdict *v)
 			v->acked = f->ndone;
 			v->resend_from = from;
 		} else if (f->ndone > 0)
-			v->note = CRASH_NOTE_BAD_PROGRESS;
+			v->bad_progress = 1;
 	}
 }
 

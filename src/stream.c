@@ -574,7 +574,7 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 	if (v.note == CRASH_NOTE_BETWEEN)
 		log_warnx("stream %" PRIu64 ": pool %s: worker %u died between "
 		    "items: %s", s->id, pc->name, w->slot, how);
-	else if (v.note == CRASH_NOTE_BAD_PROGRESS)
+	if (v.bad_progress)
 		log_warnx("stream %" PRIu64 ": pool %s: worker %u left a "
 		    "progress record that does not add up; its items go "
 		    "again", s->id, pc->name, w->slot);

@@ -6,7 +6,7 @@
  * Work put off (cns_later) is how the master frees a worker or a pool that
  * went away while a call chain may still hold it (tmux frees its clients
  * the same way): the chain marks it gone and returns, and the free runs
- * once no callback is on the stack.  The daemon's own "is the stop done,
+ * once that callback has returned.  The daemon's own "is the stop done,
  * are the first workers up" check (cns_changed) runs the same way, so the
  * rooms below consumersd.c never call up into it.
  */
@@ -131,9 +131,10 @@ later_cb(evutil_socket_t fd, short ev, void *arg)
 }
 
 /*
- * Call fn(arg) once the callback running now has returned: on this loop
- * turn, after it.  Without a loop (unit tests, the last frees after it)
- * the call is made at once.
+ * Call fn(arg) once the callback running now has returned: in the same
+ * pass of the loop, after the callbacks already active.  Without a loop
+ * (cns_base NULL: unit tests) the call is made at once; after the loop,
+ * main() runs what is left with cns_later_free().
  */
 void
 cns_later(void (*fn)(void *), void *arg)
@@ -164,6 +165,7 @@ cns_later_free(void)
 		event_free(later_ev);
 		later_ev = NULL;
 	}
+	change_queued = 0;
 }
 
 static void

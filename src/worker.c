@@ -6,8 +6,8 @@
  * is dispatch.c's: it hears them through the two hooks set with
  * worker_on(), as a tmux peer's dispatch callback does (a gone worker is
  * that path's NULL message).  A gone worker leaves the table at once and
- * is freed on a later loop turn, so no caller is left holding freed
- * memory.
+ * is freed once the callback that saw it go has returned (cns_later), so
+ * no caller is left holding freed memory.
  */
 #include <sys/mman.h>
 #include <sys/socket.h>

@@ -1,12 +1,14 @@
 """Access control: a pool's "allow" lists for submit (by user, by primary
-group, by supplementary group looked up in the group database), root
-always allowed, admin_group for the status of every pool, the denial text
+group - the user's from passwd, or the connecting process's own gid from
+SO_PEERCRED -, by supplementary group looked up in the group database),
+root always allowed, admin_group for the status of every pool, the denial text
 and its log line, and socket_group on the socket file.
 
 Connecting as other users needs root: the tests that do create throwaway
 users and groups (useradd, groupadd), run the real CLI as them through
 setpriv, and remove them afterwards.  Not root, they are skipped, loudly;
-root-always-allowed and the denial text are tested either way."""
+root-always-allowed and the denial text are tested either way (as root,
+the denial as a throwaway non-root user)."""
 import grp
 import json
 import os
@@ -24,7 +26,10 @@ from harness import (ask, Daemon, CLI, VALGRIND, SLOWDOWN, read_lines,  # noqa
 PREFIX = "cnsdt%d" % os.getpid()
 ETL = PREFIX + "etl"            # a group alice has as a supplementary one
 ADMINS = PREFIX + "adm"         # admin_group: dave
-ALICE, BOB, CAROL, DAVE = (PREFIX + n for n in ("a", "b", "c", "d"))
+PRIMARY = PREFIX + "pri"        # erin's primary group, no one's supplementary
+ALICE, BOB, CAROL, DAVE, ERIN = (PREFIX + n for n in ("a", "b", "c", "d",
+                                                      "e"))
+OUTSIDER = PREFIX + "x"         # RootAndDenialText's non-root user
 
 AS_ROOT = os.geteuid() == 0
 TOOLS = all(shutil.which(t) for t in ("useradd", "groupadd", "userdel",
@@ -44,18 +49,38 @@ def denial(user, uid, pool, allow):
             "(allow: %s)" % (uid, user, pool, allow))
 
 
+def as_user(d, user, *args, input=b"", group=None):
+    """The CLI as `user`, with its primary group (from passwd) and its
+    supplementary groups, or with `group` as its gid and no supplementary
+    groups: (status, stdout, stderr)."""
+    ids = (["--regid", group, "--clear-groups"] if group else
+           ["--regid", str(pwd.getpwnam(user).pw_gid), "--init-groups"])
+    p = subprocess.run(["setpriv", "--reuid", user] + ids + VALGRIND +
+                       [CLI, "-s", d.socket] + list(args), input=input,
+                       capture_output=True, timeout=60 * SLOWDOWN)
+    return (p.returncode, p.stdout.decode(),
+            p.stderr.decode(errors="replace"))
+
+
+def submit_as(d, user, pool, group=None):
+    rc, out, err = as_user(d, user, "submit", pool, input=b"1\n2\n",
+                           group=group)
+    return rc, json.loads(out) if out.strip() else None, err
+
+
 class RootAndDenialText(unittest.TestCase):
     """Whoever runs the tests: root passes any allow list; anyone else is
-    denied by a list that names only "nobody", with the exact text."""
+    denied by a list that names only "nobody", with the exact text.  As
+    root (CI), the denial is tested as a throwaway non-root user."""
 
     def test_nobody_only_pool(self):
         pools = {"closed": {"plugin": "sum", "allow": {"users": ["nobody"]}},
                  "open": {"plugin": "sum"}}
+        if AS_ROOT:
+            self.as_root(pools)
+            return
         with Daemon(pools) as d:
             rc, final, err = d.cli("submit", "closed", input=b"1\n2\n")
-            if AS_ROOT:
-                self.assertEqual((rc, final["completion"]), (0, 3), err)
-                return
             me = pwd.getpwuid(os.getuid()).pw_name
             if me == "nobody":
                 self.skipTest("run as nobody, whom the list allows")
@@ -68,6 +93,35 @@ class RootAndDenialText(unittest.TestCase):
             rc, final, err = d.cli("submit", "open", input=b"1\n2\n")
             self.assertEqual(rc, 0, err)
 
+    def as_root(self, pools):
+        if not TOOLS:
+            self.fail(WHY_SKIP)
+        subprocess.run(["useradd", "-M", "-U", "-s", "/usr/sbin/nologin",
+                        OUTSIDER], check=True, capture_output=True)
+        self.addCleanup(subprocess.run, ["userdel", OUTSIDER],
+                        capture_output=True)
+        d = Daemon(pools, {"socket_mode": "0666"})
+        os.chmod(d.dir, 0o755)      # others reach the socket
+        with d:
+            # Root passes the list; so does nobody, whom it names.
+            rc, final, err = d.cli("submit", "closed", input=b"1\n2\n")
+            self.assertEqual((rc, (final or {}).get("completion")), (0, 3),
+                             (final, err))
+            rc, final, err = submit_as(d, "nobody", "closed")
+            self.assertEqual((rc, (final or {}).get("completion")), (0, 3),
+                             (final, err))
+            # Anyone else: the exact denial, to the client and the log.
+            uid = pwd.getpwnam(OUTSIDER).pw_uid
+            want = denial(OUTSIDER, uid, "closed", "users nobody; no groups")
+            rc, final, err = submit_as(d, OUTSIDER, "closed")
+            self.assertEqual((rc, final), (1, {"ok": False, "error": want}),
+                             err)
+            self.assertIn("denied submit of pool closed: " + want,
+                          d.log_text())
+            rc, final, err = submit_as(d, OUTSIDER, "open")
+            self.assertEqual((rc, (final or {}).get("completion")), (0, 3),
+                             (final, err))
+
 
 @unittest.skipUnless(AS_ROOT and TOOLS, WHY_SKIP)
 class AsOtherUsers(unittest.TestCase):
@@ -76,13 +130,17 @@ class AsOtherUsers(unittest.TestCase):
     def setUpClass(cls):
         cls.made_users, cls.made_groups = [], []
         try:
-            for g in (ETL, ADMINS):
+            for g in (ETL, ADMINS, PRIMARY):
                 subprocess.run(["groupadd", g], check=True,
                                capture_output=True)
                 cls.made_groups.append(g)
             for u, extra in ((ALICE, [ETL]), (BOB, []), (CAROL, []),
-                             (DAVE, [ADMINS])):
-                cmd = ["useradd", "-M", "-U", "-s", "/usr/sbin/nologin"]
+                             (DAVE, [ADMINS]), (ERIN, None)):
+                cmd = ["useradd", "-M", "-s", "/usr/sbin/nologin"]
+                if extra is None:
+                    cmd += ["-g", PRIMARY]      # primary group only
+                else:
+                    cmd += ["-U"]
                 if extra:
                     cmd += ["-G", ",".join(extra)]
                 subprocess.run(cmd + [u], check=True, capture_output=True)
@@ -99,30 +157,23 @@ class AsOtherUsers(unittest.TestCase):
         for g in cls.made_groups:
             subprocess.run(["groupdel", g], capture_output=True)
 
-    def daemon(self, **settings):
+    def daemon(self, extra_pools=None, **settings):
         pools = {
             "locked": {"plugin": "sum",
                        "allow": {"users": [BOB], "groups": [ETL]}},
             "open": {"plugin": "sum"},
         }
+        pools.update(extra_pools or {})
         d = Daemon(pools, dict({"socket_mode": "0666",
                                 "admin_group": ADMINS}, **settings))
         os.chmod(d.dir, 0o755)      # others reach the socket
         return d
 
     def as_user(self, d, user, *args, input=b""):
-        """The CLI as `user`, with its groups: (status, stdout, stderr)."""
-        p = subprocess.run(["setpriv", "--reuid", user, "--regid", user,
-                            "--init-groups"] + VALGRIND +
-                           [CLI, "-s", d.socket] + list(args), input=input,
-                           capture_output=True, timeout=60 * SLOWDOWN)
-        return (p.returncode, p.stdout.decode(),
-                p.stderr.decode(errors="replace"))
+        return as_user(d, user, *args, input=input)
 
     def submit_as(self, d, user, pool):
-        rc, out, err = self.as_user(d, user, "submit", pool,
-                                    input=b"1\n2\n")
-        return rc, json.loads(out) if out.strip() else None, err
+        return submit_as(d, user, pool)
 
     def test_allow_lists(self):
         with self.daemon() as d:
@@ -149,6 +200,35 @@ class AsOtherUsers(unittest.TestCase):
             # Root passes any list.
             rc, final, err = d.cli("submit", "locked", input=b"4\n")
             self.assertEqual((rc, final["completion"]), (0, 4), err)
+
+    def test_primary_group(self):
+        # "allow" names a group that is erin's primary group and no one's
+        # supplementary one: erin may submit by it.  So may a process
+        # whose own gid (SO_PEERCRED) is that group, though its user is
+        # not in it; carol, with neither, is denied.
+        prim = {"prim": {"plugin": "sum", "allow": {"groups": [PRIMARY]}}}
+        with self.daemon(prim) as d:
+            self.assertEqual(grp.getgrnam(PRIMARY).gr_mem, [])
+            self.assertEqual(pwd.getpwnam(ERIN).pw_gid,
+                             grp.getgrnam(PRIMARY).gr_gid)
+            rc, final, err = self.submit_as(d, ERIN, "prim")
+            self.assertEqual((rc, (final or {}).get("completion")), (0, 3),
+                             (final, err))
+            rc, final, err = submit_as(d, CAROL, "prim", group=PRIMARY)
+            self.assertEqual((rc, (final or {}).get("completion")), (0, 3),
+                             (final, err))
+            rc, final, err = self.submit_as(d, CAROL, "prim")
+            uid = pwd.getpwnam(CAROL).pw_uid
+            want = denial(CAROL, uid, "prim", "no users; groups %s" %
+                          PRIMARY)
+            self.assertEqual((rc, final), (1, {"ok": False,
+                                               "error": want}), err)
+            # erin is no one else's: "locked" (bob, etl) denies her.
+            rc, final, err = self.submit_as(d, ERIN, "locked")
+            self.assertEqual(rc, 1, err)
+            self.assertEqual(final["error"], denial(
+                ERIN, pwd.getpwnam(ERIN).pw_uid, "locked",
+                "users %s; groups %s" % (BOB, ETL)))
 
     def test_status_needs_admin_or_the_pool(self):
         with self.daemon() as d:

@@ -1,13 +1,17 @@
 """Limits on what one client may hold: the header deadline (header_timeout),
 the idle limit of a stream's client (idle_timeout), the connections of one
-uid (max_connections_per_uid), and running out of file descriptors.
+uid (max_connections_per_uid, counted per uid: another uid is served while
+one is at its limit), and running out of file descriptors.
 
 The timeouts are behaviour, so they are tested, with generous margins;
 nothing here measures speed."""
 import json
 import os
+import pwd
 import resource
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +23,39 @@ from harness import (wait_for, Daemon, lines, assert_invariant, test_plugin,  # 
 
 SUM = {"sum": {"plugin": "sum"}}
 HEADER = b'{"op":"submit","pool":"sum"}\n'
+AS_ROOT = os.geteuid() == 0
+
+# Run as another uid (through setpriv): connect argv[2] times to the
+# socket argv[1], all held open at once, each submitting one item
+# "otherI" to the echo pool; then close them in turn.  One JSON line per
+# connection: its first reply (lease or refusal) and its final line.
+AS_OTHER_UID = r"""
+import json, socket, sys
+def reply(s):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        c = s.recv(1)
+        if not c:
+            return None
+        buf += c
+    return json.loads(buf)
+conns = []
+for i in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"op":"submit","pool":"echo"}\n"other%d"\n' % i)
+    conns.append((s, reply(s)))
+for s, lease in conns:
+    final = None
+    if lease.get("ok"):
+        s.shutdown(socket.SHUT_WR)
+        final = reply(s)
+        while final is not None and "items" not in final:
+            final = reply(s)
+    s.close()
+    print(json.dumps({"lease": lease, "final": final}))
+"""
 
 
 def read_all(s, timeout=15):
@@ -294,6 +331,69 @@ class PerUidLimit(unittest.TestCase):
                 c.shutdown(socket.SHUT_WR)
                 self.assertIn("items", final_of(read_all(c)))
                 c.close()
+
+    @unittest.skipUnless(AS_ROOT and shutil.which("setpriv"),
+                         "connecting as a second uid needs root and "
+                         "setpriv: run the suite as root to cover it")
+    def test_two_uids_count_apart(self):
+        # The limit is per uid, not for everyone: root (this process)
+        # holds its 2 and is refused a third, while nobody still gets 2
+        # of its own at the same time, then is refused its third with
+        # its own uid in the message.
+        pools = {"echo": {"plugin": test_plugin("echo"), "workers": 4,
+                          "stream_workers": 1}}
+        d = Daemon(pools, {"max_connections_per_uid": 2,
+                           "socket_mode": "0666"})
+        os.chmod(d.dir, 0o755)          # nobody reaches the socket
+        with d:
+            settle(d, "echo")
+            held = []
+            for i in range(2):
+                s = d.connect()
+                s.sendall(b'{"op":"submit","pool":"echo"}\n"root%d"\n' % i)
+                self.assertTrue(read_reply(s)["ok"])
+                held.append(s)
+            extra = d.connect()
+            extra.sendall(b'{"op":"submit","pool":"echo"}\n')
+            self.assertEqual(read_all(extra), [
+                {"ok": False, "error": "too many connections from uid 0: "
+                 "the limit is 2 (max_connections_per_uid)"}])
+            extra.close()
+            # Root is at its limit (both still open): nobody connects 3
+            # times and streams through the first two.
+            nobody = pwd.getpwnam("nobody")
+            p = subprocess.Popen(
+                ["setpriv", "--reuid", str(nobody.pw_uid), "--regid",
+                 str(nobody.pw_gid), "--clear-groups", sys.executable,
+                 "-c", AS_OTHER_UID, d.socket, "3"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            try:
+                out, err = p.communicate(timeout=60)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            self.assertEqual(p.returncode, 0, err)
+            got = [json.loads(l) for l in out.splitlines()]
+            self.assertEqual(len(got), 3, out)
+            for i in (0, 1):
+                self.assertTrue(got[i]["lease"]["ok"], got[i])
+                self.assertEqual(got[i]["final"]["results"][0]["items"],
+                                 ["other%d" % i], got[i])
+            msg = ("too many connections from uid %d: the limit is 2 "
+                   "(max_connections_per_uid)" % nobody.pw_uid)
+            self.assertEqual(got[2], {"lease": {"ok": False, "error": msg},
+                                      "final": None})
+            self.assertIn("uid %d) refused: %s" % (nobody.pw_uid, msg),
+                          d.log_text())
+            # Root's two were open all along, and finish.
+            for i, s in enumerate(held):
+                s.shutdown(socket.SHUT_WR)
+                final = final_of(read_all(s))
+                s.close()
+                self.assertEqual(final["results"][0]["items"],
+                                 ["root%d" % i])
 
     def test_refused_flood_holds_few_descriptors(self):
         # Refused connections hold no place; past 64 of them still open,

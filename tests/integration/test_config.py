@@ -141,8 +141,11 @@ class Config(unittest.TestCase):
         self.write("pools.d/p.json", '{"plugin": "sum", "allow": '
                    '{"people": []}}')
         rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1, err)
         self.assertIn('"allow" takes "users" and "groups", not "people"',
                       err)
+        self.assertIn("configuration is not valid", err)
+        self.assertNotIn("configuration is valid", out)
 
     def test_unusable_spool_dir(self):
         # Replay needs somewhere to spool: the daemon says where it
@@ -164,6 +167,8 @@ class Config(unittest.TestCase):
         # With on_crash fail nothing is spooled, so it is not needed.
         self.write("pools.d/p.json", '{"plugin": "sum", "on_crash": "fail"}')
         rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("configuration is valid (1 pool)", out)
         self.assertNotIn("spool", err)
 
     def test_check_loads_plugins(self):

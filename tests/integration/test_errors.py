@@ -7,7 +7,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, lines, assert_invariant, test_plugin,  # noqa
+from harness import (wait_for, Daemon, lines, assert_invariant, test_plugin,  # noqa
                      read_lines, final_of, rejections, main)
 
 
@@ -332,22 +332,39 @@ class Clients(unittest.TestCase):
             self.assertEqual(final_a["results"][0]["items"], [1, 3])
 
     def test_queued_stream_is_served_fifo(self):
+        # One worker, held by a; b, c, d and e come in that order (each
+        # seen waiting before the next connects), all closed already.
+        # The worker must serve them in arrival order: echo's "streams"
+        # counts the streams its process served, so b is its 2nd, c its
+        # 3rd...  One waiting stream could not tell FIFO from LIFO.
         pools = {"echo": {"plugin": test_plugin("echo"), "workers": 1}}
         with Daemon(pools) as d:
             a = d.connect()
             a.sendall(b'{"op":"submit","pool":"echo"}\n"a"\n')
             json.loads(a.makefile().readline())
-            b = d.connect()
-            b.sendall(b'{"op":"submit","pool":"echo"}\n"b"\n')
-            b.shutdown(1)
-            time.sleep(0.2)
+            waiting = []
+            for name in "bcde":
+                n = d.log_text().count("waiting for a echo worker")
+                w = d.connect()
+                w.settimeout(30)
+                w.sendall(b'{"op":"submit","pool":"echo"}\n"%s"\n' %
+                          name.encode())
+                w.shutdown(1)
+                wait_for(lambda: d.log_text().count(
+                    "waiting for a echo worker") > n,
+                    what="stream %s to wait" % name)
+                waiting.append(w)
             a.shutdown(1)
-            fa, fb = final_of(read_lines(a)), final_of(read_lines(b))
+            fa = final_of(read_lines(a))
             a.close()
-            b.close()
             self.assertEqual(fa["results"][0]["items"], ["a"])
-            self.assertEqual(fb["results"][0]["items"], ["b"])
-            self.assertEqual(fb["results"][0]["streams"], 2)
+            for k, (name, w) in enumerate(zip("bcde", waiting)):
+                f = final_of(read_lines(w))
+                w.close()
+                self.assertEqual(f["results"][0]["items"], [name], f)
+                self.assertEqual(f["results"][0]["streams"], k + 2,
+                                 "stream %s served out of order: %s" %
+                                 (name, f))
 
     def test_vanished_client(self):
         with Daemon({"sum": {"plugin": "sum", "workers": 2}}) as d:

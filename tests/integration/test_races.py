@@ -5,15 +5,19 @@ before its fix; the docstrings give the mechanism.
 
 Some tests stop the master with SIGSTOP so that several things (a worker's
 death, a client's header) are pending at once when it resumes; that only
-orders events the master could see in the same loop turn anyway.
+orders events the master could see in the same loop turn anyway.  No test
+waits a fixed time for its race: each polls (bounded) for its setting to
+be in place (the client accepted, the master stopped, the worker a
+zombie), and each checks in the daemon's log that the racy order really
+happened, so a run that missed the race fails instead of passing.
 """
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import threading
-import time
 import unittest
 
 from harness import (wait_for, Daemon, assert_invariant, final_of, lines, main,
@@ -25,12 +29,44 @@ def quarantines(replies):
             if isinstance(r.get("quarantined"), dict)}
 
 
+def proc_state(pid):
+    """The state letter of /proc/PID/stat (R, S, T, Z...)."""
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def wchan(pid):
+    with open("/proc/%d/wchan" % pid) as f:
+        return f.read()
+
+
+def connect_accepted(d):
+    """A client connection the master has accepted (its descriptor count
+    went up), so that stopping the master cannot hold back the accept."""
+    fds = "/proc/%d/fd" % d.pid()
+    before = len(os.listdir(fds))
+    s = d.connect()
+    s.settimeout(30)
+    wait_for(lambda: len(os.listdir(fds)) > before,
+             what="the master to accept the client")
+    return s
+
+
+def kill_to_zombie(pid):
+    """SIGKILL pid, a worker of a stopped master: it is dead (a zombie,
+    nobody reaps it yet) when this returns."""
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: proc_state(pid) == "Z", what="pid %d dead" % pid)
+
+
 @contextlib.contextmanager
 def master_stopped(d):
     """The master is stopped (SIGSTOP) inside the block, so what the block
     does is all pending at once when it resumes."""
     os.kill(d.pid(), signal.SIGSTOP)
     try:
+        wait_for(lambda: proc_state(d.pid()) == "T",
+                 what="the master to stop")
         yield
     finally:
         os.kill(d.pid(), signal.SIGCONT)
@@ -67,16 +103,12 @@ class StaleSharedPage(unittest.TestCase):
             w = d.worker_pids()[0]
             # Stream 2: its client is accepted, then the master stops; the
             # header and items arrive, then the worker dies.
-            s = d.connect()
-            s.settimeout(30)
-            time.sleep(0.3)
+            s = connect_accepted(d)
             with master_stopped(d):
                 s.sendall(b'{"op":"submit","pool":"r"}\n' +
                           lines(list(range(1, 21))))
                 s.shutdown(socket.SHUT_WR)
-                time.sleep(0.2)
-                os.kill(w, signal.SIGKILL)
-                time.sleep(0.2)
+                kill_to_zombie(w)
             replies = read_lines(s)
             s.close()
             final = final_of(replies)
@@ -84,6 +116,15 @@ class StaleSharedPage(unittest.TestCase):
             with open(path) as f:
                 seen2 = sorted(int(l.split()[0]) for l in f
                                if int(l.split()[1]) <= 20)
+            # The race happened: stream 2 leased w, already dead, and
+            # only then did the master see it die, inside the stream.
+            log = d.log_text()
+            death = ("pool r: worker 1 (pid %d) killed by signal 9 "
+                     "(Killed) during a stream\n" % w)
+            self.assertIn(death, log)
+            self.assertIn("stream 2: pool r, 1 worker\n", log)
+            self.assertLess(log.index("stream 2: pool r, 1 worker\n"),
+                            log.index(death), log)
             # Every item of stream 2 reached a consume call.
             self.assertEqual(final["crashes"], 1, final)
             self.assertEqual(sorted(set(seen2)), list(range(1, 21)),
@@ -107,19 +148,30 @@ class ZeroWorkerLease(unittest.TestCase):
             rc, f1, err = d.cli("submit", "sum", input=b"1\n2\n")
             self.assertEqual(f1["completion"], 3, err)
             w = d.worker_pids()[0]
-            s = d.connect()
-            s.settimeout(30)
-            time.sleep(0.3)
+            s = connect_accepted(d)
             with master_stopped(d):
-                os.kill(w, signal.SIGKILL)
-                time.sleep(0.2)
+                kill_to_zombie(w)
                 s.sendall(b'{"op":"submit","pool":"sum"}\n' +
                           lines(list(range(1, 11))))
                 s.shutdown(socket.SHUT_WR)
-                time.sleep(0.2)
             replies = read_lines(s)
             s.close()
             final = final_of(replies)
+            # The race happened: the header was read while the dead w
+            # still counted as idle.  The stream then waits for the
+            # replacement ("waiting for a sum worker") before w's death
+            # is handled; had its death been handled first, that line
+            # would come after the death; had its EOF not been seen, the
+            # stream would have leased it and it would have died "during
+            # a stream" (the death line would not end at "(Killed)").
+            log = d.log_text()
+            death = re.search(r"(?m)^consumersd\[\d+\]: pool sum: "
+                              r"worker 1 \(pid %d\) killed by signal 9 "
+                              r"\(Killed\)$" % w, log)
+            self.assertIsNotNone(death, log)
+            waiting = log.find("stream 2: waiting for a sum worker")
+            self.assertNotEqual(waiting, -1, log)
+            self.assertLess(waiting, death.start(), log)
             assert_invariant(self, final)
             self.assertEqual(replies[0].get("workers"), 1, replies)
             self.assertEqual(final["errors"], [], final)
@@ -233,21 +285,35 @@ class CompleterDeadNotReaped(unittest.TestCase):
             # Lane 1 gets 1 and returns at once; lane 2 sleeps 1.5 s.
             s.sendall(b'{"op":"submit","pool":"f"}\n1\n{"sleep":1500}\n')
             s.shutdown(socket.SHUT_WR)
-            time.sleep(0.5)
             pids = d.worker_pids()
-            def wchan(pid):
-                with open("/proc/%d/wchan" % pid) as f:
-                    return f.read()
-            sleeping = [p for p in pids if "nanosleep" in wchan(p)]
+            self.assertEqual(len(pids), 2, pids)
+            sleeping = wait_for(lambda: [p for p in pids
+                                         if "nanosleep" in wchan(p)],
+                                what="a worker in its sleep")
             self.assertEqual(len(sleeping), 1, pids)
-            done = [p for p in pids if p not in sleeping][0]
+            sleeper = sleeping[0]
+            done = [p for p in pids if p != sleeper][0]
             with master_stopped(d):
-                os.kill(done, signal.SIGKILL)
-                time.sleep(1.5)         # the sleeper's RESULT is queued
+                kill_to_zombie(done)
+                # The sleeper wakes, sends its RESULT and waits for the
+                # next frame: its RESULT is queued for the master.
+                wait_for(lambda: "nanosleep" not in wchan(sleeper),
+                         what="the sleeper's RESULT")
             replies = read_lines(s)
             s.close()
             final = final_of(replies)
             assert_invariant(self, final)
+            # The race happened: the last RESULT was read before the
+            # master handled done's death (else done would have died
+            # "during a stream", still the stream's), and before the
+            # stream ended.
+            log = d.log_text()
+            death = re.search(r"(?m)^consumersd\[\d+\]: pool f: worker \d "
+                              r"\(pid %d\) killed by signal 9 \(Killed\)$"
+                              % done, log)
+            self.assertIsNotNone(death, log)
+            self.assertLess(death.start(), log.index("stream 1: pool f: 2 "
+                                                     "items"), log)
             self.assertEqual(final["errors"], [], final)
             self.assertEqual(final["completion"], 1, final)
 

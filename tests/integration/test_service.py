@@ -1,7 +1,8 @@
 """Stopping and reloading the real daemon: SIGTERM lets open streams finish
 (up to shutdown_timeout) and refuses queued ones; SIGHUP reloads the
-configuration without cutting an open stream, and a broken configuration
-changes nothing."""
+configuration without cutting an open stream (it ends on the very workers
+it leased, with no crash, whether its pool changed or not), and a broken
+configuration changes nothing."""
 import json
 import os
 import re
@@ -101,6 +102,35 @@ class Shutdown(unittest.TestCase):
                           final["errors"][-1]["error"])
             self.assertEqual(d.proc.wait(timeout=30), 0)
 
+    def test_stream_outlives_its_workers_in_a_stop(self):
+        # A stream done with its workers (an ondemand pool's worker has
+        # exited since) whose client has not read its final line yet: a
+        # stop with no worker and no tap left must still wait for it.
+        # The daemon once exited at once there, cutting the line short.
+        pools = {"c": {"plugin": "collect", "workers": 1,
+                       "mode": "ondemand", "idle_timeout": 0.3}}
+        with Daemon(pools, {"shutdown_timeout": 30}) as d:
+            s = d.connect()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            items = [("x" * 200) + str(i) for i in range(20000)]
+            s.sendall(b'{"op":"submit","pool":"c"}\n' +
+                      lines(items))
+            s.shutdown(socket.SHUT_WR)
+            wait_for(lambda: "stream 1: pool c:" in d.log_text(),
+                     what="the stream's end")
+            wait_for(lambda: d.worker_pids() == [], what="no worker")
+            d.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "may finish within 30 s" in d.log_text())
+            s.settimeout(30)
+            final = final_of(read_lines(s))
+            s.close()
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["results"], [items])
+            self.assertEqual(d.proc.wait(timeout=30), 0)
+            log = d.log_text()
+            self.assertLess(log.index("every open stream has finished"),
+                            log.index("stopped"), log)
+
     def test_second_signal_ends_the_wait(self):
         with Daemon({"s": SLOW}, {"shutdown_timeout": 60}) as d:
             s, lease, rest = open_stream(d, "s", b"1\n")
@@ -128,34 +158,99 @@ class Reload(unittest.TestCase):
                  expect in d.log_text().split("SIGHUP: reloading")[-1],
                  what=expect)
 
+    def stream_workers(self, d, pool, sid, n):
+        """The pids of the n workers of pool leased to stream sid, from
+        the status op (polled: the lease reply may come first)."""
+        def busy():
+            v = harness.ask(d, {"op": "status", "pool": pool})
+            pids = sorted(w["pid"] for w in v["pools"][0]["processes"]
+                          if w["stream"] == sid and w["state"] == "busy")
+            return pids if len(pids) == n else None
+        return wait_for(busy, what="%d workers on stream %d" % (n, sid))
+
     def test_reload_with_open_streams(self):
-        pools = {"s": SLOW, "gone": {"plugin": "sum"}}
+        # echo's results name the process (pid) and the kwargs it ran
+        # with: the open stream must finish on the very workers it
+        # leased, with the old settings and no crash (a reload that
+        # killed them would still give the right sum through replay).
+        echo = {"plugin": test_plugin("echo"), "workers": 2,
+                "stream_workers": 2, "kwargs": {"v": 1}}
+        pools = {"e": echo, "gone": {"plugin": "sum"}}
         with Daemon(pools) as d:
             old = set(d.worker_pids())
-            s, lease, rest = open_stream(d, "s", lines(range(1, 51)))
-            # Change s, remove gone, add new.
-            changed = dict(SLOW, kwargs={"usec": 10, "every": 1})
-            self.write_pool(d, "s", changed)
+            s, lease, rest = open_stream(d, "e", lines(range(1, 51)))
+            self.assertEqual(lease["workers"], 2, lease)
+            leased = self.stream_workers(d, "e", lease["stream"], 2)
+            self.assertTrue(set(leased) <= old)
+            # Change e, remove gone, add new.
+            self.write_pool(d, "e", dict(echo, kwargs={"v": 2}))
             os.unlink(os.path.join(d.dir, "pools.d", "gone.json"))
             self.write_pool(d, "new", {"plugin": "sum", "workers": 2})
             self.reload(d, "reload: done: 1 pool added, 1 changed, "
                            "1 removed, 0 unchanged")
-            # The open stream finishes on its old worker, unhurt.
+            # New workers start for e while the old ones still run the
+            # open stream; a new stream of e runs on them, with v 2.
+            # (2 for e, 2 for new)
+            fresh = wait_for(lambda: (lambda f: f if len(f) >= 4 else None)(
+                set(d.worker_pids()) - old), what="the new workers")
+            rc, f, err = d.cli("submit", "e", input=lines([7, 8]))
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(f["crashes"], 0, f)
+            for r in f["results"]:
+                self.assertNotIn(r["pid"], old, f)
+                self.assertIn(r["pid"], fresh, f)
+                self.assertEqual(r["kwargs"], {"v": 2})
+            self.assertEqual(sorted(i for r in f["results"]
+                                    for i in r["items"]), [7, 8])
+            # The open stream finishes on its old workers, unhurt.
             final = finish(s, lines(range(51, 101)), rest)
             self.assertTrue(final["ok"], final)
-            self.assertEqual(final["completion"], 100)
-            self.assertIn(final["errors"], [[]])
-            # The added pool serves, the removed one is gone, and s runs
-            # on new workers.
+            self.assertEqual(final["crashes"], 0, final)
+            self.assertEqual(final["errors"], [])
+            self.assertEqual(sorted(r["pid"] for r in final["results"]),
+                             leased, final)
+            for r in final["results"]:
+                self.assertEqual(r["kwargs"], {"v": 1})
+                self.assertEqual(r["items"], sorted(r["items"]))
+            self.assertEqual(sorted(i for r in final["results"]
+                                    for i in r["items"]),
+                             list(range(1, 101)))
+            # The added pool serves, the removed one is gone.
             rc, f, err = d.cli("submit", "new", input=lines(range(1, 11)))
             self.assertEqual((rc, f["completion"]), (0, 55), err)
             rc, f, err = d.cli("submit", "gone", input=b"1\n")
             self.assertEqual(rc, 1)
             self.assertIn('no pool named "gone"', f["error"])
-            rc, f, err = d.cli("submit", "s", input=lines(range(5)))
-            self.assertEqual((rc, f["completion"]), (0, 5), err)
             wait_for(lambda: not (old & set(d.worker_pids())),
                      what="the old workers to exit")
+
+    def test_unchanged_pool_keeps_an_open_stream_s_workers(self):
+        # A reload that leaves e as it was must not touch the workers of
+        # its open stream: same pids at the end, no crash (replay would
+        # hide one in the results, not in "crashes").
+        echo = {"plugin": test_plugin("echo"), "workers": 2,
+                "stream_workers": 2}
+        with Daemon({"e": echo}) as d:
+            s, lease, rest = open_stream(d, "e", lines(range(1, 51)))
+            self.assertEqual(lease["workers"], 2, lease)
+            leased = self.stream_workers(d, "e", lease["stream"], 2)
+            self.write_pool(d, "other", {"plugin": "sum"})
+            self.reload(d, "reload: done: 1 pool added, 0 changed, "
+                           "0 removed, 1 unchanged")
+            self.assertEqual(self.stream_workers(d, "e", lease["stream"],
+                                                 2), leased)
+            final = finish(s, lines(range(51, 101)), rest)
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["crashes"], 0, final)
+            self.assertEqual(final["errors"], [])
+            self.assertEqual(sorted(r["pid"] for r in final["results"]),
+                             leased, final)
+            for r in final["results"]:
+                self.assertEqual(r["streams"], 1, r)
+            self.assertEqual(sorted(i for r in final["results"]
+                                    for i in r["items"]),
+                             list(range(1, 101)))
+            self.assertTrue(set(leased) <= set(d.worker_pids()))
 
     def test_broken_config_changes_nothing(self):
         with Daemon({"sum": {"plugin": "sum", "workers": 2}}) as d:

@@ -68,7 +68,12 @@ class Status(unittest.TestCase):
             self.assertEqual(v["daemon"]["pid"], d.pid())
             self.assertEqual(v["daemon"]["streams_open"], 1)
             self.assertEqual(v["daemon"]["workers"], 3)
-            self.assertGreaterEqual(v["daemon"]["uptime"], 0)
+            # The uptime is the daemon's own, and it goes on: a later
+            # call reports more (polled; the clock ticks in 10 ms).
+            up = v["daemon"]["uptime"]
+            self.assertGreaterEqual(up, 0)
+            wait_for(lambda: ask(d, {"op": "status"})["daemon"]["uptime"]
+                     > up, what="the uptime to grow past %s" % up)
             p = pool_of(v, "slow")
             self.assertEqual(p["mode"], "static")
             self.assertEqual(p["capacity"], 2)
@@ -116,13 +121,20 @@ class Status(unittest.TestCase):
             a, b = SlowStream(d, 300), SlowStream(d, 300)
             c = d.connect()
             c.sendall(b'{"op":"submit","pool":"slow"}\n1\n')
-            time.sleep(0.5)
-            v = ask(d, {"op": "status", "pool": "slow"})
-            p = v["pools"][0]
+
+            def slow():
+                return ask(d, {"op": "status", "pool": "slow"})["pools"][0]
+            p = wait_for(lambda: (lambda p: p if p["streams"]["queued"] == 1
+                                  else None)(slow()), what="c queued")
             self.assertEqual(p["streams"]["open"], 2)
-            self.assertEqual(p["streams"]["queued"], 1)
-            self.assertGreater(p["queue_wait"], 0.3)
             self.assertEqual(p["workers"]["busy"], 2)
+            # queue_wait is how long c has waited so far: it grows while
+            # c waits (polled; no guess at how fast).
+            first = p["queue_wait"]
+            p = wait_for(lambda: (lambda p: p if p["queue_wait"] > first
+                                  else None)(slow()),
+                         what="queue_wait to grow past %s" % first)
+            self.assertEqual(p["streams"]["queued"], 1)
             a.end()
             b.end()
             c.shutdown(socket.SHUT_WR)

@@ -15,21 +15,36 @@ class Streams(unittest.TestCase):
 
     def test_concat_two_consumers(self):
         # The Python consumers README example: '-'.join(letters) per consumer.
+        # How the items split between the two workers is up to the
+        # credit; whatever the split, each result must be exactly
+        # "-".join of the items that worker took, in input order, and
+        # the two must take every item once.
+        words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
         with Daemon({"concat": {"plugin": "concat", "workers": 2,
                                 "args": ["-"]}}) as d:
-            rc, final, err = d.cli("submit", "concat",
-                                   input=lines(list("abcdef")))
+            rc, final, err = d.cli("submit", "concat", input=lines(words))
             self.assertEqual(rc, 0, err)
             self.assertTrue(final["ok"])
             self.assertEqual(len(final["results"]), 2)
-            letters = "".join(r.replace("-", "") for r in final["results"])
-            self.assertEqual(sorted(letters), list("abcdef"))
+            taken = []
             for r in final["results"]:
-                if r:
-                    self.assertEqual(r, "-".join(r.split("-")))
+                mine = [w for w in r.split("-") if w] if r else []
+                self.assertTrue(set(mine) <= set(words), final)
+                # The expected concatenation, from the input: the words
+                # this worker took, in the order they were sent.
+                self.assertEqual(r, "-".join(w for w in words
+                                             if w in mine), final)
+                taken += mine
+            self.assertEqual(sorted(taken), sorted(words), final)
             self.assertEqual(final["items"], 6)
             self.assertEqual(final["consumed"], 6)
             assert_invariant(self, final)
+            # One worker: the whole input, joined in order.
+            rc, final, err = d.cli("submit", "-w", "1", "concat",
+                                   input=lines(words))
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(final["results"],
+                             ["alpha-bravo-charlie-delta-echo-foxtrot"])
 
     def test_collect_keeps_order(self):
         with Daemon({"collect": {"plugin": "collect", "workers": 1}}) as d:

@@ -284,8 +284,18 @@ class Notify(unittest.TestCase):
                     and t >= start]
             self.assertGreaterEqual(len(dogs), 3, n.dump())
             self.assertLessEqual(len(dogs), 15, n.dump())
-            self.assertLess(ready, len(n.got))
             stop_from = len(n.got)
+            # READY=1 once, and nothing says "running" before it: the
+            # first STATUS= line from READY=1 on is the one with every
+            # worker up and idle.
+            readies = [i for i, (_, _, m) in enumerate(n.got)
+                       if "READY=1" in m.split("\n")]
+            self.assertEqual(readies, [ready], n.dump())
+            every, since = n.statuses(), n.statuses(ready)
+            early = every[:len(every) - len(since)]
+            self.assertNotIn("running", [x[0] for x in early], n.dump())
+            self.assertEqual(n.statuses(ready)[0],
+                             ("running", 0, 0, 0, 3, 3, 0), n.dump())
         # Harness stop: SIGTERM, the daemon exits 0.
         n.poll(0.2)
         i = n.wait_for("STOPPING=1", 1, after=stop_from)
