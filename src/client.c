@@ -412,12 +412,25 @@ client_submit(struct client *c, json_t *h)
 		client_denied(c, "submit", name, why);
 		return;
 	}
+	if ((json_object_get(h, "args") != NULL ||
+	    json_object_get(h, "kwargs") != NULL) && !p->pc->client_args) {
+		client_refuse(c, "pool %s takes no args or kwargs from its "
+		    "clients (its pool file may allow them with \"client_args\": "
+		    "true)", name);
+		return;
+	}
 	want = p->pc->stream_workers;
 	if ((jw = json_object_get(h, "workers")) != NULL &&
 	    json_integer_value(jw) < (json_int_t)want)
 		want = (unsigned)json_integer_value(jw);
 	c->stream = stream_new(&client_source, c, p, want,
 	    json_object_get(h, "params"));
+	/* Read by stream_bind, once a worker is leased (below at the
+	 * earliest). */
+	if (p->pc->client_args) {
+		c->stream->args = json_incref(json_object_get(h, "args"));
+		c->stream->kwargs = json_incref(json_object_get(h, "kwargs"));
+	}
 	/* Leased at once if workers are idle, refused if the pool cannot
 	 * serve: the pool's one lease path. */
 	pool_dispatch(p);

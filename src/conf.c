@@ -389,7 +389,8 @@ static const char *const pool_keys[] = {
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
-	"max_spare", "idle_timeout", "max_streams", NULL
+	"max_spare", "idle_timeout", "max_streams", "plugin_options",
+	"client_args", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -730,6 +731,17 @@ pool_load(struct conf *c, const char *path, const char *name,
 	}
 	pc->kwargs = v != NULL && json_is_object(v) ? json_incref(v) :
 	    json_object();
+	/* The plugin's own settings: any JSON, read by the plugin alone
+	 * (cns_options); null when absent. */
+	v = json_object_get(root, "plugin_options");
+	pc->plugin_options = v != NULL ? json_incref(v) : json_null();
+	v = json_object_get(root, "client_args");
+	if (v != NULL && !json_is_boolean(v)) {
+		key_error(&f, "client_args", "\"client_args\" must be true or "
+		    "false, not %s", type_name(v));
+		bad = 1;
+	}
+	pc->client_args = v != NULL && json_is_true(v);
 	bad |= get_seconds(&f, root, "queue_timeout", 86400,
 	    &pc->queue_timeout);
 	bad |= get_seconds(&f, root, "item_timeout", 86400, &pc->item_timeout);
@@ -795,6 +807,7 @@ pool_conf_clear(struct pool_conf *pc)
 	free(pc->plugin);
 	json_decref(pc->args);
 	json_decref(pc->kwargs);
+	json_decref(pc->plugin_options);
 	free(pc->allow_uids);
 	free(pc->allow_gids);
 	free(pc->user);
@@ -1074,6 +1087,8 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->plugin_mtime.tv_nsec == b->plugin_mtime.tv_nsec &&
 	    a->workers == b->workers && a->stream_workers == b->stream_workers &&
 	    json_equal(a->args, b->args) && json_equal(a->kwargs, b->kwargs) &&
+	    json_equal(a->plugin_options, b->plugin_options) &&
+	    a->client_args == b->client_args &&
 	    a->queue_timeout == b->queue_timeout &&
 	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
 	    a->item_timeout == b->item_timeout &&

@@ -43,6 +43,8 @@ struct pool_conf {
 	unsigned	 stream_workers;
 	json_t		*args;		/* array */
 	json_t		*kwargs;	/* object */
+	json_t		*plugin_options; /* any JSON, the plugin's (cns_options) */
+	int		 client_args;	/* a stream's header may replace args */
 	double		 queue_timeout;	/* seconds a stream may wait */
 	int		 on_crash;	/* CRASH_* */
 	unsigned	 max_attempts;	/* crashes on one item: poison */
@@ -378,6 +380,7 @@ struct stream {
 	enum stream_state state;
 	unsigned	 want;
 	json_t		*params;
+	json_t		*args, *kwargs;	/* the client's (client_args), or NULL */
 	struct worker	**w;		/* leased workers */
 	struct lane	*lanes;		/* one per leased worker */
 	unsigned	 nw, nlive, nreturned, nwaiting;

@@ -12,11 +12,11 @@
 /* Each op with the keys its header may hold, and how to say them. */
 static const struct header_op {
 	const char	*op;
-	const char	*keys[5];
+	const char	*keys[7];
 	const char	*known;
 } header_ops[] = {
-	{ "submit", { "op", "pool", "workers", "params", NULL },
-	    "op, pool, workers, params" },
+	{ "submit", { "op", "pool", "workers", "params", "args", "kwargs",
+	    NULL }, "op, pool, workers, params, args, kwargs" },
 	{ "status", { "op", "pool", NULL }, "op, pool" },
 	{ "pools", { "op", NULL }, "op" },
 	{ "reload", { "op", NULL }, "op" },
@@ -121,6 +121,16 @@ header_parse(const char *line, size_t len, char *why, size_t whylen)
 	v = json_object_get(h, "workers");
 	if (v != NULL && (!json_is_integer(v) || json_integer_value(v) < 1)) {
 		snprintf(why, whylen, "\"workers\" must be a positive integer");
+		goto bad;
+	}
+	v = json_object_get(h, "args");
+	if (v != NULL && !json_is_array(v)) {
+		snprintf(why, whylen, "\"args\" must be an array");
+		goto bad;
+	}
+	v = json_object_get(h, "kwargs");
+	if (v != NULL && !json_is_object(v)) {
+		snprintf(why, whylen, "\"kwargs\" must be an object");
 		goto bad;
 	}
 	return h;

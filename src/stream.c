@@ -117,6 +117,8 @@ stream_free(struct stream *s)
 	free(s->lanes);
 	free(s->attempts);
 	json_decref(s->params);
+	json_decref(s->args);
+	json_decref(s->kwargs);
 	json_decref(s->results);
 	json_decref(s->errors);
 	json_decref(s->completion);
@@ -132,7 +134,8 @@ stream_free(struct stream *s)
 static void
 stream_bind(struct stream *s, unsigned i, struct worker *w)
 {
-	json_t *begin = json_pack("{s:O}", "params", s->params);
+	json_t *begin = json_pack("{s:O,s:O?,s:O?}", "params", s->params,
+	    "args", s->args, "kwargs", s->kwargs);
 
 	s->w[i] = w;
 	worker_bind(w, s, i);
@@ -311,8 +314,8 @@ stream_consumed(struct stream *s)
 	s->state = S_COMPLETING;
 	s->completer = keep;
 	keep->watch_cur = 0;	/* item_timeout counts from here */
-	req = json_pack("{s:O,s:O}", "results", s->results, "params",
-	    s->params);
+	req = json_pack("{s:O,s:O,s:O?,s:O?}", "results", s->results,
+	    "params", s->params, "args", s->args, "kwargs", s->kwargs);
 	worker_send_json(keep, F_COMPLETE, s->id, req);
 	json_decref(req);
 	/* The others are free already. */

@@ -48,6 +48,7 @@ struct child {
 struct cns_ctx {
 	struct child		*ch;
 	json_t			*params;
+	json_t			*args, *kwargs;	/* the stream's, or NULL */
 	char			*error;		/* from cns_fail */
 };
 
@@ -396,13 +397,19 @@ cns_seq(const cns_items *it)
 json_t *
 cns_args(const cns_ctx *ctx)
 {
-	return ctx->ch->pc->args;
+	return ctx->args != NULL ? ctx->args : ctx->ch->pc->args;
 }
 
 json_t *
 cns_kwargs(const cns_ctx *ctx)
 {
-	return ctx->ch->pc->kwargs;
+	return ctx->kwargs != NULL ? ctx->kwargs : ctx->ch->pc->kwargs;
+}
+
+json_t *
+cns_options(const cns_ctx *ctx)
+{
+	return ctx->ch->pc->plugin_options;
 }
 
 json_t *
@@ -453,6 +460,20 @@ cns_fail(const cns_ctx *cctx, const char *fmt, ...)
 		utf8_clean(ctx->error);
 }
 
+/* A stream's params, and its args/kwargs when its client gave them (the
+ * master sends them only for a pool with "client_args"). */
+static void
+child_stream_ctx(struct cns_ctx *ctx, json_t *req)
+{
+	json_t *v;
+
+	ctx->params = json_object_get(req, "params");
+	if ((v = json_object_get(req, "args")) != NULL && json_is_array(v))
+		ctx->args = v;
+	if ((v = json_object_get(req, "kwargs")) != NULL && json_is_object(v))
+		ctx->kwargs = v;
+}
+
 static void
 child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
 {
@@ -460,7 +481,7 @@ child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
 	struct cns_items it = { .ctx = &ctx, .stream = stream };
 	json_t *begin = child_parse(ch, p, len), *result, *reply;
 
-	ctx.params = json_object_get(begin, "params");
+	child_stream_ctx(&ctx, begin);
 	memset(ch->shm, 0, sizeof *ch->shm);
 	result = ch->pl->consume(&it, &ctx);
 	json_decref(it.cur);
@@ -495,7 +516,7 @@ child_complete(struct child *ch, uint64_t stream, const char *p, size_t len)
 	struct cns_ctx ctx = { .ch = ch };
 	json_t *req = child_parse(ch, p, len), *results, *completion, *reply;
 
-	ctx.params = json_object_get(req, "params");
+	child_stream_ctx(&ctx, req);
 	results = json_object_get(req, "results");
 	if (!json_is_array(results))
 		child_protocol(ch, "complete without results");
@@ -649,6 +670,34 @@ child_load(struct child *ch)
 	free(ctx.error);
 }
 
+/* The plugin's own check of the pool's settings, when it exports one
+ * (CNS_PLUGIN_CHECK_SYMBOL): in the probe's child, without init. */
+static int
+probe_check(const struct pool_conf *pc, const struct cns_plugin *pl,
+    char *why, size_t whylen)
+{
+	struct child ch = { .fd = -1, .pc = pc, .pl = pl };
+	struct cns_ctx ctx = { .ch = &ch };
+	int (*check)(const cns_ctx *);
+	Dl_info info;
+	void *h;
+	int rc;
+
+	/* In the plugin itself (loaded already: NOLOAD), not elsewhere. */
+	if (dladdr(pl, &info) == 0 || (h = dlopen(info.dli_fname,
+	    RTLD_NOW | RTLD_NOLOAD)) == NULL)
+		return 0;
+	*(void **)&check = dlsym(h, CNS_PLUGIN_CHECK_SYMBOL);
+	if (check == NULL)
+		return 0;
+	rc = check(&ctx);
+	if (rc != 0)
+		snprintf(why, whylen, "%s", ctx.error != NULL ? ctx.error :
+		    "the plugin's check failed");
+	free(ctx.error);
+	return rc != 0 ? -1 : 0;
+}
+
 /*
  * For consumersd -t: load a pool's plugin in a child process (loading
  * runs the plugin's constructors, which the master never does) and check
@@ -685,9 +734,11 @@ child_probe(const struct pool_conf *pc, char *why, size_t whylen)
 				_exit(2);
 			_exit(0);
 		}
-		if (plugin_open(pc->plugin, &pl, why, whylen) == -1 &&
-		    write(fds[1], why, strlen(why)) == -1)
-			_exit(2);
+		if (plugin_open(pc->plugin, &pl, why, whylen) == -1 ||
+		    probe_check(pc, pl, why, whylen) == -1) {
+			if (write(fds[1], why, strlen(why)) == -1)
+				_exit(2);
+		}
 		_exit(0);
 	}
 	close(fds[1]);

@@ -59,6 +59,13 @@ struct cns_plugin {
 	void (*fini)(void *state);
 };
 
+/* Optional, beside the descriptor: "consumersd -t" calls a function
+ * exported under this name, int consumers_plugin_check(const cns_ctx *),
+ * in a child process as the pool's user, to check the pool's settings
+ * without starting it (no init).  Return 0, or -1 after cns_fail(): the
+ * message is the config error. */
+#define CNS_PLUGIN_CHECK_SYMBOL "consumers_plugin_check"
+
 /* The descriptor must be visible to dlsym, from C and from C++. */
 #ifdef __cplusplus
 #define CNS_PLUGIN_EXPORT extern "C" __attribute__((visibility("default")))
@@ -87,9 +94,17 @@ const char *cns_next_raw(cns_items *items, size_t *len);
 /* The sequence number (1-based, per stream) of the item last returned. */
 uint64_t cns_seq(const cns_items *items);
 
-/* The pool's "args" (an array) and "kwargs" (an object), borrowed. */
+/* The pool's "args" (an array) and "kwargs" (an object), borrowed.  In
+ * consume and complete, a stream's own args/kwargs when its client gave
+ * them and the pool has "client_args": true. */
 json_t *cns_args(const cns_ctx *ctx);
 json_t *cns_kwargs(const cns_ctx *ctx);
+
+/* The pool's "plugin_options" (any JSON, borrowed; JSON null when the pool
+ * file has none): the plugin's own settings, in every call.  Added in
+ * ABI 1 without a bump (a new function; a plugin using it does not load
+ * in an older daemon, whose dlopen fails on the missing symbol). */
+json_t *cns_options(const cns_ctx *ctx);
 
 /* The stream's "params" from the client's header (borrowed; JSON null when
  * the client gave none, and in init and fini). */

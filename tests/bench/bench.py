@@ -39,6 +39,7 @@ RAWCOUNT = os.path.join(TOP_BUILDDIR, "tests", "bench", ".libs",
 SLOW = os.path.join(TOP_BUILDDIR, "tests", "plugins", ".libs", "slow.so")
 JSONPARSE = os.path.join(TOP_BUILDDIR, "tests", "bench", "jsonparse")
 LOADGEN = os.path.join(TOP_BUILDDIR, "tests", "bench", "loadgen")
+PYTHON_SO = os.path.join(PLUGIN_DIR, "python.so")
 TIME = "/usr/bin/time"		# GNU time (Debian package "time")
 
 ITEM = '{"n":%d,"s":"xxxxxxxxxxxxxxxx"}\n'
@@ -412,12 +413,135 @@ def w5(tmp, rep, clients, items):
     rep.data["W5"] = dict(r, master_kib=master_kib)
 
 
+# ---- W6: a Python function, in a python pool and under consumers.Pool ----
+
+# The function both sides run, as its user writes it.
+W6_SOURCE = """
+def total(items):
+    t = 0
+    for item in items:
+        t += item["n"]
+    return t
+
+def add(results):
+    return sum(results)
+"""
+W6_NS = {}
+exec(W6_SOURCE, W6_NS)
+
+
+def _consumers_process(q, results):
+    """One consumers.Pool process: the function over a generator of the
+    queue's items ({'args': (item,)}, as consumers puts them) until its
+    sentinel."""
+    def items():
+        for msg in iter(q.get, None):
+            yield msg["args"][0]
+    results.put(W6_NS["total"](items()))
+
+
+def baseline_consumers(n, procs=2):
+    """consumers.Pool(total, 2) fed n items {"n": i}: (seconds, sum)."""
+    t0 = time.perf_counter()
+    q, results = multiprocessing.Queue(), multiprocessing.Queue()
+    ps = [multiprocessing.Process(target=_consumers_process,
+                                  args=(q, results)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    for i in range(n):
+        q.put({"args": ({"n": i},)})
+    for _ in ps:
+        q.put(None)
+    total = sum(results.get() for _ in ps)
+    for p in ps:
+        p.join()
+    return time.perf_counter() - t0, total
+
+
+def w6_client():
+    sys.path.insert(0, os.path.join(TOP_BUILDDIR, "client", "python"))
+    import consumers_client
+    return consumers_client
+
+
+def w6(tmp, rep, n, repeat, streams, batches):
+    cc = w6_client()
+    where = tempfile.mkdtemp(prefix="w6-", dir=tmp)
+    os.chmod(tmp, 0o755)
+    os.chmod(where, 0o755)
+    with open(os.path.join(where, "w6fns.py"), "w") as f:
+        f.write(W6_SOURCE)
+    os.chmod(os.path.join(where, "w6fns.py"), 0o644)
+    pools = {"w6": {"plugin": "python", "workers": 2, "stream_workers": 2,
+                    "plugin_options": {"function": "w6fns:total",
+                                       "complete": "w6fns:add",
+                                       "path": [where]}},
+             # The one-item streams' pool: the same function, no
+             # completion round trip (each stream's result is its own).
+             "w6one": {"plugin": "python", "workers": 2,
+                       "stream_workers": 2,
+                       "plugin_options": {"function": "w6fns:total",
+                                          "path": [where]}}}
+    want = n * (n - 1) // 2
+    rep.head("W6 Python: %d items {\"n\": i} summed by a Python function "
+             "over 2 workers, put from Python" % n)
+
+    def one_stream(d):
+        t0 = time.perf_counter()
+        with cc.Pool("w6", 2, socket=d.socket) as pool:
+            for i in range(n):
+                pool.put({"n": i})
+        t = time.perf_counter() - t0
+        return t, pool.final
+
+    def one_item_streams(d):
+        t0 = time.perf_counter()
+        for i in range(streams):
+            with cc.Pool("w6one", 2, socket=d.socket) as pool:
+                pool.put({"n": i})
+            if sum(pool.results) != i:
+                raise BenchError("W6 one-item stream: results %r, not "
+                                 "%d" % (pool.results, i))
+        return streams / (time.perf_counter() - t0)
+
+    with Daemon(tmp, pools) as d:
+        (t, final), runs = median_run(lambda: one_stream(d), repeat)
+        check_final(final, n, want, "W6")
+        rate = one_item_streams(d)
+    (ta, suma), _ = median_run(lambda: baseline_consumers(n), 1)
+    if suma != want:
+        raise BenchError("W6 baseline summed %d, not %d" % (suma, want))
+    rep.row("consumersd (python pool, consumers_client.Pool)",
+            "%.3f s  (%.2f M items/s; runs %s)" %
+            (t, n / t / 1e6, ", ".join("%.3f" % r for r in runs)))
+    rep.row("consumers.Pool pattern (2 Processes + Queue)",
+            "%.3f s  (%.2fx)" % (ta, ta / t))
+    rep.target("W6 vs consumers.Pool", ta / t, ">=", 3, "x")
+    t0 = time.perf_counter()
+    for b in range(batches):
+        tb, sumb = baseline_consumers(1)
+        if sumb != 0:
+            raise BenchError("W6 per-batch baseline summed %d" % sumb)
+    brate = batches / (time.perf_counter() - t0)
+    rep.head("W6 one-item streams: %d streams of one item to the python "
+             "pool, one client, vs a consumers.Pool per batch" % streams)
+    rep.row("consumersd", "%.0f streams/s" % rate)
+    rep.row("consumers.Pool per batch (%d batches)" % batches,
+            "%.1f batches/s  (%.0fx)" % (brate, rate / brate))
+    rep.target("W6 one-item vs consumers.Pool per batch", rate / brate,
+               ">=", 50, "x")
+    rep.data["W6"] = {"items": n, "consumersd_s": t, "runs_s": runs,
+                      "consumers_s": ta, "streams": streams,
+                      "streams_per_s": rate, "batches": batches,
+                      "batches_per_s": brate}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="write every figure to this file")
-    ap.add_argument("--only", default="W1,W2,W3,W4,W5")
+    ap.add_argument("--only", default="W1,W2,W3,W4,W5,W6")
     ap.add_argument("--daemon-build", metavar="DIR",
                     help="take consumersd, consumers and the bundled "
                     "plugins from another build directory (an older "
@@ -430,6 +554,8 @@ def main():
         DAEMON = os.path.join(b, "src", "consumersd")
         CLI = os.path.join(b, "client", "consumers")
         PLUGIN_DIR = os.path.join(b, "src", "plugins", ".libs")
+        global PYTHON_SO
+        PYTHON_SO = os.path.join(PLUGIN_DIR, "python.so")
     only = set(args.only.upper().split(","))
     s = args.scale
 
@@ -458,6 +584,13 @@ def main():
             w3(tmp, rep, [sz(500000, 1000), sz(5000000, 10000)])
         if "W5" in only:
             w5(tmp, rep, sz(500, 4), sz(2000, 20))
+        if "W6" in only:
+            if os.path.exists(PYTHON_SO):
+                w6(tmp, rep, sz(1000000, 1000), args.repeat, sz(2000, 20),
+                   sz(40, 3))
+            else:
+                print("\nW6 skipped: %s was not built (no python3-embed)"
+                      % PYTHON_SO)
     except BenchError as e:
         print("\nbench: FAILED: %s" % e, file=sys.stderr)
         ok = False

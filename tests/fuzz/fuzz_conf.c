@@ -54,7 +54,8 @@ static const char *const pool_keys[] = {
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
-	"max_spare", "idle_timeout", "max_streams", NULL
+	"max_spare", "idle_timeout", "max_streams", "plugin_options",
+	"client_args", NULL
 };
 
 static int
@@ -152,6 +153,8 @@ check_pool(const struct pool_conf *pc)
 	FUZZ_CHECK(pc->stream_workers >= 1 &&
 	    pc->stream_workers <= pc->workers);
 	FUZZ_CHECK(json_is_array(pc->args) && json_is_object(pc->kwargs));
+	FUZZ_CHECK(pc->plugin_options != NULL);
+	FUZZ_CHECK(pc->client_args == 0 || pc->client_args == 1);
 	FUZZ_CHECK(pc->queue_timeout >= 0 && pc->queue_timeout <= 86400);
 	FUZZ_CHECK(pc->item_timeout >= 0 && pc->item_timeout <= 86400);
 	FUZZ_CHECK(pc->on_crash >= 0 && pc->on_crash < CRASH_NPOLICIES);

@@ -298,7 +298,7 @@ class Outcomes(unittest.TestCase):
                 self.assertEqual(pool.completion, 3)
                 # Then the default, the CLI's own.
                 del os.environ["CONSUMERS_SOCKET"]
-                self.assertEqual(Pool("sum").path, cc.DEFAULT_SOCKET)
+                self.assertEqual(cc.socket_path(), cc.DEFAULT_SOCKET)
                 p = subprocess.run([CLI], capture_output=True, text=True)
                 m = re.search(r"else \$CONSUMERS_SOCKET, else (\S+)\.\n",
                               p.stderr)

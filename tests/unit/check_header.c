@@ -188,10 +188,10 @@ START_TEST(test_unknown_key)
 {
 	refused("{\"op\":\"submit\",\"pool\":\"p\",\"color\":1}",
 	    "unknown key \"color\" in the header (known: op, pool, workers, "
-	    "params)");
+	    "params, args, kwargs)");
 	refused("{\"op\":\"submit\",\"pool\":\"p\",\"\":1}",
 	    "unknown key \"\" in the header (known: op, pool, workers, "
-	    "params)");
+	    "params, args, kwargs)");
 }
 END_TEST
 
@@ -220,6 +220,29 @@ START_TEST(test_workers)
 	refused("{\"op\":\"submit\",\"pool\":\"p\",\"workers\":"
 	    "-9223372036854775808}", want);
 	json_decref(accepted("{\"op\":\"submit\",\"pool\":\"p\",\"workers\":1}"));
+}
+END_TEST
+
+/* A stream's own args and kwargs (for pools with client_args): the
+ * shapes the pool file's have. */
+START_TEST(test_args_kwargs)
+{
+	json_t *h;
+
+	refused("{\"op\":\"submit\",\"pool\":\"p\",\"args\":{}}",
+	    "\"args\" must be an array");
+	refused("{\"op\":\"submit\",\"pool\":\"p\",\"args\":null}",
+	    "\"args\" must be an array");
+	refused("{\"op\":\"submit\",\"pool\":\"p\",\"kwargs\":[1]}",
+	    "\"kwargs\" must be an object");
+	refused("{\"op\":\"submit\",\"pool\":\"p\",\"kwargs\":\"c\"}",
+	    "\"kwargs\" must be an object");
+	h = accepted("{\"op\":\"submit\",\"pool\":\"p\",\"args\":[1,\"a\"],"
+	    "\"kwargs\":{\"c\":3}}");
+	ck_assert_int_eq(json_array_size(json_object_get(h, "args")), 2);
+	ck_assert_int_eq(json_integer_value(json_object_get(
+	    json_object_get(h, "kwargs"), "c")), 3);
+	json_decref(h);
 }
 END_TEST
 
@@ -355,6 +378,7 @@ header_suite(void)
 	tcase_add_test(tc, test_unknown_key);
 	tcase_add_test(tc, test_pool);
 	tcase_add_test(tc, test_workers);
+	tcase_add_test(tc, test_args_kwargs);
 	tcase_add_test(tc, test_duplicate_keys);
 	tcase_add_test(tc, test_names_cut_cleanly);
 	tcase_add_test(tc, test_short_why);
