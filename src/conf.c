@@ -389,7 +389,7 @@ static const char *const pool_keys[] = {
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
-	"max_spare", "idle_timeout", "max_streams", NULL
+	"max_spare", "idle_timeout", "max_streams", "start_seconds", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -691,6 +691,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	pc->on_crash = CRASH_REPLAY;
 	pc->max_attempts = 3;
 	pc->max_init_failures = 5;
+	pc->start_seconds = 1;
 	if (cfile_read(&f, &root) == -1) {
 		cfile_done(&f);
 		return -1;
@@ -733,6 +734,8 @@ pool_load(struct conf *c, const char *path, const char *name,
 	bad |= get_seconds(&f, root, "queue_timeout", 86400,
 	    &pc->queue_timeout);
 	bad |= get_seconds(&f, root, "item_timeout", 86400, &pc->item_timeout);
+	bad |= get_seconds(&f, root, "start_seconds", 3600,
+	    &pc->start_seconds);
 	u = pc->max_attempts;
 	bad |= get_uint(&f, root, "max_attempts", 1, 100, &u);
 	pc->max_attempts = (unsigned)u;
@@ -1078,6 +1081,7 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
 	    a->item_timeout == b->item_timeout &&
 	    a->max_init_failures == b->max_init_failures &&
+	    a->start_seconds == b->start_seconds &&
 	    a->mode == b->mode && a->min_spare == b->min_spare &&
 	    a->max_spare == b->max_spare && a->idle_timeout == b->idle_timeout &&
 	    a->max_streams == b->max_streams &&
