@@ -860,7 +860,7 @@ static const char *const daemon_keys[] = {
 	"window_bytes", "window_items", "log_level", "spool_dir",
 	"header_timeout", "idle_timeout", "max_connections_per_uid",
 	"shutdown_timeout", "admin_group", "socket_group", "root_workers",
-	"max_workers", NULL
+	"max_workers", "max_client_buffer", NULL
 };
 
 static int
@@ -940,6 +940,10 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 	u = 0;
 	bad |= get_uint(f, root, "max_workers", 0, 1u << 20, &u);
 	c->max_workers = (unsigned)u;
+	u = c->max_client_buffer;
+	bad |= get_uint(f, root, "max_client_buffer", 1u << 16, 1ull << 40,
+	    &u);
+	c->max_client_buffer = (size_t)u;
 	u = c->max_conn_per_uid;
 	bad |= get_uint(f, root, "max_connections_per_uid", 0, 1000000, &u);
 	c->max_conn_per_uid = (unsigned)u;
@@ -988,6 +992,7 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 	c->shutdown_timeout = 30;
 	c->idle_timeout = 300;
 	c->max_conn_per_uid = 256;
+	c->max_client_buffer = 64u << 20;
 	if (cfile_read(&f, &root) == -1 || daemon_load(c, &f, root) == -1)
 		bad = 1;
 	json_decref(root);

@@ -88,6 +88,7 @@ struct conf {
 	double		 shutdown_timeout; /* open streams may finish */
 	int		 root_workers;	/* running as root, pools may omit user */
 	unsigned	 max_workers;	/* all pools together; 0: no limit */
+	size_t		 max_client_buffer; /* replies queued, all clients */
 	char		*admin_group;	/* may see status of all pools */
 	gid_t		 admin_gid;
 	char		*socket_group;	/* the socket's group, if set */
@@ -561,6 +562,7 @@ json_t		*header_parse(const char *line, size_t len, char *why,
 
 /* client.c: the listening socket and client connections */
 struct client;
+extern size_t	 cns_client_out;	/* reply bytes queued, all clients */
 int		 client_listen(struct event_base *, const struct conf *, int fd);
 void		 client_abort_all(const char *why);
 void		 client_free_all(void);
