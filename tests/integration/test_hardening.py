@@ -61,6 +61,35 @@ class StartSeconds(unittest.TestCase):
             self.assertNotIn("failed start", d.log_text())
 
 
+class Unconsumed(unittest.TestCase):
+    """Item 4: items a consumer took but never processed are counted
+    unconsumed, with their seqs, not consumed."""
+
+    def test_exec_program_reads_one_line(self):
+        d = Daemon({})
+        prog = os.path.join(d.dir, "first")
+        with open(prog, "w") as f:
+            f.write("#!/bin/sh\nread a\necho \"$a\"\n")
+        os.chmod(prog, 0o755)
+        with open(os.path.join(d.dir, "pools.d", "first.json"), "w") as f:
+            json.dump({"plugin": "exec", "workers": 1, "args": [prog]}, f)
+        n = 50000
+        with d:
+            rc, final, err = d.cli("submit", "first",
+                                   input=lines(range(1, n + 1)))
+            self.assertEqual(rc, 1, err)
+            self.assertEqual(final["results"], [1], final)
+            self.assertEqual(final["items"], n)
+            self.assertEqual(final["consumed"], 1, final)
+            self.assertEqual(final["unconsumed"], n - 1, final)
+            assert_invariant(self, final)
+            [e] = final["errors"]
+            self.assertIn("49999 items not read, first: item 2",
+                          e["error"])
+            self.assertEqual(e["unconsumed"], n - 1)
+            self.assertEqual(e["seqs"], [[2, n]])
+
+
 def vm_kib(pid, field):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
