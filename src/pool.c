@@ -533,7 +533,7 @@ pool_worker_gone(struct pool *p, struct worker *w, enum start_verdict v)
 		p->init_failures = 0;
 	if (v == START_FAILED) {
 		unsigned ms = crash_backoff_ms(p->init_failures);
-		p->last_in_init = w->ready_at == 0;
+		p->last_in_init = w == NULL || w->ready_at == 0;
 		p->init_failures++;
 		tv.tv_sec = ms / 1000;
 		tv.tv_usec = (ms % 1000) * 1000;

@@ -130,10 +130,11 @@ class ClientBuffer(unittest.TestCase):
                 s.setblocking(False)
                 socks.append([s, 0])
             # Each client writes until the daemon stops reading it (its
-            # replies are unread); bounded by a deadline.
-            deadline = time.monotonic() + 20 * SLOWDOWN
+            # replies are unread), and the replies queued reach the cap;
+            # bounded by a deadline.
+            deadline = time.monotonic() + 30 * SLOWDOWN
             stuck = 0
-            while stuck < 50 and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
                 moved = False
                 for entry in socks:
                     try:
@@ -143,7 +144,13 @@ class ClientBuffer(unittest.TestCase):
                     except BlockingIOError:
                         pass
                 stuck = 0 if moved else stuck + 1
+                if stuck >= 50:
+                    if status(d)["daemon"]["client_output"] >= cap:
+                        break
+                    stuck = 0
                 time.sleep(0.02)
+            # Still nothing read: it stays at the cap.
+            time.sleep(0.5)
             queued = status(d)["daemon"]["client_output"]
             grown = vm_kib(d.pid(), "VmRSS") - base
             print("replies queued: %d bytes (cap %d); master RSS grew %d "
@@ -152,7 +159,9 @@ class ClientBuffer(unittest.TestCase):
             # flight: without the cap each client alone holds 1 MiB.
             self.assertGreaterEqual(queued, cap)
             self.assertLess(queued, cap + (2 << 20))
-            self.assertLess(d.rss_peak_kib() - base, 3 * cap // 1024)
+            if not (SANITIZERS or VALGRIND):
+                # (The tools' allocators add their own overhead.)
+                self.assertLess(d.rss_peak_kib() - base, 3 * cap // 1024)
             held = vm_kib(d.pid(), "VmRSS")
             for s, _ in socks:
                 s.close()
