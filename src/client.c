@@ -20,6 +20,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -33,6 +36,8 @@
 #define LINGER_TIMEOUT	2		/* seconds to discard input after
 					   the last line, so it is not lost
 					   to a reset */
+#define TRIM_AFTER	(1u << 20)	/* reply bytes freed before the heap
+					   is given back (malloc_trim) */
 #define DENIED_MAX	64		/* refused at the uid limit and
 					   lingering, at most */
 
@@ -67,6 +72,18 @@ struct uid_count {
 };
 
 static TAILQ_HEAD(, client) clients = TAILQ_HEAD_INITIALIZER(clients);
+
+/*
+ * Reply bytes queued for all clients: with more than max_client_buffer
+ * queued, a stream whose client has replies waiting stops reading it, so
+ * many clients that do not read cannot add up to more than the cap (and
+ * a batch each).  What clients' buffers freed since the heap was last
+ * trimmed: after a client with much queued leaves, the memory goes back
+ * to the system.
+ */
+size_t			 cns_client_out;
+static size_t		 client_freed;
+static int		 client_trim_due;
 static struct evconnlistener	*listener;
 static struct event		*accept_retry;
 static char			*listen_path;
@@ -164,9 +181,45 @@ timer_set(struct client *c, double seconds)
 	evtimer_add(c->timer, &tv);
 }
 
+/* Each client's output buffer reports here what it gains and loses. */
+static void
+client_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
+    void *arg)
+{
+	(void)buf;
+	(void)arg;
+	cns_client_out += info->n_added;
+	cns_client_out -= info->n_deleted < cns_client_out ? info->n_deleted :
+	    cns_client_out;
+	client_freed += info->n_deleted;
+}
+
+static void
+client_trim(void *arg)
+{
+	(void)arg;
+	client_trim_due = 0;
+	client_freed = 0;
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
+
 static void
 client_free(struct client *c)
 {
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+
+	/* What it still had queued is freed with it, and counted (the
+	 * bufferevent keeps the output's start frozen: a drain needs it
+	 * thawed). */
+	evbuffer_unfreeze(out, 1);
+	evbuffer_drain(out, evbuffer_get_length(out));
+	client_freed += evbuffer_get_length(bufferevent_get_input(c->bev));
+	if (client_freed >= TRIM_AFTER && !client_trim_due) {
+		client_trim_due = 1;
+		cns_later(client_trim, NULL);
+	}
 	TAILQ_REMOVE(&clients, c, entry);
 	if (c->stream != NULL) {
 		stream_free(c->stream);
@@ -220,9 +273,23 @@ static int
 client_output_full(void *arg)
 {
 	struct client *c = arg;
+	size_t own;
 
-	return !c->gone && evbuffer_get_length(bufferevent_get_output(
-	    c->bev)) > CLIENT_OUT_MAX;
+	if (c->gone)
+		return 0;
+	own = evbuffer_get_length(bufferevent_get_output(c->bev));
+	if (own > 0 && cns_client_out > cns_conf->max_client_buffer) {
+		static double warned;
+		if (cns_now() - warned > 60) {
+			warned = cns_now();
+			log_warnx("clients have %zu bytes of replies unread, "
+			    "more than max_client_buffer (%zu): streams whose "
+			    "clients do not read are paused", cns_client_out,
+			    cns_conf->max_client_buffer);
+		}
+		return 1;
+	}
+	return own > CLIENT_OUT_MAX;
 }
 
 static void
@@ -683,7 +750,9 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 		/* Nothing more reaches it: drop what was queued for it. */
 		struct evbuffer *out = bufferevent_get_output(c->bev);
 		c->gone = 1;
+		evbuffer_unfreeze(out, 1);
 		evbuffer_drain(out, evbuffer_get_length(out));
+		evbuffer_freeze(out, 1);
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
 		c->eof = 1;
@@ -804,6 +873,7 @@ client_accept(struct evconnlistener *l, evutil_socket_t fd,
 	bufferevent_set_timeouts(c->bev, NULL, &write_tv);
 	bufferevent_enable(c->bev, EV_READ);
 	flush_init(&c->out, c->bev, 1);
+	evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, NULL);
 	if (client_peer(c, fd) == -1) {
 		client_refuse(c, "consumersd cannot tell who is connecting "
 		    "(SO_PEERCRED failed)");

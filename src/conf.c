@@ -390,7 +390,7 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "idle_timeout", "max_streams", "plugin_options",
-	"client_args", NULL
+	"client_args", "start_seconds", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -692,6 +692,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	pc->on_crash = CRASH_REPLAY;
 	pc->max_attempts = 3;
 	pc->max_init_failures = 5;
+	pc->start_seconds = 1;
 	if (cfile_read(&f, &root) == -1) {
 		cfile_done(&f);
 		return -1;
@@ -745,6 +746,8 @@ pool_load(struct conf *c, const char *path, const char *name,
 	bad |= get_seconds(&f, root, "queue_timeout", 86400,
 	    &pc->queue_timeout);
 	bad |= get_seconds(&f, root, "item_timeout", 86400, &pc->item_timeout);
+	bad |= get_seconds(&f, root, "start_seconds", 3600,
+	    &pc->start_seconds);
 	u = pc->max_attempts;
 	bad |= get_uint(&f, root, "max_attempts", 1, 100, &u);
 	pc->max_attempts = (unsigned)u;
@@ -870,7 +873,7 @@ static const char *const daemon_keys[] = {
 	"window_bytes", "window_items", "log_level", "spool_dir",
 	"header_timeout", "idle_timeout", "max_connections_per_uid",
 	"shutdown_timeout", "admin_group", "socket_group", "root_workers",
-	"max_workers", NULL
+	"max_workers", "max_client_buffer", NULL
 };
 
 static int
@@ -950,6 +953,10 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 	u = 0;
 	bad |= get_uint(f, root, "max_workers", 0, 1u << 20, &u);
 	c->max_workers = (unsigned)u;
+	u = c->max_client_buffer;
+	bad |= get_uint(f, root, "max_client_buffer", 1u << 16, 1ull << 40,
+	    &u);
+	c->max_client_buffer = (size_t)u;
 	u = c->max_conn_per_uid;
 	bad |= get_uint(f, root, "max_connections_per_uid", 0, 1000000, &u);
 	c->max_conn_per_uid = (unsigned)u;
@@ -998,6 +1005,7 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 	c->shutdown_timeout = 30;
 	c->idle_timeout = 300;
 	c->max_conn_per_uid = 256;
+	c->max_client_buffer = 64u << 20;
 	if (cfile_read(&f, &root) == -1 || daemon_load(c, &f, root) == -1)
 		bad = 1;
 	json_decref(root);
@@ -1093,6 +1101,7 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
 	    a->item_timeout == b->item_timeout &&
 	    a->max_init_failures == b->max_init_failures &&
+	    a->start_seconds == b->start_seconds &&
 	    a->mode == b->mode && a->min_spare == b->min_spare &&
 	    a->max_spare == b->max_spare && a->idle_timeout == b->idle_timeout &&
 	    a->max_streams == b->max_streams &&

@@ -50,6 +50,7 @@ struct pool_conf {
 	unsigned	 max_attempts;	/* crashes on one item: poison */
 	double		 item_timeout;	/* seconds on one item, 0: none */
 	unsigned	 max_init_failures; /* in a row: the pool fails */
+	double		 start_seconds;	/* up this long after init: started */
 	int		 mode;		/* MODE_*: how many workers run */
 	unsigned	 min_spare;	/* dynamic: idle workers kept, at least */
 	unsigned	 max_spare;	/* dynamic: idle workers kept, at most */
@@ -89,6 +90,7 @@ struct conf {
 	double		 shutdown_timeout; /* open streams may finish */
 	int		 root_workers;	/* running as root, pools may omit user */
 	unsigned	 max_workers;	/* all pools together; 0: no limit */
+	size_t		 max_client_buffer; /* replies queued, all clients */
 	char		*admin_group;	/* may see status of all pools */
 	gid_t		 admin_gid;
 	char		*socket_group;	/* the socket's group, if set */
@@ -185,6 +187,8 @@ void	credit_take(struct credit *, unsigned items, size_t bytes);
 int	credit_ack(struct credit *, unsigned items, size_t bytes);
 
 /* pool.c: the pool table, leasing and the wait queue */
+/* crash_start(): how a gone worker's start went */
+enum start_verdict { START_NONE, START_FAILED, START_STARTED };
 struct worker;
 struct stream;
 TAILQ_HEAD(workerq, worker);
@@ -208,6 +212,7 @@ struct pool {
 	char		*last_error;
 	int		 has_complete;
 	int		 failed;	/* max_init_failures reached */
+	int		 last_in_init;	/* the last start died in init */
 	int		 capped;	/* held back by max_workers */
 	int		 freeing;	/* retired and empty: freed next turn */
 	struct event	*respawn_ev;
@@ -234,7 +239,8 @@ void		 pool_start(struct pool *);
 unsigned	 pool_lease(struct pool *, unsigned want, struct worker **out);
 void		 pool_idle(struct pool *, struct worker *);
 void		 pool_dispatch(struct pool *);
-void		 pool_worker_gone(struct pool *, struct worker *, int init_failed);
+void		 pool_worker_gone(struct pool *, struct worker *,
+		    enum start_verdict);
 void		 pool_lane_wait(struct pool *, struct lane *);
 void		 pool_lane_unwait(struct pool *, struct lane *);
 unsigned	 pool_slot(struct pool *);
@@ -287,6 +293,7 @@ struct worker {
 	int		 init_failed;	/* it sent INITFAIL */
 	int		 gone;		/* out of the table; freed next turn */
 	int		 startup;	/* one of the first, not settled yet */
+	double		 ready_at;	/* monotonic seconds at READY, 0: not */
 	struct worker_shm *shm;
 	/* item_timeout: what it held at the last look, and since when */
 	uint64_t	 watch_cur, watch_started;
@@ -481,14 +488,25 @@ struct crash_verdict {
 					   so all its items go again */
 };
 
+/* What dispatch.c knows when a worker is gone, for crash_start(). */
+struct start_facts {
+	int		 init_failed;	/* it sent INITFAIL */
+	int		 ready;		/* it finished init (READY) */
+	double		 up;		/* seconds since READY */
+	double		 start_seconds;	/* the pool's */
+	unsigned	 streams_served;
+	int		 in_stream;	/* died leased to a stream */
+	int		 exiting;	/* told to exit */
+};
 enum watch_verdict { WATCH_NONE, WATCH_MOVED, WATCH_WAIT, WATCH_KILL };
 
 int		 crash_spools(int policy);
 uint64_t	 crash_blame(uint64_t cur, uint64_t last_done,
 		    uint64_t timed_out);
 void		 crash_lane(const struct crash_facts *, struct crash_verdict *);
-int		 crash_failed_start(int init_failed, unsigned streams_served,
-		    int in_stream, int exiting);
+enum start_verdict crash_start(const struct start_facts *);
+int		 crash_refuse(int pool_failed, int last_start_in_init,
+		    int lane);
 unsigned	 crash_backoff_ms(unsigned failures);
 int		 crash_pool_failed(unsigned failures, unsigned max_init_failures);
 enum watch_verdict crash_watch(uint64_t cur, uint64_t started,
@@ -547,6 +565,7 @@ json_t		*header_parse(const char *line, size_t len, char *why,
 
 /* client.c: the listening socket and client connections */
 struct client;
+extern size_t	 cns_client_out;	/* reply bytes queued, all clients */
 int		 client_listen(struct event_base *, const struct conf *, int fd);
 void		 client_abort_all(const char *why);
 void		 client_free_all(void);

@@ -12,8 +12,9 @@
  * dead worker had not finished.  An item a consumer died on max_attempts
  * times is poison: quarantined (reported and skipped).  A call that dies
  * max_attempts times after its items ended, or before it took any, is
- * lost.  A worker that dies before serving a stream is a failed start;
- * failed starts back off exponentially and mark the pool failed.
+ * lost.  A worker that dies in init, or within start_seconds of it, is
+ * a failed start; failed starts back off exponentially and mark the pool
+ * failed.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -117,15 +118,40 @@ crash_lane(const struct crash_facts *f, struct crash_verdict *v)
 }
 
 /*
- * A worker is gone: whether it counts as a failed start.  One that dies
- * before it served any stream does, so a plugin that crashes just after
- * init backs off too; one told to exit does not.
+ * A worker is gone: whether it was a failed start (back off), a worker
+ * that had started (its death is a crash of a running worker: respawn at
+ * once, and the backoff starts over), or neither (told to exit, or lost
+ * inside a stream, which the stream's policy handles).  supervisord's
+ * startsecs rule: a worker that finished init and stayed up start_seconds,
+ * or served a stream, has started; one that dies in init, or sooner after
+ * it, has not.  An init that failed (INITFAIL) always counts.
+ */
+enum start_verdict
+crash_start(const struct start_facts *f)
+{
+	if (f->init_failed)
+		return START_FAILED;
+	if (f->exiting || f->in_stream)
+		return START_NONE;
+	if (!f->ready)
+		return START_FAILED;
+	if (f->streams_served > 0 || f->up >= f->start_seconds)
+		return START_STARTED;
+	return START_FAILED;
+}
+
+/*
+ * Whether a stream is refused at once rather than queued, while none of
+ * the pool's workers is up: only when the pool is marked failed and its
+ * last start attempt died in init, so waiting would only end in
+ * queue_timeout.  A pool that only backs off (a respawn scheduled) keeps
+ * its streams waiting.  A lane of a running stream, which has no
+ * queue_timeout, fails once the pool is marked failed at all.
  */
 int
-crash_failed_start(int init_failed, unsigned streams_served, int in_stream,
-    int exiting)
+crash_refuse(int pool_failed, int last_start_in_init, int lane)
 {
-	return init_failed || (streams_served == 0 && !in_stream && !exiting);
+	return pool_failed && (last_start_in_init || lane);
 }
 
 /* The wait before the next start after `failures` failed ones in a row. */

@@ -71,6 +71,7 @@ dispatch_frame(struct worker *w, const struct frame_hdr *h,
 		w->pool->has_complete = json_is_true(json_object_get(v,
 		    "complete"));
 		json_decref(v);
+		w->ready_at = cns_now();
 		log_debug("pool %s: worker %u (pid %ld) ready",
 		    w->pool->pc->name, w->slot, (long)w->pid);
 		if (w->startup) {
@@ -141,10 +142,19 @@ dispatch_frame(struct worker *w, const struct frame_hdr *h,
 void
 dispatch_gone(struct worker *w, const char *how)
 {
+	struct start_facts f = {
+		.init_failed = w->init_failed,
+		.ready = w->ready_at > 0,
+		.up = w->ready_at > 0 ? cns_now() - w->ready_at : 0,
+		.start_seconds = w->pool->pc->start_seconds,
+		.streams_served = w->streams_served,
+		.in_stream = w->stream != NULL,
+		.exiting = w->state == W_EXITING,
+	};
+
 	if (w->stream != NULL)
 		stream_worker_gone(w->stream, w, how);
-	pool_worker_gone(w->pool, w, crash_failed_start(w->init_failed,
-	    w->streams_served, w->stream != NULL, w->state == W_EXITING));
+	pool_worker_gone(w->pool, w, crash_start(&f));
 }
 
 void

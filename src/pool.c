@@ -394,6 +394,7 @@ pool_idle(struct pool *p, struct worker *w)
 			log_info("pool %s: a worker started; the pool serves "
 			    "again", p->pc->name);
 		p->failed = 0;
+		p->last_in_init = 0;
 	}
 	if (w->streams_served > 0)
 		p->init_failures = 0;	/* it works: no more backoff */
@@ -419,27 +420,28 @@ pool_idle(struct pool *p, struct worker *w)
  * Why the pool cannot take streams now, or NULL: its workers keep failing
  * to start and none is up, so waiting would only end in a timeout.
  */
-static const char *pool_broken(struct pool *);
+static const char *pool_broken(struct pool *, int lanes);
 
 const char *
 pool_unavailable(struct pool *p)
 {
 	if (cns_stopping)
 		return "consumersd is shutting down";
-	return pool_broken(p);
+	return pool_broken(p, 0);
 }
 
 /*
- * Why the pool's own workers cannot serve: failed starts, and no worker
- * up.  A pool marked failed (max_init_failures) whose other workers run
- * still serves with them.
+ * Why the pool's own workers cannot serve its queued streams (or, with
+ * `lanes`, the lanes of its running ones), or NULL: crash_refuse says, and
+ * no worker is up.  A pool that only backs off keeps its streams waiting
+ * (queue_timeout), and one whose other workers run serves with them.
  */
 static const char *
-pool_broken(struct pool *p)
+pool_broken(struct pool *p, int lanes)
 {
 	struct worker *w;
 
-	if (!p->failed && p->init_failures == 0)
+	if (!crash_refuse(p->failed, p->last_in_init, lanes))
 		return NULL;
 	TAILQ_FOREACH(w, &p->workers, entry)
 		if (w->state == W_IDLE || w->state == W_LEASED)
@@ -459,7 +461,7 @@ pool_dispatch(struct pool *p)
 
 	/* Lanes of running streams are served while the daemon stops, since
 	 * open streams may finish; only a broken pool fails them. */
-	if ((why = pool_broken(p)) != NULL) {
+	if ((why = pool_broken(p, 1)) != NULL) {
 		struct lane *l;
 		while ((l = TAILQ_FIRST(&p->lanes)) != NULL) {
 			char msg[1200];
@@ -467,6 +469,8 @@ pool_dispatch(struct pool *p)
 			    "workers: %s", p->pc->name, why);
 			stream_lane_fail(l, msg);
 		}
+	}
+	if ((why = pool_broken(p, 0)) != NULL) {
 		while ((s = TAILQ_FIRST(&p->queue)) != NULL) {
 			char msg[1200];
 			snprintf(msg, sizeof msg, "pool %s cannot start its "
@@ -512,18 +516,24 @@ pool_dispatch(struct pool *p)
 	}
 }
 
-/* After a worker is gone: replace it, at once or after a backoff. */
+/*
+ * After a worker is gone: replace it, at once or, after a failed start
+ * (crash_start), after a backoff.  A worker that had started resets the
+ * backoff: its death is a crash of a running worker.
+ */
 void
-pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
+pool_worker_gone(struct pool *p, struct worker *w, enum start_verdict v)
 {
 	struct timeval tv = { 0, 0 };
 
-	(void)w;
 	if (pools_stopping)
 		return;
 	p->respawns++;
-	if (init_failed) {
+	if (v == START_STARTED)
+		p->init_failures = 0;
+	if (v == START_FAILED) {
 		unsigned ms = crash_backoff_ms(p->init_failures);
+		p->last_in_init = w == NULL || w->ready_at == 0;
 		p->init_failures++;
 		tv.tv_sec = ms / 1000;
 		tv.tv_usec = (ms % 1000) * 1000;

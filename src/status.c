@@ -241,7 +241,7 @@ status_reply(struct pool *only)
 			    now));
 	while ((s = stream_next(s)) != NULL)
 		open += s->state != S_DONE;
-	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i},s:o}",
+	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i,s:I},s:o}",
 	    "ok", 1,
 	    "daemon",
 		"pid", (int)getpid(),
@@ -251,6 +251,7 @@ status_reply(struct pool *only)
 		    (time_t)(age + 0.5))) : json_null(),
 		"streams_open", (int)open,
 		"workers", (int)worker_count(),
+		"client_output", (json_int_t)cns_client_out,
 	    "pools", pools);
 	if (v == NULL)
 		fatalx("%s: json_pack", __func__);

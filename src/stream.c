@@ -349,7 +349,7 @@ lane_open(const struct lane *l)
  */
 static void
 lane_account(struct stream *s, struct lane *l, struct worker *w,
-    uint64_t consumed)
+    uint64_t consumed, json_t *seqs, int inexact, json_t *e)
 {
 	uint64_t open = lane_open(l), c = consumed + l->acked, u;
 
@@ -368,16 +368,59 @@ lane_account(struct stream *s, struct lane *l, struct worker *w,
 		    "ended; %" PRIu64 " item%s not consumed", u,
 		    u == 1 ? " was" : "s were");
 		s->unconsumed += u;
-		stream_error(s, "consume", w, msg);
+		/* The call's own error (exec's "N items not read") says it
+		 * already: the seqs go with it. */
+		if (e == NULL)
+			e = stream_error(s, "consume", w, msg);
+		json_object_set_new(e, "unconsumed", json_integer(
+		    (json_int_t)u));
+		if (seqs != NULL)
+			json_object_set(e, "seqs", seqs);
+		if (seqs != NULL && inexact)
+			json_object_set_new(e, "seqs_inexact", json_true());
 	}
+}
+
+/*
+ * The seq ranges a worker says its call did not consume (handed back, or
+ * left when it returned): each within what the lane holds, in order, and
+ * (unless merged, inexact) `skipped` seqs in all; NULL when absent, and
+ * -1 when they do not add up.
+ */
+static int
+lane_unconsumed(struct lane *l, json_t *v, uint64_t skipped, json_t **out)
+{
+	json_t *seqs = json_object_get(v, "unconsumed"), *r;
+	uint64_t total = 0, prev = 0;
+	size_t i;
+
+	*out = NULL;
+	if (seqs == NULL)
+		return 0;
+	if (!json_is_array(seqs))
+		return -1;
+	json_array_foreach(seqs, i, r) {
+		json_int_t a = json_integer_value(json_array_get(r, 0)),
+		    b = json_integer_value(json_array_get(r, 1));
+		if (!json_is_array(r) || json_array_size(r) != 2 || a <= 0 ||
+		    b < a || (uint64_t)a <= prev ||
+		    !feed_holds(l, (uint64_t)a) || !feed_holds(l, (uint64_t)b))
+			return -1;
+		total += (uint64_t)(b - a) + 1;
+		prev = (uint64_t)b;
+	}
+	if (!json_is_true(json_object_get(v, "unconsumed_inexact")) &&
+	    total != skipped)
+		return -1;
+	*out = seqs;
+	return 0;
 }
 
 int
 stream_result(struct stream *s, struct worker *w, json_t *v)
 {
 	json_int_t consumed, rejected, skipped;
-	json_t *err = json_object_get(v, "error");
-
+	json_t *err = json_object_get(v, "error"), *seqs, *e = NULL;
 	struct lane *l;
 
 	if (s->state != S_RUNNING || w->returned)
@@ -395,14 +438,17 @@ stream_result(struct stream *s, struct worker *w, json_t *v)
 	    (uint64_t)consumed + (uint64_t)rejected + (uint64_t)skipped !=
 	    w->sent)
 		return -1;
+	if (lane_unconsumed(l, v, (uint64_t)skipped, &seqs) == -1)
+		return -1;
 	w->returned = 1;
 	l->state = L_RETURNED;
 	feed_spool_close(l);	/* the call returned: nothing to replay */
 	s->nreturned++;
 	json_array_set(s->results, w->index, json_object_get(v, "result"));
 	if (json_is_string(err))
-		stream_error(s, "consume", w, json_string_value(err));
-	lane_account(s, l, w, (uint64_t)consumed);
+		e = stream_error(s, "consume", w, json_string_value(err));
+	lane_account(s, l, w, (uint64_t)consumed, seqs,
+	    json_is_true(json_object_get(v, "unconsumed_inexact")), e);
 	stream_input(s);
 	return 0;
 }

@@ -45,6 +45,8 @@ struct child {
 	uint32_t		 ack[2];
 };
 
+#define UNREAD_RANGES	64
+
 struct cns_ctx {
 	struct child		*ch;
 	json_t			*params;
@@ -61,6 +63,11 @@ struct cns_items {
 	json_t			*cur;
 	int			 ended;
 	uint64_t		 consumed, rejected, skipped;
+	/* Seqs handed back (cns_unread) or left when consume returned:
+	 * ranges for the master, UNREAD_RANGES at most (then merged). */
+	struct { uint64_t first, last; } unread[UNREAD_RANGES];
+	size_t			 nunread;
+	int			 unread_inexact;
 };
 
 /* Progress for the master: plain stores, one cache line, no syscall. */
@@ -388,6 +395,37 @@ cns_next_raw(cns_items *it, size_t *len)
 	return line;
 }
 
+/* A seq not consumed, in increasing order, into the ranges. */
+static void
+unread_add(struct cns_items *it, uint64_t seq)
+{
+	if (it->nunread > 0 && seq <= it->unread[it->nunread - 1].last)
+		return;		/* not increasing: already counted */
+	if (it->nunread > 0 && seq == it->unread[it->nunread - 1].last + 1) {
+		it->unread[it->nunread - 1].last = seq;
+		return;
+	}
+	if (it->nunread == UNREAD_RANGES) {
+		/* Too many gaps: the last range stretches over them. */
+		it->unread[it->nunread - 1].last = seq;
+		it->unread_inexact = 1;
+		return;
+	}
+	it->unread[it->nunread].first = it->unread[it->nunread].last = seq;
+	it->nunread++;
+}
+
+void
+cns_unread(cns_items *it, uint64_t seq)
+{
+	if (seq == 0 || seq > it->seq || it->consumed == 0 ||
+	    (it->nunread > 0 && seq <= it->unread[it->nunread - 1].last))
+		return;
+	unread_add(it, seq);
+	it->consumed--;
+	it->skipped++;
+}
+
 uint64_t
 cns_seq(const cns_items *it)
 {
@@ -491,8 +529,10 @@ child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
 	{
 		char *line;
 		size_t n;
-		while (items_line(&it, &line, &n) == 0)
+		while (items_line(&it, &line, &n) == 0) {
 			it.skipped++;
+			unread_add(&it, it.seq);
+		}
 	}
 	if (it.batch_items > 0)		/* leaves with the RESULT */
 		child_ack(ch, stream, it.batch_items, it.batch_bytes, 1);
@@ -504,6 +544,17 @@ child_consume(struct child *ch, uint64_t stream, const char *p, size_t len)
 	    "skipped", (json_int_t)it.skipped);
 	if (reply == NULL)
 		child_exit(ch, 1);
+	if (it.nunread > 0) {
+		json_t *seqs = json_array();
+		for (size_t i = 0; i < it.nunread; i++)
+			json_array_append_new(seqs, json_pack("[I,I]",
+			    (json_int_t)it.unread[i].first,
+			    (json_int_t)it.unread[i].last));
+		json_object_set_new(reply, "unconsumed", seqs);
+		if (it.unread_inexact)
+			json_object_set_new(reply, "unconsumed_inexact",
+			    json_true());
+	}
 	child_write_json(ch, F_RESULT, stream, reply, "result");
 	json_decref(reply);
 	json_decref(begin);

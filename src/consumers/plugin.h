@@ -94,6 +94,13 @@ const char *cns_next_raw(cns_items *items, size_t *len);
 /* The sequence number (1-based, per stream) of the item last returned. */
 uint64_t cns_seq(const cns_items *items);
 
+/* Hand back an item this consume call took (cns_next) but did not process,
+ * by its sequence number (cns_seq), in increasing order (others are
+ * ignored): it is counted "unconsumed", with its seq, in the stream's
+ * final line instead of "consumed".  Items never taken when consume returns
+ * are counted so already. */
+void cns_unread(cns_items *items, uint64_t seq);
+
 /* The pool's "args" (an array) and "kwargs" (an object), borrowed.  In
  * consume and complete, a stream's own args/kwargs when its client gave
  * them and the pool has "client_args": true. */

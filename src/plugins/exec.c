@@ -743,17 +743,23 @@ unread(struct run *r, uint64_t *count, uint64_t *first)
 	*first = 0;
 	if (ioctl(r->fd_keep, FIONREAD, &in_pipe) == 0 && in_pipe > 0)
 		read_bytes -= (uint64_t)in_pipe;
+	/* Each is handed back (cns_unread): the client hears it was not
+	 * consumed, with its seq. */
 	for (size_t i = 0; i < r->mlen; i++) {
 		const struct mark *m = &r->marks[(r->mhead + i) % r->mcap];
 		if (m->end > read_bytes) {
 			if ((*count)++ == 0)
 				*first = m->seq;
+			if (r->items != NULL)
+				cns_unread(r->items, m->seq);
 		}
 	}
 	if (r->items != NULL && !r->items_ended)
-		while (cns_next(r->items) != NULL)
+		while (cns_next(r->items) != NULL) {
 			if ((*count)++ == 0)
 				*first = cns_seq(r->items);
+			cns_unread(r->items, cns_seq(r->items));
+		}
 }
 
 /* The stderr tail, trimmed, "..." in front when cut. */

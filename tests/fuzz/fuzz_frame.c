@@ -119,11 +119,11 @@ stream_worker_gone(struct stream *s, struct worker *w, const char *how)
 }
 
 void
-pool_worker_gone(struct pool *p, struct worker *w, int init_failed)
+pool_worker_gone(struct pool *p, struct worker *w, enum start_verdict v)
 {
 	(void)p;
 	(void)w;
-	(void)init_failed;
+	(void)v;
 	abort();
 }
 

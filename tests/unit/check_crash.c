@@ -659,45 +659,86 @@ START_TEST(test_lane_redeliver_lost)
 }
 END_TEST
 
-/* ---- starts: crash_failed_start, crash_backoff_ms, crash_pool_failed ---- */
+/* ---- starts: crash_start, crash_refuse, crash_backoff_ms,
+ * crash_pool_failed ---- */
 
+#define F START_FAILED
+#define S START_STARTED
+#define N START_NONE
 static const struct {
-	int		 init_failed;
+	int		 init_failed, ready;
+	double		 up, start_seconds;
 	unsigned	 streams_served;
 	int		 in_stream, exiting;
-	int		 failed;
+	enum start_verdict want;
 } starts[] = {
-	/* Its init failed: always. */
-	{ 1, 0, 0, 0, 1 },
-	{ 1, 0, 0, 1, 1 },
-	{ 1, 0, 1, 0, 1 },
-	{ 1, 0, 1, 1, 1 },
-	{ 1, 1, 0, 0, 1 },
-	{ 1, 1, 0, 1, 1 },
-	{ 1, 1, 1, 0, 1 },
-	{ 1, 5, 1, 1, 1 },
-	/* Died before it served a stream, not told to exit. */
-	{ 0, 0, 0, 0, 1 },
-	/* Told to exit, or inside its first stream, or served one. */
-	{ 0, 0, 0, 1, 0 },
-	{ 0, 0, 1, 0, 0 },
-	{ 0, 0, 1, 1, 0 },
-	{ 0, 1, 0, 0, 0 },
-	{ 0, 1, 0, 1, 0 },
-	{ 0, 1, 1, 0, 0 },
-	{ 0, 1, 1, 1, 0 },
-	{ 0, 5, 0, 0, 0 },
-	{ 0, UINT_MAX, 0, 0, 0 },
+	/* Its init failed: always a failed start. */
+	{ 1, 0, 0, 1, 0, 0, 0, F },
+	{ 1, 0, 0, 1, 0, 0, 1, F },
+	{ 1, 0, 0, 1, 0, 1, 0, F },
+	{ 1, 0, 0, 1, 0, 1, 1, F },
+	{ 1, 0, 0, 1, 1, 0, 0, F },
+	{ 1, 1, 9, 1, 5, 1, 1, F },
+	/* Died in init (never READY), not told to exit. */
+	{ 0, 0, 0, 1, 0, 0, 0, F },
+	{ 0, 0, 0, 0, 0, 0, 0, F },
+	/* READY, died sooner than start_seconds after, idle, no stream. */
+	{ 0, 1, 0, 1, 0, 0, 0, F },
+	{ 0, 1, 0.999, 1, 0, 0, 0, F },
+	{ 0, 1, 1.5, 2, 0, 0, 0, F },
+	/* Up start_seconds or longer: it had started (supervisord's
+	 * startsecs), whoever killed it. */
+	{ 0, 1, 1, 1, 0, 0, 0, S },
+	{ 0, 1, 1.5, 1, 0, 0, 0, S },
+	{ 0, 1, 3600, 1, 0, 0, 0, S },
+	{ 0, 1, 0, 0, 0, 0, 0, S },
+	/* Served a stream: started, however young. */
+	{ 0, 1, 0.1, 1, 1, 0, 0, S },
+	{ 0, 1, 0, 1, UINT_MAX, 0, 0, S },
+	/* Told to exit, or lost inside a stream: no news for the pool. */
+	{ 0, 0, 0, 1, 0, 0, 1, N },
+	{ 0, 1, 0, 1, 0, 0, 1, N },
+	{ 0, 1, 0, 1, 0, 1, 0, N },
+	{ 0, 1, 5, 1, 0, 1, 0, N },
+	{ 0, 1, 0, 1, 1, 1, 1, N },
+	{ 0, 1, 5, 1, 3, 0, 1, N },
 };
+#undef F
+#undef S
+#undef N
 
-START_TEST(test_failed_start)
+START_TEST(test_start)
 {
-	ck_assert_msg(crash_failed_start(starts[_i].init_failed,
-	    starts[_i].streams_served, starts[_i].in_stream,
-	    starts[_i].exiting) == starts[_i].failed,
-	    "init_failed %d streams_served %u in_stream %d exiting %d",
-	    starts[_i].init_failed, starts[_i].streams_served,
-	    starts[_i].in_stream, starts[_i].exiting);
+	struct start_facts f = {
+		.init_failed = starts[_i].init_failed,
+		.ready = starts[_i].ready,
+		.up = starts[_i].up,
+		.start_seconds = starts[_i].start_seconds,
+		.streams_served = starts[_i].streams_served,
+		.in_stream = starts[_i].in_stream,
+		.exiting = starts[_i].exiting,
+	};
+
+	ck_assert_msg(crash_start(&f) == starts[_i].want,
+	    "row %d: init_failed %d ready %d up %g start_seconds %g "
+	    "streams_served %u in_stream %d exiting %d: %d, want %d", _i,
+	    f.init_failed, f.ready, f.up, f.start_seconds, f.streams_served,
+	    f.in_stream, f.exiting, crash_start(&f), starts[_i].want);
+}
+END_TEST
+
+START_TEST(test_refuse)
+{
+	/* A queued stream: refused only when failed and died in init. */
+	ck_assert_int_eq(crash_refuse(0, 0, 0), 0);
+	ck_assert_int_eq(crash_refuse(0, 1, 0), 0);
+	ck_assert_int_eq(crash_refuse(1, 0, 0), 0);
+	ck_assert_int_eq(crash_refuse(1, 1, 0), 1);
+	/* A waiting lane: as soon as the pool is failed. */
+	ck_assert_int_eq(crash_refuse(0, 0, 1), 0);
+	ck_assert_int_eq(crash_refuse(0, 1, 1), 0);
+	ck_assert_int_eq(crash_refuse(1, 0, 1), 1);
+	ck_assert_int_eq(crash_refuse(1, 1, 1), 1);
 }
 END_TEST
 
@@ -882,7 +923,8 @@ crash_suite(void)
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("start");
-	tcase_add_loop_test(tc, test_failed_start, 0, sizeof starts /
+	tcase_add_test(tc, test_refuse);
+	tcase_add_loop_test(tc, test_start, 0, sizeof starts /
 	    sizeof starts[0]);
 	tcase_add_loop_test(tc, test_backoff, 0, sizeof backoffs /
 	    sizeof backoffs[0]);

@@ -503,7 +503,14 @@ START_TEST(test_unavailable)
 	const char *why;
 
 	ck_assert_ptr_null(pool_unavailable(p));
+	/* Only backing off, or failed with a last start that got past
+	 * init: streams wait (crash_refuse). */
 	p->init_failures = 1;
+	ck_assert_ptr_null(pool_unavailable(p));
+	p->failed = 1;
+	ck_assert_ptr_null(pool_unavailable(p));
+	/* Failed, and its last start died in init: refused at once. */
+	p->last_in_init = 1;
 	why = pool_unavailable(p);
 	ck_assert_ptr_nonnull(why);
 	ck_assert(why[0] != '\0');
@@ -524,6 +531,7 @@ START_TEST(test_unavailable)
 	w->state = W_STARTING;
 	p->nidle = 0;
 	p->init_failures = 0;
+	p->failed = 0;
 	ck_assert_ptr_null(pool_unavailable(p));
 	free_pool(p);
 }
@@ -539,6 +547,12 @@ START_TEST(test_dispatch_refuses)
 		s[i] = queue_stream(p, 1);
 	p->init_failures = 2;
 	p->last_error = strdup("cannot load x.so");
+	/* Only backing off: they wait. */
+	pool_dispatch(p);
+	ck_assert_uint_eq(nrefusals, 0);
+	/* Failed, the last start died in init: refused. */
+	p->failed = 1;
+	p->last_in_init = 1;
 	pool_dispatch(p);
 	ck_assert_uint_eq(nleases, 0);
 	ck_assert_uint_eq(nrefusals, 3);
@@ -564,18 +578,29 @@ START_TEST(test_worker_gone_no_base)
 	w = add_worker(p, 1, W_STARTING);
 	s = queue_stream(p, 1);
 
-	/* A worker that failed to start, and nobody else is up. */
+	/* A worker that failed to start, and nobody else is up: the pool
+	 * backs off, and the stream waits (queue_timeout). */
 	remove_worker(p, w);
-	pool_worker_gone(p, w, 1);
+	pool_worker_gone(p, w, START_FAILED);
 	ck_assert_uint_eq(p->init_failures, 1);
+	ck_assert_int_eq(p->last_in_init, 1);
+	ck_assert_uint_eq(nrefusals, 0);
+	ck_assert(in_queue(p, s));
+	pool_worker_gone(p, w, START_FAILED);
+	ck_assert_uint_eq(p->init_failures, 2);
+	/* Any other exit does not count. */
+	pool_worker_gone(p, w, START_NONE);
+	ck_assert_uint_eq(p->init_failures, 2);
+	/* Up start_seconds: it had started, the backoff starts over. */
+	pool_worker_gone(p, w, START_STARTED);
+	ck_assert_uint_eq(p->init_failures, 0);
+	/* Failed starts in init up to max_init_failures: refused. */
+	for (unsigned i = 0; i < pc.max_init_failures; i++)
+		pool_worker_gone(p, w, START_FAILED);
+	ck_assert_int_eq(p->failed, 1);
 	ck_assert_uint_eq(nrefusals, 1);
 	ck_assert_ptr_eq(refusals[0].s, s);
 	ck_assert(TAILQ_EMPTY(&p->queue));
-	pool_worker_gone(p, w, 1);
-	ck_assert_uint_eq(p->init_failures, 2);
-	/* Any other exit does not count. */
-	pool_worker_gone(p, w, 0);
-	ck_assert_uint_eq(p->init_failures, 2);
 	/* Without a base nothing is respawned behind our back. */
 	ck_assert_uint_eq(spawn_calls, 0);
 	free(w);
@@ -596,7 +621,7 @@ START_TEST(test_worker_gone_dispatches)
 	s = queue_stream(p, 1);
 	/* Queued while the idle one was not yet dispatched. */
 	remove_worker(p, dead);
-	pool_worker_gone(p, dead, 0);
+	pool_worker_gone(p, dead, START_NONE);
 	ck_assert_uint_eq(p->init_failures, 0);
 	ck_assert_uint_eq(nleases, 1);
 	ck_assert_ptr_eq(leases[0].s, s);
@@ -652,7 +677,10 @@ START_TEST(test_lane_fails_when_unavailable)
 	l.stream = running;
 	pool_lane_wait(p, &l);
 	p->last_error = strdup("init failed: no database");
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
+	ck_assert_uint_eq(nlane_failed, 0);	/* only backing off */
+	for (unsigned i = 1; i < pc.max_init_failures; i++)
+		pool_worker_gone(p, NULL, START_FAILED);
 	ck_assert_uint_eq(nlane_failed, 1);
 	ck_assert_ptr_eq(lane_failed[0], &l);
 	ck_assert(TAILQ_EMPTY(&p->lanes));
@@ -671,10 +699,10 @@ START_TEST(test_failed_mark)
 	pc.max_init_failures = 3;
 	p = pool_new(&pc);
 	p->last_error = strdup("init failed: nope");
-	pool_worker_gone(p, NULL, 1);
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
+	pool_worker_gone(p, NULL, START_FAILED);
 	ck_assert_int_eq(p->failed, 0);
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
 	ck_assert_int_eq(p->failed, 1);
 	ck_assert_str_eq(pool_unavailable(p), "init failed: nope");
 	w = add_worker(p, 1, W_STARTING);
@@ -850,7 +878,7 @@ START_TEST(test_respawn_backoff)
 
 	/* First failure: a try in 100 ms, which starts the pool. */
 	marker_set(&a, 'a', 50);
-	pool_worker_gone(p, w, 1);
+	pool_worker_gone(p, w, START_FAILED);
 	marker_set(&b, 'b', 150);
 	ck_assert_uint_eq(p->init_failures, 1);
 	ck_assert(evtimer_pending(p->respawn_ev, NULL));
@@ -864,7 +892,7 @@ START_TEST(test_respawn_backoff)
 
 	/* It fails too: twice as long, 200 ms. */
 	marker_set(&c, 'c', 150);
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
 	marker_set(&d, 'd', 250);
 	ck_assert_uint_eq(p->init_failures, 2);
 	run_until('d');
@@ -875,8 +903,8 @@ START_TEST(test_respawn_backoff)
 	/* A timer already set is not pushed back by another failure: the
 	 * 3rd is due in 400 ms, and the 4th (800 ms) leaves it there. */
 	marker_set(&e, 'e', 300);
-	pool_worker_gone(p, NULL, 1);
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
+	pool_worker_gone(p, NULL, START_FAILED);
 	marker_set(&f, 'f', 500);
 	ck_assert_uint_eq(p->init_failures, 4);
 	run_until('f');
@@ -889,7 +917,7 @@ START_TEST(test_respawn_backoff)
 	 * due is looked at, none of them is waited for. */
 	p->init_failures = 8;
 	marker_set(&g, 'g', 25500);
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
 	marker_set(&h, 'h', 25700);
 	ck_assert(due_before(g.ev, p->respawn_ev));
 	ck_assert(due_before(p->respawn_ev, h.ev));
@@ -900,7 +928,7 @@ START_TEST(test_respawn_backoff)
 	/* The delay stops growing at 30 s. */
 	p->init_failures = 20;
 	marker_set(&g, 'g', 29900);
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
 	marker_set(&h, 'h', 30100);
 	ck_assert(due_before(g.ev, p->respawn_ev));
 	ck_assert(due_before(p->respawn_ev, h.ev));
@@ -931,7 +959,7 @@ START_TEST(test_respawn_now)
 	pc.workers = 2;
 	add_worker(p, 1, W_IDLE);
 	remove_worker(p, w);
-	pool_worker_gone(p, w, 0);
+	pool_worker_gone(p, w, START_NONE);
 	marker_set(&m, 'm', 50);
 	ck_assert(due_before(p->respawn_ev, m.ev));
 	ck_assert_uint_eq(spawn_calls, 0);
@@ -952,12 +980,12 @@ START_TEST(test_stop_all)
 	struct pool *p = pool_new(&pc);
 
 	pool_add(p);
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
 	ck_assert(evtimer_pending(p->respawn_ev, NULL));
 	pool_stop_all();
 	ck_assert(!evtimer_pending(p->respawn_ev, NULL));
 	/* Nothing is started or counted any more. */
-	pool_worker_gone(p, NULL, 1);
+	pool_worker_gone(p, NULL, START_FAILED);
 	ck_assert_uint_eq(p->init_failures, 1);
 	ck_assert(!evtimer_pending(p->respawn_ev, NULL));
 	pool_start(p);
