@@ -82,6 +82,8 @@ static TAILQ_HEAD(, client) clients = TAILQ_HEAD_INITIALIZER(clients);
  * to the system.
  */
 size_t			 cns_client_out;
+double			 cns_started_at;
+time_t			 cns_started_wall;
 static size_t		 client_freed;
 static int		 client_trim_due;
 static struct evconnlistener	*listener;
@@ -299,7 +301,11 @@ client_send_json(struct client *c, json_t *v)
 
 	if (c->gone)
 		return;
-	if (v == NULL || (s = json_dumps(v, JSON_COMPACT)) == NULL) {
+	/* The daemon's own numbers (no stream: status and the like) are
+	 * rounded to milliseconds; 15 digits print them as 11.37, not
+	 * 11.369999999999999.  Items keep every digit they came with. */
+	if (v == NULL || (s = json_dumps(v, JSON_COMPACT | (c->stream ==
+	    NULL ? JSON_REAL_PRECISION(15) : 0))) == NULL) {
 		/* Not reached with text through utf8_clean(); not fatal. */
 		log_warnx("%s: a reply could not be encoded", __func__);
 		evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n",

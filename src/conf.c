@@ -33,6 +33,7 @@ struct cfile {
 	char		*text;
 	size_t		 len;
 	json_t		*errors;
+	size_t		 first;		/* its first error in errors */
 };
 
 static void
@@ -245,6 +246,11 @@ cfile_read(struct cfile *f, json_t **root)
 		return -1;
 	}
 	f->len = n;
+	if (skip_ws(f->text, f->text + n) == f->text + n) {
+		cfile_error(f, 1, 1, "the file is empty: it must hold a JSON "
+		    "object, at least {}");
+		return -1;
+	}
 	*root = json_loadb(f->text, n, JSON_REJECT_DUPLICATES, &jerr);
 	if (*root == NULL) {
 		if (json_error_code(&jerr) == json_error_duplicate_key) {
@@ -267,11 +273,94 @@ cfile_read(struct cfile *f, json_t **root)
 	return 0;
 }
 
+/* "PATH:LINE:COL: ..." -> line and column, for file order. */
+static void
+error_pos(json_t *e, size_t plen, long *line, long *col)
+{
+	const char *s = json_string_value(e);
+
+	*line = *col = 0;
+	if (s != NULL && strlen(s) > plen)
+		sscanf(s + plen, ":%ld:%ld:", line, col);
+}
+
+/* The file's errors in the order of the file, not of the checks. */
+static void
+cfile_sort(struct cfile *f)
+{
+	size_t n = json_array_size(f->errors), plen = strlen(f->path);
+
+	/* An insertion sort: a file has a handful of errors. */
+	for (size_t i = f->first + 1; i < n; i++)
+		for (size_t j = i; j > f->first; j--) {
+			json_t *a = json_array_get(f->errors, j - 1);
+			json_t *b = json_array_get(f->errors, j);
+			long al, ac, bl, bc;
+
+			error_pos(a, plen, &al, &ac);
+			error_pos(b, plen, &bl, &bc);
+			if (al < bl || (al == bl && ac <= bc))
+				break;
+			json_incref(a);
+			json_array_set(f->errors, j - 1, b);
+			json_array_set_new(f->errors, j, a);
+		}
+}
+
 static void
 cfile_done(struct cfile *f)
 {
+	cfile_sort(f);
 	free(f->text);
 	f->text = NULL;
+}
+
+/* Edits from a to b (insert, delete, replace, swap two neighbours). */
+static size_t
+key_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), d[3][65];
+
+	if (la > 64 || lb > 64)
+		return (size_t)-1;
+	/* Rows i-2, i-1 and i of the table, by i % 3. */
+	for (size_t j = 0; j <= lb; j++)
+		d[0][j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		size_t *r = d[i % 3], *p = d[(i - 1) % 3], *pp = d[(i + 1) % 3];
+
+		r[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t cost = a[i - 1] != b[j - 1], v = p[j - 1] + cost;
+
+			if (p[j] + 1 < v)
+				v = p[j] + 1;
+			if (r[j - 1] + 1 < v)
+				v = r[j - 1] + 1;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] &&
+			    a[i - 2] == b[j - 1] && pp[j - 2] + 1 < v)
+				v = pp[j - 2] + 1;
+			r[j] = v;
+		}
+	}
+	return d[la % 3][lb];
+}
+
+/* The known key nearest to `key`, if it is a likely typo; NULL if not. */
+static const char *
+key_nearest(const char *key, const char *const *keys)
+{
+	const char *best = NULL;
+	size_t bestd = (size_t)-1, limit = strlen(key) < 6 ? 1 : 2;
+
+	for (const char *const *k = keys; *k != NULL; k++) {
+		size_t d = key_distance(key, *k);
+		if (d < bestd) {
+			bestd = d;
+			best = *k;
+		}
+	}
+	return bestd <= limit ? best : NULL;
 }
 
 static int
@@ -286,7 +375,18 @@ known_keys(struct cfile *f, json_t *root, const char *const *keys)
 		for (const char *const *k = keys; *k != NULL; k++)
 			if (strcmp(*k, key) == 0)
 				ok = 1;
-		if (!ok) {
+		if (!ok && strcmp(key, "idle_timeout") == 0 &&
+		    key_nearest("worker_idle_timeout", keys) != NULL) {
+			key_error(f, key, "\"idle_timeout\" is not a pool key: "
+			    "a pool's idle workers exit after "
+			    "\"worker_idle_timeout\" (rename it); the daemon's "
+			    "\"idle_timeout\" closes idle clients");
+			bad = 1;
+		} else if (!ok && key_nearest(key, keys) != NULL) {
+			key_error(f, key, "unknown key \"%s\": did you mean "
+			    "\"%s\"?", key, key_nearest(key, keys));
+			bad = 1;
+		} else if (!ok) {
 			char known[512] = "";
 			for (const char *const *k = keys; *k != NULL; k++) {
 				strncat(known, k == keys ? "" : ", ",
@@ -346,10 +446,14 @@ get_uint(struct cfile *f, json_t *root, const char *key, uint64_t lo,
 		return 0;
 	if (!json_is_integer(v) || json_integer_value(v) < (json_int_t)lo ||
 	    (uint64_t)json_integer_value(v) > hi) {
-		key_error(f, key, "\"%s\" must be an integer from %llu to "
-		    "%llu, not %s", key, (unsigned long long)lo,
-		    (unsigned long long)hi, json_is_integer(v) ?
-		    "that value" : type_name(v));
+		if (json_is_integer(v))
+			key_error(f, key, "\"%s\": %lld must be from %llu to "
+			    "%llu", key, (long long)json_integer_value(v),
+			    (unsigned long long)lo, (unsigned long long)hi);
+		else
+			key_error(f, key, "\"%s\" must be an integer from "
+			    "%llu to %llu, not %s", key, (unsigned long long)lo,
+			    (unsigned long long)hi, type_name(v));
 		return -1;
 	}
 	*out = (uint64_t)json_integer_value(v);
@@ -389,7 +493,7 @@ static const char *const pool_keys[] = {
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
-	"max_spare", "idle_timeout", "max_streams", "plugin_options",
+	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
 	"client_args", "start_seconds", NULL
 };
 
@@ -436,7 +540,8 @@ get_mode(struct cfile *f, json_t *root, struct pool_conf *pc)
 	bad |= get_uint(f, root, "max_spare", 1, CNS_MAX_WORKERS, &u);
 	pc->max_spare = (unsigned)u;
 	pc->idle_timeout = 10;
-	bad |= get_seconds(f, root, "idle_timeout", 86400, &pc->idle_timeout);
+	bad |= get_seconds(f, root, "worker_idle_timeout", 86400,
+	    &pc->idle_timeout);
 	u = 0;
 	bad |= get_uint(f, root, "max_streams", 0, UINT32_MAX, &u);
 	pc->max_streams = (unsigned)u;
@@ -653,9 +758,13 @@ get_seconds(struct cfile *f, json_t *root, const char *key, double hi,
 		return 0;
 	if (!json_is_number(v) || json_number_value(v) < 0 ||
 	    json_number_value(v) > hi) {
-		key_error(f, key, "\"%s\" must be a number of seconds from 0 "
-		    "to %g, not %s", key, hi, json_is_number(v) ?
-		    "that value" : type_name(v));
+		if (json_is_number(v))
+			key_error(f, key, "\"%s\": %g must be a number of "
+			    "seconds from 0 to %g", key, json_number_value(v),
+			    hi);
+		else
+			key_error(f, key, "\"%s\" must be a number of seconds "
+			    "from 0 to %g, not %s", key, hi, type_name(v));
 		return -1;
 	}
 	*out = json_number_value(v);
@@ -677,7 +786,8 @@ static int
 pool_load(struct conf *c, const char *path, const char *name,
     struct pool_conf *pc, json_t *errors)
 {
-	struct cfile f = { .path = path, .errors = errors };
+	struct cfile f = { .path = path, .errors = errors,
+	    .first = json_array_size(errors) };
 	json_t *root, *v;
 	char *plugin = NULL;
 	uint64_t u;
@@ -983,7 +1093,8 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 struct conf *
 conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 {
-	struct cfile f = { .path = file, .errors = errors };
+	struct cfile f = { .path = file, .errors = errors,
+	    .first = json_array_size(errors) };
 	struct conf *c;
 	json_t *root;
 	int bad = 0;

@@ -372,6 +372,8 @@ main(int argc, char **argv)
 	 * write with EFBIG, reported like a full disk, instead of killing. */
 	signal(SIGXFSZ, SIG_IGN);
 
+	cns_started_at = cns_now();
+	cns_started_wall = time(NULL);
 	if ((cns_base = event_base_new()) == NULL)
 		fatalx("event_base_new");
 	cns_on_change(daemon_changed);

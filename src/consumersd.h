@@ -294,6 +294,8 @@ struct worker {
 	int		 gone;		/* out of the table; freed next turn */
 	int		 startup;	/* one of the first, not settled yet */
 	double		 ready_at;	/* monotonic seconds at READY, 0: not */
+	double		 forked_at;	/* monotonic seconds at fork */
+	time_t		 forked_wall;	/* wall-clock time at fork */
 	struct worker_shm *shm;
 	/* item_timeout: what it held at the last look, and since when */
 	uint64_t	 watch_cur, watch_started;
@@ -566,6 +568,8 @@ json_t		*header_parse(const char *line, size_t len, char *why,
 /* client.c: the listening socket and client connections */
 struct client;
 extern size_t	 cns_client_out;	/* reply bytes queued, all clients */
+extern double	 cns_started_at;	/* the master's start, monotonic */
+extern time_t	 cns_started_wall;	/* the master's start, wall clock */
 int		 client_listen(struct event_base *, const struct conf *, int fd);
 void		 client_abort_all(const char *why);
 void		 client_free_all(void);

@@ -1,9 +1,9 @@
 /*
  * status.c - what the "status" and "pools" ops answer: the daemon, each
  * pool, and each worker process, built from the tables as they are.  A
- * worker's memory and start time come from /proc, with bounded reads
- * that cannot block (procfs files answer at once); what /proc cannot say
- * is null.
+ * worker's memory comes from /proc, with bounded reads that cannot
+ * block (procfs files answer at once); what /proc cannot say is null.
+ * Start times are the ones the master recorded when it forked.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,50 +50,6 @@ proc_rss_kib(pid_t pid)
 	    _SC_PAGESIZE) / 1024);
 }
 
-/* Seconds since the system booted, or -1. */
-static double
-proc_uptime(void)
-{
-	char buf[128];
-	double up;
-
-	if (proc_read("/proc/uptime", buf, sizeof buf) <= 0 ||
-	    sscanf(buf, "%lf", &up) != 1)
-		return -1;
-	return up;
-}
-
-/* When pid started, in seconds after boot (/proc/PID/stat field 22). */
-static double
-proc_started(pid_t pid)
-{
-	char path[64], buf[1024], *p;
-	unsigned long long ticks;
-
-	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-	/* The command name, field 2, may hold spaces and parentheses: the
-	 * fields after it follow the last ')'. */
-	if (proc_read(path, buf, sizeof buf) <= 0 ||
-	    (p = strrchr(buf, ')')) == NULL)
-		return -1;
-	/* Fields 3 to 21 come first: skip 19 of them. */
-	if (sscanf(p + 1, " %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s "
-	    "%*s %*s %*s %*s %*s %*s %*s %llu", &ticks) != 1)
-		return -1;
-	return (double)ticks / (double)sysconf(_SC_CLK_TCK);
-}
-
-/* How many seconds pid has run, or -1. */
-static double
-proc_age(pid_t pid, double uptime)
-{
-	double started = proc_started(pid);
-
-	if (started < 0 || uptime < 0 || uptime < started)
-		return -1;
-	return uptime - started;
-}
-
 static const char *
 worker_state_name(enum worker_state st)
 {
@@ -110,13 +66,13 @@ worker_state_name(enum worker_state st)
 static json_t *
 seconds(double s)
 {
-	return json_real((double)(long long)(s * 1000 + 0.5) / 1000);
+	return json_real(s < 0 ? 0 : (double)(long long)(s * 1000 + 0.5) /
+	    1000);
 }
 
 static json_t *
-status_worker(struct worker *w, double uptime, time_t now)
+status_worker(struct worker *w)
 {
-	double age = proc_age(w->pid, uptime);
 	long long rss = proc_rss_kib(w->pid);
 	json_t *v;
 
@@ -129,8 +85,7 @@ status_worker(struct worker *w, double uptime, time_t now)
 	    "items", (json_int_t)(w->stream != NULL ? w->sent : 0),
 	    "streams_served", (json_int_t)w->streams_served,
 	    "rss_kib", rss >= 0 ? json_integer(rss) : json_null(),
-	    "start", age >= 0 ? json_integer((json_int_t)(now -
-		(time_t)(age + 0.5))) : json_null());
+	    "start", json_integer((json_int_t)w->forked_wall));
 	if (v == NULL)
 		fatalx("%s: json_pack", __func__);
 	return v;
@@ -172,7 +127,7 @@ status_tally(struct pool *p, struct pool_tally *t)
 }
 
 static json_t *
-status_pool(struct pool *p, double uptime, time_t now)
+status_pool(struct pool *p)
 {
 	struct pool_tally t;
 	struct worker *w;
@@ -185,7 +140,7 @@ status_pool(struct pool *p, double uptime, time_t now)
 		busy += w->state == W_LEASED;
 		starting += w->state == W_STARTING;
 		exiting += w->state == W_EXITING;
-		json_array_append_new(procs, status_worker(w, uptime, now));
+		json_array_append_new(procs, status_worker(w));
 	}
 	status_tally(p, &t);
 	v = json_pack("{s:s,s:s,s:s,s:i,s:i,"
@@ -226,8 +181,6 @@ status_pool(struct pool *p, double uptime, time_t now)
 json_t *
 status_reply(struct pool *only)
 {
-	double uptime = proc_uptime(), age = proc_age(getpid(), uptime);
-	time_t now = time(NULL);
 	struct stream *s = NULL;
 	struct pool *p;
 	unsigned open = 0;
@@ -237,8 +190,7 @@ status_reply(struct pool *only)
 		fatalx("%s: json_array", __func__);
 	TAILQ_FOREACH(p, pool_all(), entry)
 		if (only == NULL || p == only)
-			json_array_append_new(pools, status_pool(p, uptime,
-			    now));
+			json_array_append_new(pools, status_pool(p));
 	while ((s = stream_next(s)) != NULL)
 		open += s->state != S_DONE;
 	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i,s:I},s:o}",
@@ -246,9 +198,8 @@ status_reply(struct pool *only)
 	    "daemon",
 		"pid", (int)getpid(),
 		"version", PACKAGE_VERSION,
-		"uptime", age >= 0 ? seconds(age) : json_null(),
-		"start", age >= 0 ? json_integer((json_int_t)(now -
-		    (time_t)(age + 0.5))) : json_null(),
+		"uptime", seconds(cns_now() - cns_started_at),
+		"start", json_integer((json_int_t)cns_started_wall),
 		"streams_open", (int)open,
 		"workers", (int)worker_count(),
 		"client_output", (json_int_t)cns_client_out,

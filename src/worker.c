@@ -196,6 +196,8 @@ worker_spawn(struct pool *p, unsigned slot)
 	if ((w = calloc(1, sizeof *w)) == NULL)
 		fatal("%s: calloc", __func__);
 	w->pid = pid;
+	w->forked_at = cns_now();
+	w->forked_wall = time(NULL);
 	w->shm = shm;
 	w->pool = p;
 	w->slot = slot;

@@ -54,7 +54,7 @@ static const char *const pool_keys[] = {
 	"queue_timeout", "on_crash", "max_attempts", "item_timeout",
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
-	"max_spare", "idle_timeout", "max_streams", "plugin_options",
+	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
 	"client_args", "start_seconds", NULL
 };
 

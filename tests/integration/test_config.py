@@ -95,6 +95,46 @@ class Config(unittest.TestCase):
         self.assertIn(missing + ':1:2: plugin "nothere" not found', err)
         self.assertIn(broken + ":2:", err)
 
+    def test_messages_name_the_value_suggest_and_keep_file_order(self):
+        """A bad number is quoted, a typo gets the nearest key, the
+        errors of a file come in the order of its lines, and an empty
+        file says so."""
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        pool = self.write("pools.d/p.json",
+                          '{"plugin": "sum",\n "wrokers": 2,\n'
+                          ' "max_attempts": 0,\n "workers": 0,\n'
+                          ' "colour": 1}\n')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        lines = [l for l in err.splitlines() if l.startswith(pool + ":")]
+        self.assertEqual(lines, [
+            pool + ':2:2: unknown key "wrokers": did you mean "workers"?',
+            pool + ':3:2: "max_attempts": 0 must be from 1 to 100',
+            pool + ':4:2: "workers": 0 must be from 1 to 1024',
+            pool + ':5:2: unknown key "colour" (known keys: ' +
+            lines[-1].split("(known keys: ", 1)[-1]], err)
+        self.write("consumersd.conf", " \n")
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(self.conf + ":1:1: the file is empty", err)
+
+    def test_pool_idle_timeout_is_worker_idle_timeout(self):
+        """A pool's idle workers exit after worker_idle_timeout; the old
+        name is refused with the new one in the message."""
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        pool = self.write("pools.d/p.json",
+                          '{"plugin": "sum", "mode": "dynamic",\n'
+                          ' "idle_timeout": 5}\n')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(pool + ':2:2: "idle_timeout" is not a pool key: a '
+                      'pool\'s idle workers exit after '
+                      '"worker_idle_timeout" (rename it)', err)
+        self.write("pools.d/p.json", '{"plugin": "sum", "mode": "dynamic",'
+                   '\n "worker_idle_timeout": 5}\n')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
+
     def test_failure_model_keys(self):
         self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
                    ' "idle_timeout": -1}' % PLUGIN_DIR)
@@ -103,16 +143,16 @@ class Config(unittest.TestCase):
                           ' "max_attempts": 0,\n "item_timeout": "1s"}\n')
         rc, out, err = run("-t", "-c", self.conf)
         self.assertEqual(rc, 1)
-        self.assertIn(self.conf + ':2:2: "idle_timeout" must be a number of '
-                      'seconds from 0 to 86400', err)
+        self.assertIn(self.conf + ':2:2: "idle_timeout": -1 must be a number '
+                      'of seconds from 0 to 86400', err)
         # Pool files are read once the daemon's own file is right.
         self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
         rc, out, err = run("-t", "-c", self.conf)
         self.assertEqual(rc, 1)
         self.assertIn(pool + ':2:2: "on_crash" must be "replay", '
                       '"redeliver" or "fail"', err)
-        self.assertIn(pool + ':3:2: "max_attempts" must be an integer from '
-                      '1 to 100', err)
+        self.assertIn(pool + ':3:2: "max_attempts": 0 must be from 1 to 100',
+                      err)
         self.assertIn(pool + ':4:2: "item_timeout" must be a number of '
                       'seconds from 0 to 86400, not a string', err)
 

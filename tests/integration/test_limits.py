@@ -16,7 +16,7 @@ class MaxWorkersStatic(unittest.TestCase):
     def test_static_pool_gets_its_worker_back(self):
         # max_workers 1: the static pool b holds the one worker slot.
         pools = {"a": {"plugin": "sum", "workers": 1, "mode": "ondemand",
-                       "idle_timeout": 0.2},
+                       "worker_idle_timeout": 0.2},
                  "b": {"plugin": "sum", "workers": 1, "queue_timeout": 3}}
         with Daemon(pools, {"max_workers": 1}) as d:
             wait_for(lambda: len(d.worker_pids()) == 1, what="b's worker")

@@ -108,7 +108,7 @@ class Shutdown(unittest.TestCase):
         # stop with no worker and no tap left must still wait for it.
         # The daemon once exited at once there, cutting the line short.
         pools = {"c": {"plugin": "collect", "workers": 1,
-                       "mode": "ondemand", "idle_timeout": 0.3}}
+                       "mode": "ondemand", "worker_idle_timeout": 0.3}}
         with Daemon(pools, {"shutdown_timeout": 30}) as d:
             s = d.connect()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -293,7 +293,7 @@ class ProcessManagers(unittest.TestCase):
 
     def test_ondemand(self):
         pool = {"plugin": "sum", "workers": 2, "mode": "ondemand",
-                "idle_timeout": 0.3}
+                "worker_idle_timeout": 0.3}
         with Daemon({"o": pool}) as d:
             self.assertEqual(d.worker_pids(), [])
             rc, f, err = d.cli("submit", "o", input=lines(range(1, 101)))

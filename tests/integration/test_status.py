@@ -244,5 +244,41 @@ class Cli(unittest.TestCase):
             self.assertIn("\n\nconsumersd ", text)
 
 
+    def test_floats_are_milliseconds_and_starts_are_recorded(self):
+        """Every number with a fraction in a status reply has at most 3
+        decimals (11.37, not 11.369999999999999); the start times are the
+        ones the master recorded, the same in every reply."""
+        import re
+        before = int(time.time())
+        with Daemon(pools()) as d:
+            st = SlowStream(d, 50)
+            starts = set()
+            for _ in range(20):
+                s = d.connect()
+                s.settimeout(10 * SLOWDOWN)
+                s.sendall(b'{"op":"status"}\n')
+                s.shutdown(socket.SHUT_WR)
+                raw = s.makefile("rb").read().decode()
+                s.close()
+                # Numbers outside strings: the reply has no strings with
+                # digits and a dot other than the version.
+                for m in re.finditer(r'":(-?[0-9]+\.([0-9]+)(?:[eE][-+]?'
+                                     r'[0-9]+)?)', raw):
+                    self.assertLessEqual(len(m.group(2)), 3,
+                                         "%s in %s" % (m.group(1), raw))
+                v = json.loads(raw)
+                starts.add(v["daemon"]["start"])
+                for p in v["pools"]:
+                    for w in p["processes"]:
+                        self.assertGreaterEqual(w["start"], before)
+                        self.assertGreaterEqual(w["start"],
+                                                v["daemon"]["start"])
+                        self.assertLessEqual(w["start"], time.time() + 1)
+                time.sleep(0.013)
+            self.assertEqual(len(starts), 1, starts)
+            self.assertGreaterEqual(starts.pop(), before)
+            st.end()
+
+
 if __name__ == "__main__":
     main()
