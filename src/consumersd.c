@@ -259,11 +259,21 @@ check_config(const char *file, const struct conf_overrides *ov, int quiet)
 		}
 	}
 	{
-		/* The runtime directory may only exist once the service runs:
-		 * a warning, not an error. */
+		/* The daemon would not start: an error.  But the default,
+		 * the socket's (runtime) directory, may only exist once the
+		 * service runs: a warning there. */
 		char why[1024];
-		if (spool_check(c, why, sizeof why) == -1)
-			fprintf(stderr, "consumersd: warning: %s\n", why);
+		const char *slash = strrchr(c->socket, '/');
+		int runtime = slash != NULL && slash != c->socket &&
+		    strlen(c->spool_dir) == (size_t)(slash - c->socket) &&
+		    strncmp(c->spool_dir, c->socket, (size_t)(slash -
+		    c->socket)) == 0;
+
+		if (spool_check(c, why, sizeof why) == -1) {
+			fprintf(stderr, "consumersd: %s%s\n", runtime ?
+			    "warning: " : "", why);
+			bad |= !runtime;
+		}
 	}
 	if (bad)
 		fprintf(stderr, "consumersd: %s: configuration is not valid\n",

@@ -785,6 +785,28 @@ child_probe(const struct pool_conf *pc, char *why, size_t whylen)
 				_exit(2);
 			_exit(0);
 		}
+		/* The worker's environment, so a plugin's check finds
+		 * programs on the PATH the worker will have. */
+		{
+			const char *k;
+			json_t *keep = json_object(), *v;
+			size_t i;
+
+			json_array_foreach(pc->env_keep, i, v) {
+				const char *val = getenv(json_string_value(v));
+				if (val != NULL)
+					json_object_set_new(keep,
+					    json_string_value(v),
+					    json_string(val));
+			}
+			clearenv();
+			setenv("PATH", "/usr/local/bin:/usr/bin:/bin", 1);
+			json_object_foreach(keep, k, v)
+				setenv(k, json_string_value(v), 1);
+			json_object_foreach(pc->env, k, v)
+				setenv(k, json_string_value(v), 1);
+			json_decref(keep);
+		}
 		if (plugin_open(pc->plugin, &pl, why, whylen) == -1 ||
 		    probe_check(pc, pl, why, whylen) == -1) {
 			if (write(fds[1], why, strlen(why)) == -1)

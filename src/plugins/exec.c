@@ -288,6 +288,21 @@ exec_fini(void *state)
 	conf_free(state);
 }
 
+/* consumersd -t: the settings parse and every program exists and is
+ * executable, as init would find them (no program is run). */
+CNS_PLUGIN_EXPORT int consumers_plugin_check(const cns_ctx *);
+
+int
+consumers_plugin_check(const cns_ctx *ctx)
+{
+	void *state = NULL;
+
+	if (exec_init(ctx, &state) == -1)
+		return -1;
+	exec_fini(state);
+	return 0;
+}
+
 static int
 buf_reserve(struct buf *b, size_t more)
 {

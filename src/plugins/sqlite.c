@@ -361,6 +361,73 @@ out:
 	return rc;
 }
 
+/*
+ * consumersd -t: the settings parse and the database could be opened as
+ * the pool's user: an existing file readable and writable, or a new one's
+ * directory writable.  Nothing is created.
+ */
+CNS_PLUGIN_EXPORT int consumers_plugin_check(const cns_ctx *);
+
+int
+consumers_plugin_check(const cns_ctx *ctx)
+{
+	json_t *kw = cns_kwargs(ctx);
+	struct db *db;
+	char *dir, *slash;
+	int create, busy, rc = -1;
+
+	if ((db = calloc(1, sizeof *db)) == NULL) {
+		cns_fail(ctx, "sqlite: out of memory");
+		return -1;
+	}
+	const char *name = json_string_value(json_object_get(kw,
+	    "database")), *state = getenv("STATE_DIRECTORY");
+
+	if (read_kwargs(ctx, db, kw, &create, &busy) == -1)
+		goto out;
+	/* A name under StateDirectory= (systemd): that directory exists
+	 * once the service runs, not necessarily now. */
+	if (name != NULL && name[0] != '/' && (state == NULL ||
+	    state[0] != '/')) {
+		rc = 0;
+		goto out;
+	}
+	if (resolve_path(ctx, db, kw) == -1)
+		goto out;
+	if (access(db->path, F_OK) == 0) {
+		if (access(db->path, R_OK | W_OK) == -1) {
+			cns_fail(ctx, "sqlite: cannot open database %s as uid "
+			    "%u: %s; the file must be readable and writable by "
+			    "the pool's user", db->path, (unsigned)getuid(),
+			    strerror(errno));
+			goto out;
+		}
+	}
+	if ((dir = strdup(db->path)) == NULL) {
+		cns_fail(ctx, "sqlite: out of memory");
+		goto out;
+	}
+	slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	if (access(dir, W_OK | X_OK) == -1) {
+		cns_fail(ctx, "sqlite: cannot open database %s as uid %u: its "
+		    "directory %s: %s; the directory must exist and be "
+		    "writable by the pool's user (SQLite creates its -wal and "
+		    "-shm files beside the database)", db->path,
+		    (unsigned)getuid(), dir, strerror(errno));
+		free(dir);
+		goto out;
+	}
+	free(dir);
+	rc = 0;
+out:
+	db_free(db);
+	return rc;
+}
+
 static int
 open_db(const cns_ctx *ctx, void **state)
 {

@@ -194,10 +194,12 @@ class Config(unittest.TestCase):
         self.write("consumersd.conf", '{"plugin_dir": "%s", '
                    '"spool_dir": "%s"}' % (PLUGIN_DIR, gone))
         self.write("pools.d/p.json", '{"plugin": "sum"}')
+        # consumersd -t fails too: the daemon would not start.
         rc, out, err = run("-t", "-c", self.conf)
-        self.assertEqual(rc, 0, err)
-        self.assertIn("warning: cannot create replay spool files in " +
+        self.assertEqual(rc, 1, err)
+        self.assertIn("consumersd: cannot create replay spool files in " +
                       gone, err)
+        self.assertIn("configuration is not valid", err)
         rc, out, err = run("-c", self.conf, "-s",
                            os.path.join(self.dir, "s.sock"))
         self.assertEqual(rc, 1)
@@ -210,6 +212,38 @@ class Config(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("configuration is valid (1 pool)", out)
         self.assertNotIn("spool", err)
+
+    def test_check_finds_what_stops_the_start(self):
+        """-t fails on an exec program that does not exist or is not
+        executable, and on a database that cannot be opened."""
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        noexec = self.write("script", "#!/bin/sh\n")
+        os.chmod(noexec, 0o644)
+        missing = os.path.join(self.dir, "nothere")
+        pool = self.write("pools.d/p.json", '{"plugin": "exec", "args": '
+                          '["%s"]}' % missing)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1, err)
+        self.assertIn(pool + ":1:2: args: program %s: No such file or "
+                      "directory" % missing, err)
+        self.write("pools.d/p.json", '{"plugin": "exec", "args": ["%s"]}'
+                   % noexec)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("args: program %s: not executable" % noexec, err)
+        self.write("pools.d/p.json", '{"plugin": "exec", "args": '
+                   '["/bin/cat"]}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
+        if not os.path.exists(os.path.join(PLUGIN_DIR, "sqlite.so")):
+            return
+        db = os.path.join(self.dir, "no-such-dir", "items.db")
+        self.write("pools.d/p.json", '{"plugin": "sqlite", "kwargs": '
+                   '{"database": "%s", "table": "t"}}' % db)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1, err)
+        self.assertIn("sqlite: cannot open database %s" % db, err)
+        self.assertFalse(os.path.exists(db))
 
     def test_check_loads_plugins(self):
         # -t loads each plugin (in a child process) and checks its ABI.
