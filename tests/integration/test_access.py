@@ -87,7 +87,8 @@ class RootAndDenialText(unittest.TestCase):
             want = denial(me, os.getuid(), "closed", "users nobody; no "
                           "groups")
             self.assertEqual(rc, 1)
-            self.assertEqual(final, {"ok": False, "error": want})
+            self.assertEqual(final, {"ok": False, "error": want,
+                                     "code": "denied"})
             self.assertIn("denied submit of pool closed: " + want,
                           d.log_text())
             rc, final, err = d.cli("submit", "open", input=b"1\n2\n")
@@ -114,7 +115,8 @@ class RootAndDenialText(unittest.TestCase):
             uid = pwd.getpwnam(OUTSIDER).pw_uid
             want = denial(OUTSIDER, uid, "closed", "users nobody; no groups")
             rc, final, err = submit_as(d, OUTSIDER, "closed")
-            self.assertEqual((rc, final), (1, {"ok": False, "error": want}),
+            self.assertEqual((rc, final), (1, {"ok": False, "error": want,
+                                                "code": "denied"}),
                              err)
             self.assertIn("denied submit of pool closed: " + want,
                           d.log_text())

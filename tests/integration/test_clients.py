@@ -308,7 +308,8 @@ class PerUidLimit(unittest.TestCase):
             extra.close()
             msg = ("too many connections from uid %d: the limit is 3 "
                    "(max_connections_per_uid)" % os.getuid())
-            self.assertEqual(replies, [{"ok": False, "error": msg}])
+            self.assertEqual(replies, [{"ok": False, "error": msg,
+                                          "code": "too_many_connections"}])
             self.assertIn("client (pid %d, uid %d) refused: %s" %
                           (os.getpid(), os.getuid(), msg), d.log_text())
             # Close one: its place is free again.
@@ -325,7 +326,8 @@ class PerUidLimit(unittest.TestCase):
             s.sendall(b'{"op":"submit","pool":"echo"}\n')
             self.assertTrue(read_reply(s)["ok"])
             extra = d.connect()
-            self.assertEqual(read_all(extra), [{"ok": False, "error": msg}])
+            self.assertEqual(read_all(extra), [{"ok": False, "error": msg,
+                                          "code": "too_many_connections"}])
             extra.close()
             for c in held[1:] + [s]:
                 c.shutdown(socket.SHUT_WR)
@@ -357,7 +359,8 @@ class PerUidLimit(unittest.TestCase):
             extra.sendall(b'{"op":"submit","pool":"echo"}\n')
             self.assertEqual(read_all(extra), [
                 {"ok": False, "error": "too many connections from uid 0: "
-                 "the limit is 2 (max_connections_per_uid)"}])
+                 "the limit is 2 (max_connections_per_uid)",
+                 "code": "too_many_connections"}])
             extra.close()
             # Root is at its limit (both still open): nobody connects 3
             # times and streams through the first two.
@@ -383,7 +386,8 @@ class PerUidLimit(unittest.TestCase):
                                  ["other%d" % i], got[i])
             msg = ("too many connections from uid %d: the limit is 2 "
                    "(max_connections_per_uid)" % nobody.pw_uid)
-            self.assertEqual(got[2], {"lease": {"ok": False, "error": msg},
+            self.assertEqual(got[2], {"lease": {"ok": False, "error": msg,
+                                                "code": "too_many_connections"},
                                       "final": None})
             self.assertIn("uid %d) refused: %s" % (nobody.pw_uid, msg),
                           d.log_text())
