@@ -190,7 +190,8 @@ class AsOtherUsers(unittest.TestCase):
             want = denial(CAROL, uid, "locked", "users %s; groups %s" %
                           (BOB, ETL))
             self.assertEqual((rc, final), (1, {"ok": False,
-                                               "error": want}))
+                                               "error": want,
+                                               "code": "denied"}))
             self.assertIn(want, err)
             self.assertRegex(d.log_text(), r"client \(pid \d+, uid %d, user "
                              r"%s, gid %d\) denied submit of pool locked: "
@@ -224,7 +225,8 @@ class AsOtherUsers(unittest.TestCase):
             want = denial(CAROL, uid, "prim", "no users; groups %s" %
                           PRIMARY)
             self.assertEqual((rc, final), (1, {"ok": False,
-                                               "error": want}), err)
+                                               "error": want,
+                                               "code": "denied"}), err)
             # erin is no one else's: "locked" (bob, etl) denies her.
             rc, final, err = self.submit_as(d, ERIN, "locked")
             self.assertEqual(rc, 1, err)

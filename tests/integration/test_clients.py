@@ -104,7 +104,8 @@ class HeaderTimeout(unittest.TestCase):
             self.assertEqual(replies, [{
                 "ok": False,
                 "error": "no complete header line within 1 s "
-                         "(header_timeout)"}])
+                         "(header_timeout)",
+                "code": "header_timeout"}])
             # The whole header would take 0.3 s * 29 bytes, about 9 s.
             self.assertGreater(elapsed, 0.8)
             self.assertLess(elapsed, 5)
@@ -432,7 +433,9 @@ class PerUidLimit(unittest.TestCase):
                 except ConnectionResetError:
                     pass        # closed at once with its header unread
                 self.assertEqual(json.loads(buf), {"ok": False,
-                                                   "error": msg})
+                                                   "error": msg,
+                                                   "code":
+                                                   "too_many_connections"})
             # Every refusal is out; at most 64 of them still linger (the
             # ones refused at once may take a loop turn to close).
             wait_for(lambda: len(os.listdir("/proc/%d/fd" % pid)) <=
