@@ -373,11 +373,15 @@ static const struct source_ops client_source = {
 };
 
 static void
-client_refuse(struct client *c, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+client_refuse(struct client *c, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
+/*
+ * Refuse with a sentence for people and a stable "code" for programs (the
+ * table in doc/protocol.md): clients match the code, not the words.
+ */
 static void
-client_refuse(struct client *c, const char *fmt, ...)
+client_refuse(struct client *c, const char *code, const char *fmt, ...)
 {
 	char msg[1024];
 	va_list ap;
@@ -388,7 +392,8 @@ client_refuse(struct client *c, const char *fmt, ...)
 	utf8_clean(msg);	/* a name cut at 100 bytes may split a char */
 	log_info("client (pid %ld, uid %lu) refused: %s", (long)c->pid,
 	    (unsigned long)c->uid, msg);
-	client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error", msg));
+	client_finish(c, json_pack("{s:b,s:s,s:s}", "ok", 0, "error", msg,
+	    "code", code));
 }
 
 /* The pool named `name`, or NULL after refusing the client. */
@@ -405,7 +410,7 @@ client_pool(struct client *c, const char *name)
 			strncat(names, ", ", sizeof names - strlen(names) - 1);
 		strncat(names, p->pc->name, sizeof names - strlen(names) - 1);
 	}
-	client_refuse(c, "no pool named \"%.100s\" (pools: %s)", name, names);
+	client_refuse(c, "unknown_pool", "no pool named \"%.100s\" (pools: %s)", name, names);
 	return NULL;
 }
 
@@ -420,7 +425,8 @@ client_denied(struct client *c, const char *op, const char *pool,
 	    "%s", (long)c->pid, (unsigned long)c->uid, user != NULL ? user :
 	    "unknown", (unsigned long)c->gid, op, pool != NULL ? " of pool " :
 	    "", pool != NULL ? pool : "", why);
-	client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+	client_finish(c, json_pack("{s:b,s:s,s:s}", "ok", 0, "error", why,
+	    "code", "denied"));
 }
 
 /* {"op":"status"}, of every pool or of one. */
@@ -457,8 +463,8 @@ client_reload(struct client *c)
 		return;
 	}
 	if (cns_stopping) {
-		client_finish(c, json_pack("{s:b,s:s}", "ok", 0, "error",
-		    "consumersd is shutting down"));
+		client_finish(c, json_pack("{s:b,s:s,s:s}", "ok", 0, "error",
+		    "consumersd is shutting down", "code", "draining"));
 		return;
 	}
 	log_info("client (pid %ld, uid %lu) asks for a reload", (long)c->pid,
@@ -466,7 +472,8 @@ client_reload(struct client *c)
 	r = cns_reload(why, sizeof why);
 	utf8_clean(why);
 	client_finish(c, r == 0 ? json_pack("{s:b,s:s}", "ok", 1, "reloaded",
-	    why) : json_pack("{s:b,s:s}", "ok", 0, "error", why));
+	    why) : json_pack("{s:b,s:s,s:s}", "ok", 0, "error", why, "code",
+	    "reload_failed"));
 }
 
 static void
@@ -487,7 +494,7 @@ client_submit(struct client *c, json_t *h)
 	}
 	if ((json_object_get(h, "args") != NULL ||
 	    json_object_get(h, "kwargs") != NULL) && !p->pc->client_args) {
-		client_refuse(c, "pool %s takes no args or kwargs from its "
+		client_refuse(c, "args_not_allowed", "pool %s takes no args or kwargs from its "
 		    "clients (its pool file may allow them with \"client_args\": "
 		    "true)", name);
 		return;
@@ -527,16 +534,16 @@ client_header(struct client *c)
 	e = evbuffer_search(in, "\n", 1, NULL);
 	if (e.pos == -1) {
 		if (evbuffer_get_length(in) > CNS_HEADER_MAX)
-			client_refuse(c, "the header line is longer than %d "
+			client_refuse(c, "bad_header", "the header line is longer than %d "
 			    "bytes", CNS_HEADER_MAX);
 		else if (c->eof)
-			client_refuse(c, "the connection ended before a "
+			client_refuse(c, "bad_header", "the connection ended before a "
 			    "complete header line");
 		return c->closing;
 	}
 	len = (size_t)e.pos;
 	if (len > CNS_HEADER_MAX) {
-		client_refuse(c, "the header line is longer than %d bytes",
+		client_refuse(c, "bad_header", "the header line is longer than %d bytes",
 		    CNS_HEADER_MAX);
 		return 1;
 	}
@@ -544,7 +551,7 @@ client_header(struct client *c)
 	h = header_parse(line, len, why, sizeof why);
 	evbuffer_drain(in, len + 1);
 	if (h == NULL) {
-		client_refuse(c, "%s", why);
+		client_refuse(c, "bad_header", "%s", why);
 		return 1;
 	}
 	evtimer_del(c->timer);		/* the header deadline is met */
@@ -555,6 +562,11 @@ client_header(struct client *c)
 		client_status(c, h);
 	else if (strcmp(op, "reload") == 0)
 		client_reload(c);
+	else if (strcmp(op, "hello") == 0)
+		client_finish(c, json_pack("{s:b,s:s,s:i,s:[sssss]}", "ok", 1,
+		    "version", PACKAGE_VERSION, "protocol", CNS_PROTOCOL_VERSION,
+		    "capabilities", "submit", "status", "pools", "reload",
+		    "codes"));
 	else			/* "pools": anyone who may connect */
 		client_finish(c, status_pools());
 	json_decref(h);
@@ -689,7 +701,7 @@ client_timer(evutil_socket_t fd, short ev, void *arg)
 	else if (c->closing)
 		return;
 	else if (c->stream == NULL)
-		client_refuse(c, "no complete header line within %g s "
+		client_refuse(c, "header_timeout", "no complete header line within %g s "
 		    "(header_timeout)", cns_conf->header_timeout);
 	else
 		client_idle(c);
@@ -798,7 +810,8 @@ client_deny(struct client *c, evutil_socket_t fd, unsigned limit)
 	snprintf(msg, sizeof msg, "too many connections from uid %lu: the "
 	    "limit is %u (max_connections_per_uid)", (unsigned long)c->uid,
 	    limit);
-	v = json_pack("{s:b,s:s}", "ok", 0, "error", msg);
+	v = json_pack("{s:b,s:s,s:s}", "ok", 0, "error", msg, "code",
+	    "too_many_connections");
 	if (ndenied < DENIED_MAX) {
 		log_warnx("client (pid %ld, uid %lu) refused: %s", (long)c->pid,
 		    (unsigned long)c->uid, msg);
@@ -881,7 +894,7 @@ client_accept(struct evconnlistener *l, evutil_socket_t fd,
 	flush_init(&c->out, c->bev, 1);
 	evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, NULL);
 	if (client_peer(c, fd) == -1) {
-		client_refuse(c, "consumersd cannot tell who is connecting "
+		client_refuse(c, "internal", "consumersd cannot tell who is connecting "
 		    "(SO_PEERCRED failed)");
 		return;
 	}
@@ -1069,7 +1082,7 @@ client_abort_all(const char *why)
 		if (c->stream != NULL)
 			stream_abort(c->stream, why);
 		else
-			client_refuse(c, "%s", why);
+			client_refuse(c, "draining", "%s", why);
 	}
 }
 

@@ -25,6 +25,7 @@ struct bufferevent;
 #define CNS_MAX_WORKERS		1024	/* per pool */
 #define CNS_MAX_ITEM_BYTES	(64u << 20)
 #define CNS_HEADER_MAX		65536	/* a client's header line */
+#define CNS_PROTOCOL_VERSION	1	/* {"op":"hello"} answers it */
 
 /* conf.c: the configuration, parsed into a fresh structure and swapped whole */
 enum { CRASH_REPLAY, CRASH_REDELIVER, CRASH_FAIL, CRASH_NPOLICIES };
@@ -416,7 +417,8 @@ struct stream	*stream_new(const struct source_ops *, void *arg,
 		    struct pool *, unsigned want, json_t *params);
 void		 stream_free(struct stream *);
 void		 stream_leased(struct stream *, struct worker **, unsigned);
-void		 stream_refuse(struct stream *, const char *why);
+void		 stream_refuse(struct stream *, const char *code,
+		    const char *why);
 void		 stream_input(struct stream *);
 void		 stream_eof(struct stream *);
 int		 stream_ack(struct stream *, struct worker *, unsigned items,

@@ -20,9 +20,10 @@ static const struct header_op {
 	{ "status", { "op", "pool", NULL }, "op, pool" },
 	{ "pools", { "op", NULL }, "op" },
 	{ "reload", { "op", NULL }, "op" },
+	{ "hello", { "op", NULL }, "op" },
 };
 #define HEADER_NOPS	(sizeof header_ops / sizeof header_ops[0])
-#define HEADER_KNOWN	"submit, status, pools, reload"
+#define HEADER_KNOWN	"submit, status, pools, reload, hello"
 
 static const char *
 header_type(const json_t *v)

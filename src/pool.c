@@ -155,7 +155,7 @@ pool_retire(struct pool *p, struct pool *successor)
 		if (successor == NULL) {
 			snprintf(msg, sizeof msg, "pool %s was removed by a "
 			    "configuration reload", p->pc->name);
-			stream_refuse(s, msg);
+			stream_refuse(s, "unknown_pool", msg);
 			continue;
 		}
 		TAILQ_REMOVE(&p->queue, s, qentry);
@@ -475,7 +475,7 @@ pool_dispatch(struct pool *p)
 			char msg[1200];
 			snprintf(msg, sizeof msg, "pool %s cannot start its "
 			    "workers: %s", p->pc->name, why);
-			stream_refuse(s, msg);
+			stream_refuse(s, "pool_failed", msg);
 		}
 		return;
 	}
@@ -497,7 +497,8 @@ pool_dispatch(struct pool *p)
 	if (cns_stopping) {
 		/* Queued streams have not started: they are refused. */
 		while ((s = TAILQ_FIRST(&p->queue)) != NULL)
-			stream_refuse(s, "consumersd is shutting down");
+			stream_refuse(s, "draining",
+			    "consumersd is shutting down");
 		return;
 	}
 	while (p->nidle > 0 && (s = TAILQ_FIRST(&p->queue)) != NULL) {

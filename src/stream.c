@@ -59,7 +59,7 @@ stream_timeout(evutil_socket_t fd, short ev, void *arg)
 	snprintf(msg, sizeof msg, "pool busy: no %s worker became free within "
 	    "queue_timeout (%g s)", s->pool->pc->name,
 	    s->pool->pc->queue_timeout);
-	stream_refuse(s, msg);
+	stream_refuse(s, "busy", msg);
 }
 
 struct stream *
@@ -176,7 +176,7 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 }
 
 void
-stream_refuse(struct stream *s, const char *why)
+stream_refuse(struct stream *s, const char *code, const char *why)
 {
 	json_t *reply;
 
@@ -186,7 +186,8 @@ stream_refuse(struct stream *s, const char *why)
 	}
 	s->state = S_DONE;
 	log_info("stream %" PRIu64 ": refused: %s", s->id, why);
-	reply = json_pack("{s:b,s:s}", "ok", 0, "error", why);
+	reply = json_pack("{s:b,s:s,s:s}", "ok", 0, "error", why, "code",
+	    code);
 	s->src.ops->finish(s->src.arg, reply);
 }
 
@@ -793,7 +794,7 @@ void
 stream_abort(struct stream *s, const char *why)
 {
 	if (s->state == S_QUEUED) {
-		stream_refuse(s, why);
+		stream_refuse(s, "draining", why);
 		return;
 	}
 	if (s->state == S_DONE)

@@ -87,7 +87,8 @@ class RootAndDenialText(unittest.TestCase):
             want = denial(me, os.getuid(), "closed", "users nobody; no "
                           "groups")
             self.assertEqual(rc, 1)
-            self.assertEqual(final, {"ok": False, "error": want})
+            self.assertEqual(final, {"ok": False, "error": want,
+                                     "code": "denied"})
             self.assertIn("denied submit of pool closed: " + want,
                           d.log_text())
             rc, final, err = d.cli("submit", "open", input=b"1\n2\n")
@@ -114,7 +115,8 @@ class RootAndDenialText(unittest.TestCase):
             uid = pwd.getpwnam(OUTSIDER).pw_uid
             want = denial(OUTSIDER, uid, "closed", "users nobody; no groups")
             rc, final, err = submit_as(d, OUTSIDER, "closed")
-            self.assertEqual((rc, final), (1, {"ok": False, "error": want}),
+            self.assertEqual((rc, final), (1, {"ok": False, "error": want,
+                                                "code": "denied"}),
                              err)
             self.assertIn("denied submit of pool closed: " + want,
                           d.log_text())
@@ -188,7 +190,8 @@ class AsOtherUsers(unittest.TestCase):
             want = denial(CAROL, uid, "locked", "users %s; groups %s" %
                           (BOB, ETL))
             self.assertEqual((rc, final), (1, {"ok": False,
-                                               "error": want}))
+                                               "error": want,
+                                               "code": "denied"}))
             self.assertIn(want, err)
             self.assertRegex(d.log_text(), r"client \(pid \d+, uid %d, user "
                              r"%s, gid %d\) denied submit of pool locked: "
@@ -222,7 +225,8 @@ class AsOtherUsers(unittest.TestCase):
             want = denial(CAROL, uid, "prim", "no users; groups %s" %
                           PRIMARY)
             self.assertEqual((rc, final), (1, {"ok": False,
-                                               "error": want}), err)
+                                               "error": want,
+                                               "code": "denied"}), err)
             # erin is no one else's: "locked" (bob, etl) denies her.
             rc, final, err = self.submit_as(d, ERIN, "locked")
             self.assertEqual(rc, 1, err)

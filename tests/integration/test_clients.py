@@ -104,7 +104,8 @@ class HeaderTimeout(unittest.TestCase):
             self.assertEqual(replies, [{
                 "ok": False,
                 "error": "no complete header line within 1 s "
-                         "(header_timeout)"}])
+                         "(header_timeout)",
+                "code": "header_timeout"}])
             # The whole header would take 0.3 s * 29 bytes, about 9 s.
             self.assertGreater(elapsed, 0.8)
             self.assertLess(elapsed, 5)
@@ -308,7 +309,8 @@ class PerUidLimit(unittest.TestCase):
             extra.close()
             msg = ("too many connections from uid %d: the limit is 3 "
                    "(max_connections_per_uid)" % os.getuid())
-            self.assertEqual(replies, [{"ok": False, "error": msg}])
+            self.assertEqual(replies, [{"ok": False, "error": msg,
+                                          "code": "too_many_connections"}])
             self.assertIn("client (pid %d, uid %d) refused: %s" %
                           (os.getpid(), os.getuid(), msg), d.log_text())
             # Close one: its place is free again.
@@ -325,7 +327,8 @@ class PerUidLimit(unittest.TestCase):
             s.sendall(b'{"op":"submit","pool":"echo"}\n')
             self.assertTrue(read_reply(s)["ok"])
             extra = d.connect()
-            self.assertEqual(read_all(extra), [{"ok": False, "error": msg}])
+            self.assertEqual(read_all(extra), [{"ok": False, "error": msg,
+                                          "code": "too_many_connections"}])
             extra.close()
             for c in held[1:] + [s]:
                 c.shutdown(socket.SHUT_WR)
@@ -357,7 +360,8 @@ class PerUidLimit(unittest.TestCase):
             extra.sendall(b'{"op":"submit","pool":"echo"}\n')
             self.assertEqual(read_all(extra), [
                 {"ok": False, "error": "too many connections from uid 0: "
-                 "the limit is 2 (max_connections_per_uid)"}])
+                 "the limit is 2 (max_connections_per_uid)",
+                 "code": "too_many_connections"}])
             extra.close()
             # Root is at its limit (both still open): nobody connects 3
             # times and streams through the first two.
@@ -383,7 +387,8 @@ class PerUidLimit(unittest.TestCase):
                                  ["other%d" % i], got[i])
             msg = ("too many connections from uid %d: the limit is 2 "
                    "(max_connections_per_uid)" % nobody.pw_uid)
-            self.assertEqual(got[2], {"lease": {"ok": False, "error": msg},
+            self.assertEqual(got[2], {"lease": {"ok": False, "error": msg,
+                                                "code": "too_many_connections"},
                                       "final": None})
             self.assertIn("uid %d) refused: %s" % (nobody.pw_uid, msg),
                           d.log_text())
@@ -428,7 +433,9 @@ class PerUidLimit(unittest.TestCase):
                 except ConnectionResetError:
                     pass        # closed at once with its header unread
                 self.assertEqual(json.loads(buf), {"ok": False,
-                                                   "error": msg})
+                                                   "error": msg,
+                                                   "code":
+                                                   "too_many_connections"})
             # Every refusal is out; at most 64 of them still linger (the
             # ones refused at once may take a loop turn to close).
             wait_for(lambda: len(os.listdir("/proc/%d/fd" % pid)) <=

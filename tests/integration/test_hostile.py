@@ -145,7 +145,10 @@ class Hostile(unittest.TestCase):
             for name, (_, error) in HEADER_CASES.items():
                 with self.subTest(header=name):
                     self.assertEqual(results[name],
-                                     [{"ok": False, "error": error}])
+                                     [{"ok": False, "error": error,
+                                       "code": "unknown_pool"
+                                       if name == "no such pool"
+                                       else "bad_header"}])
 
             for name, (_, expect, consumed) in ITEM_CASES.items():
                 with self.subTest(items=name):

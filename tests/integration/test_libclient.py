@@ -71,7 +71,8 @@ class Streams(unittest.TestCase):
             # Many items: the refusal comes while the client writes.
             out = run(d.socket, "stream", "nope", 300000, 0)
             want = 'no pool named "nope" (pools: sum)'
-            self.assertEqual(out["final"], {"ok": False, "error": want})
+            self.assertEqual(out["final"], {"ok": False, "error": want,
+                                            "code": "unknown_pool"})
             self.assertEqual(out["err"], want)
             self.assertEqual(out["puts_failed"], 1)
             self.assertEqual(out["put_err"],

@@ -81,7 +81,8 @@ class Shutdown(unittest.TestCase):
             refused = final_of(read_lines(b))
             b.close()
             self.assertEqual(refused, {"ok": False,
-                                       "error": "consumersd is shutting down"})
+                                       "error": "consumersd is shutting down",
+                                       "code": "draining"})
             final = finish(a, b"2\n", rest)
             self.assertEqual(final["completion"], 2)
             self.assertEqual(d.proc.wait(timeout=30), 0)

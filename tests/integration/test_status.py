@@ -165,7 +165,8 @@ class Status(unittest.TestCase):
         with Daemon(pools()) as d:
             v = ask(d, {"op": "status", "pool": "nope"})
             self.assertEqual(v, {"ok": False, "error": 'no pool named '
-                                 '"nope" (pools: slow, sum)'})
+                                 '"nope" (pools: slow, sum)',
+                                 "code": "unknown_pool"})
             v = ask(d, {"op": "status", "workers": 1})
             self.assertEqual(v["error"], 'unknown key "workers" in a '
                              '"status" header (known: op, pool)')

@@ -114,8 +114,9 @@ static struct refusal	 refusals[MAXREC];
 static unsigned		 nrefusals;
 
 void
-stream_refuse(struct stream *s, const char *why)
+stream_refuse(struct stream *s, const char *code, const char *why)
 {
+	(void)code;
 	ck_assert_uint_lt(nrefusals, MAXREC);
 	if (s->state == S_QUEUED)
 		TAILQ_REMOVE(&s->pool->queue, s, qentry);
