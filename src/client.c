@@ -253,7 +253,7 @@ client_input(void *arg)
 static void
 client_read(struct client *c, int on)
 {
-	if (on && !c->eof && !c->closing && !c->idled) {
+	if (on && !c->eof && !c->closing && !c->idled && !c->stream->eof) {
 		bufferevent_enable(c->bev, EV_READ);
 		if (!c->reading) {
 			c->reading = 1;
@@ -649,28 +649,32 @@ client_readcb(struct bufferevent *bev, void *arg)
 	}
 	if (c->stream != NULL) {
 		short end = 0;
-		if (c->reading) {
-			now_mono(&c->last_in);
+		uint64_t seq = c->stream->seq;
+		if (c->reading)
 			end = client_slurp(c);
-		}
 		stream_input(c->stream);
+		/* Only a complete item line keeps a client from idle_timeout:
+		 * one that trickles bytes cannot hold its workers. */
+		if (c->stream->seq != seq)
+			now_mono(&c->last_in);
 		if (end != 0 && !c->eof && !c->closing)
 			client_eventcb(c->bev, BEV_EVENT_READING | end, c);
 	}
 }
 
 /*
- * The idle timer: a stream reading its client got nothing for idle_timeout
- * seconds.  Input only notes its time, and the timer re-arms itself for
+ * The idle timer: a stream reading its client got no complete item line
+ * for idle_timeout seconds.  A complete line only notes its time, and the timer re-arms itself for
  * what is left, so reads cost no timer work.  An idle client is treated as
  * if it had closed its side: the stream ends on what was read, and the
- * final line says so.
+ * final line says so (stream_cut).
  */
 static void
 client_idle(struct client *c)
 {
 	double idle = cns_conf->idle_timeout, quiet;
 	struct timespec now;
+	char why[128];
 
 	if (!c->reading || c->idled || idle <= 0)
 		return;
@@ -681,12 +685,14 @@ client_idle(struct client *c)
 		timer_set(c, idle - quiet);
 		return;
 	}
-	log_warnx("stream %" PRIu64 ": client (pid %ld, uid %lu) sent nothing "
-	    "for %g s (idle_timeout); closing the stream", c->stream->id,
-	    (long)c->pid, (unsigned long)c->uid, idle);
+	log_warnx("stream %" PRIu64 ": client (pid %ld, uid %lu) sent no "
+	    "complete item line for %g s (idle_timeout); closing the stream",
+	    c->stream->id, (long)c->pid, (unsigned long)c->uid, idle);
+	snprintf(why, sizeof why, "idle for %g s without a complete item line "
+	    "(idle_timeout)", idle);
 	c->idled = 1;
 	client_read(c, 0);
-	stream_eof(c->stream);
+	stream_cut(c->stream, why);
 }
 
 static void
@@ -788,9 +794,9 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	/* End of the client's items (or of the client): close the stream,
-	 * unless idle_timeout closed it already. */
+	 * unless idle_timeout or min_item_rate closed it already. */
 	client_read(c, 0);
-	if (!c->idled)
+	if (!c->idled && !c->stream->eof)
 		stream_eof(c->stream);
 }
 

@@ -494,7 +494,7 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", NULL
+	"client_args", "start_seconds", "min_item_rate", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -771,6 +771,26 @@ get_seconds(struct cfile *f, json_t *root, const char *key, double hi,
 	return 0;
 }
 
+/* A number of items per second in [0, hi]; 0 means "off". */
+static int
+get_rate(struct cfile *f, json_t *root, const char *key, double hi,
+    double *out)
+{
+	json_t *v = json_object_get(root, key);
+
+	if (v == NULL)
+		return 0;
+	if (!json_is_number(v) || json_number_value(v) < 0 ||
+	    json_number_value(v) > hi) {
+		key_error(f, key, "\"%s\" must be a number of items per second "
+		    "from 0 (off) to %g, not %s", key, hi, json_is_number(v) ?
+		    "that value" : type_name(v));
+		return -1;
+	}
+	*out = json_number_value(v);
+	return 0;
+}
+
 static const char *const crash_policies[] = {
 	[CRASH_REPLAY] = "replay", [CRASH_REDELIVER] = "redeliver",
 	[CRASH_FAIL] = "fail"
@@ -856,6 +876,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	bad |= get_seconds(&f, root, "queue_timeout", 86400,
 	    &pc->queue_timeout);
 	bad |= get_seconds(&f, root, "item_timeout", 86400, &pc->item_timeout);
+	bad |= get_rate(&f, root, "min_item_rate", 1e6, &pc->min_item_rate);
 	bad |= get_seconds(&f, root, "start_seconds", 3600,
 	    &pc->start_seconds);
 	u = pc->max_attempts;
@@ -1211,6 +1232,7 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->queue_timeout == b->queue_timeout &&
 	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
 	    a->item_timeout == b->item_timeout &&
+	    a->min_item_rate == b->min_item_rate &&
 	    a->max_init_failures == b->max_init_failures &&
 	    a->start_seconds == b->start_seconds &&
 	    a->mode == b->mode && a->min_spare == b->min_spare &&

@@ -47,6 +47,8 @@ struct pool_conf {
 	json_t		*plugin_options; /* any JSON, the plugin's (cns_options) */
 	int		 client_args;	/* a stream's header may replace args */
 	double		 queue_timeout;	/* seconds a stream may wait */
+	double		 min_item_rate;	/* items/s a stream keeps while
+					   others wait; 0: off */
 	int		 on_crash;	/* CRASH_* */
 	unsigned	 max_attempts;	/* crashes on one item: poison */
 	double		 item_timeout;	/* seconds on one item, 0: none */
@@ -382,6 +384,15 @@ struct lane {
 
 struct attempt { uint64_t seq; unsigned n; };
 
+/* A stream's items per second, one count per second for the last
+ * RATE_SECONDS (min_item_rate): added to as items go out (crash.c), read
+ * by the pure decision crash_too_slow(). */
+#define RATE_SECONDS	10
+struct item_rate {
+	int64_t		 sec;		/* the second n[sec % RATE_SECONDS] */
+	uint32_t	 n[RATE_SECONDS];
+};
+
 struct stream {
 	uint64_t	 id;
 	struct source	 src;		/* where items come from, replies go */
@@ -409,6 +420,8 @@ struct stream {
 	json_t		*completion;
 	struct worker	*completer;
 	struct event	*timer;		/* queue timeout */
+	double		 leased_at;	/* monotonic seconds, once leased */
+	struct item_rate rate;		/* items sent, for min_item_rate */
 	TAILQ_ENTRY(stream) qentry;	/* pool->queue while queued */
 	TAILQ_ENTRY(stream) entry;	/* every stream not yet freed */
 };
@@ -421,6 +434,7 @@ void		 stream_refuse(struct stream *, const char *code,
 		    const char *why);
 void		 stream_input(struct stream *);
 void		 stream_eof(struct stream *);
+void		 stream_cut(struct stream *, const char *why);
 int		 stream_ack(struct stream *, struct worker *, unsigned items,
 		    size_t bytes);
 int		 stream_reject(struct stream *, struct worker *, uint64_t seq,
@@ -518,6 +532,12 @@ enum watch_verdict crash_watch(uint64_t cur, uint64_t started,
 		    double now, double timeout);
 char		*crash_describe(uint64_t timed_out, double item_timeout,
 		    int status);
+
+/* min_item_rate: struct item_rate, above struct stream */
+void		 rate_add(struct item_rate *, int64_t sec, unsigned n);
+double		 rate_avg(const struct item_rate *, int64_t sec);
+int		 crash_too_slow(const struct item_rate *, int64_t sec,
+		    double running, double min_rate);
 
 /* spool.c: replay spool files */
 struct spool_rec {

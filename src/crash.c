@@ -212,3 +212,53 @@ crash_describe(uint64_t timed_out, double item_timeout, int status)
 		fatal("%s: asprintf", __func__);
 	return how;
 }
+
+/*
+ * min_item_rate: a stream's items per second over the last RATE_SECONDS.
+ * rate_add() counts n items sent in second `sec` (seconds only go
+ * forward; the slots of seconds skipped are cleared).
+ */
+void
+rate_add(struct item_rate *r, int64_t sec, unsigned n)
+{
+	if (sec > r->sec) {
+		int64_t gap = sec - r->sec;
+		if (gap >= RATE_SECONDS)
+			memset(r->n, 0, sizeof r->n);
+		else
+			for (int64_t t = r->sec + 1; t <= sec; t++)
+				r->n[t % RATE_SECONDS] = 0;
+		r->sec = sec;
+	}
+	if (sec > r->sec - RATE_SECONDS) {
+		uint32_t *slot = &r->n[sec % RATE_SECONDS];
+		*slot = n > UINT32_MAX - *slot ? UINT32_MAX : *slot + n;
+	}
+}
+
+/* Items per second over the RATE_SECONDS seconds up to `sec`. */
+double
+rate_avg(const struct item_rate *r, int64_t sec)
+{
+	double sum = 0;
+
+	for (int64_t t = sec - RATE_SECONDS + 1; t <= sec; t++)
+		if (t <= r->sec && t > r->sec - RATE_SECONDS)
+			sum += r->n[t % RATE_SECONDS];
+	return sum / RATE_SECONDS;
+}
+
+/*
+ * Should a stream that has run `running` seconds be ended for sending
+ * fewer than min_rate items a second (0: never)?  Only once it has run a
+ * whole window, so a new stream is not judged on part of one.  The
+ * caller asks only while other streams wait for its pool.
+ */
+int
+crash_too_slow(const struct item_rate *r, int64_t sec, double running,
+    double min_rate)
+{
+	if (min_rate <= 0 || running < RATE_SECONDS)
+		return 0;
+	return rate_avg(r, sec) < min_rate;
+}

@@ -43,7 +43,12 @@ stream_waited(const struct stream *s)
 	return cns_now() - s->since;
 }
 
+static struct event	*rate_timer;	/* min_item_rate, while due */
+
 static void	stream_finish(struct stream *);
+static void	rate_arm(void);
+static json_t	*stream_error(struct stream *, const char *, struct worker *,
+		    const char *);
 static void	stream_orphaned(struct stream *);
 static void	stream_consumed(struct stream *);
 static void	lane_fail(struct stream *, struct lane *, const char *);
@@ -89,6 +94,8 @@ stream_new(const struct source_ops *ops, void *arg, struct pool *p,
 	s->timer = evtimer_new(cns_base, stream_timeout, s);
 	tv = cns_tv(p->pc->queue_timeout);
 	evtimer_add(s->timer, &tv);
+	if (p->pc->min_item_rate > 0)
+		rate_arm();
 	return s;
 }
 
@@ -151,6 +158,7 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 
 	evtimer_del(s->timer);
 	s->state = S_RUNNING;
+	s->leased_at = cns_now();
 	s->pool->nrunning++;
 	s->w = ws;
 	s->nw = s->nlive = n;
@@ -239,6 +247,74 @@ stream_eof(struct stream *s)
 {
 	s->eof = 1;
 	stream_input(s);
+}
+
+/*
+ * The stream stops reading its source before the source ended: idle_timeout
+ * (client.c), min_item_rate (below).  What was read goes on as at the end
+ * of input (an unterminated last line is rejected as truncated), and the
+ * final line says why.
+ */
+void
+stream_cut(struct stream *s, const char *why)
+{
+	if (s->state != S_RUNNING || s->eof)
+		return;
+	stream_error(s, "stream", NULL, why);
+	s->src.ops->reading(s->src.arg, 0);
+	stream_eof(s);
+}
+
+/*
+ * min_item_rate: once a second, while a stream waits for a pool that has
+ * it, each running stream of that pool that sent fewer items a second
+ * than that over the last RATE_SECONDS is cut (crash_too_slow decides),
+ * so its workers go to the waiting one.  The timer runs only while some
+ * stream waits for such a pool.
+ */
+static void
+rate_check(evutil_socket_t fd, short ev, void *arg)
+{
+	double now = cns_now();
+	int due = 0;
+
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	for (struct stream *s = TAILQ_FIRST(&streams); s != NULL;
+	    s = TAILQ_NEXT(s, entry)) {
+		const struct pool_conf *pc = s->pool->pc;
+		char msg[256];
+
+		if (pc->min_item_rate <= 0)
+			continue;
+		if (s->state == S_QUEUED)
+			due = 1;
+		if (s->state != S_RUNNING || s->eof ||
+		    TAILQ_EMPTY(&s->pool->queue) ||
+		    !crash_too_slow(&s->rate, (int64_t)now, now - s->leased_at,
+		    pc->min_item_rate))
+			continue;
+		snprintf(msg, sizeof msg, "%.3g items/s over the last %d s, "
+		    "below min_item_rate (%g), while other streams wait for "
+		    "pool %s", rate_avg(&s->rate, (int64_t)now), RATE_SECONDS,
+		    pc->min_item_rate, pc->name);
+		stream_cut(s, msg);
+	}
+	if (due)
+		rate_arm();
+}
+
+static void
+rate_arm(void)
+{
+	struct timeval tv = { 1, 0 };
+
+	if (rate_timer == NULL &&
+	    (rate_timer = evtimer_new(cns_base, rate_check, NULL)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	if (!evtimer_pending(rate_timer, NULL))
+		evtimer_add(rate_timer, &tv);
 }
 
 int

@@ -65,7 +65,7 @@ def string_arrays(src):
 
 def keys_read_from_root(src):
     """Keys conf.c reads from a file's top-level object."""
-    pat = re.compile(r'\b(?:get_string|get_uint|get_seconds)\(\s*&?\w+\s*,'
+    pat = re.compile(r'\b(?:get_string|get_uint|get_seconds|get_rate)\(\s*&?\w+\s*,'
                      r'\s*root\s*,\s*"([^"]+)"'
                      r'|\bjson_object_get\(\s*root\s*,\s*"([^"]+)"\s*\)')
     return {a or b for a, b in pat.findall(src)}

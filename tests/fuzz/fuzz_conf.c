@@ -55,7 +55,7 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", NULL
+	"client_args", "start_seconds", "min_item_rate", NULL
 };
 
 static int
@@ -156,6 +156,7 @@ check_pool(const struct pool_conf *pc)
 	FUZZ_CHECK(pc->plugin_options != NULL);
 	FUZZ_CHECK(pc->client_args == 0 || pc->client_args == 1);
 	FUZZ_CHECK(pc->queue_timeout >= 0 && pc->queue_timeout <= 86400);
+	FUZZ_CHECK(pc->min_item_rate >= 0 && pc->min_item_rate <= 1e6);
 	FUZZ_CHECK(pc->item_timeout >= 0 && pc->item_timeout <= 86400);
 	FUZZ_CHECK(pc->on_crash >= 0 && pc->on_crash < CRASH_NPOLICIES);
 	FUZZ_CHECK(pc->max_attempts >= 1 && pc->max_init_failures >= 1);

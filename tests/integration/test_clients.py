@@ -156,17 +156,19 @@ class IdleTimeout(unittest.TestCase):
             replies = read_all(s)       # the socket stays open for writing
             elapsed = time.monotonic() - t0
             final = final_of(replies)
-            self.assertTrue(final["ok"], final)
+            self.assertFalse(final["ok"], final)
             self.assertEqual(final["items"], 2)
             self.assertEqual(final["consumed"], 2)
             self.assertEqual(final["results"], [[1, 2]])
-            self.assertEqual(final["errors"], [])
+            self.assertEqual(final["errors"], [{
+                "stage": "stream", "error": "idle for 1 s without a "
+                "complete item line (idle_timeout)"}])
             assert_invariant(self, final)
             self.assertGreater(elapsed, 0.8)
             self.assertLess(elapsed, 8)
             self.assertIn(
-                "stream %d: client (pid %d, uid %d) sent nothing for 1 s "
-                "(idle_timeout); closing the stream" %
+                "stream %d: client (pid %d, uid %d) sent no complete item "
+                "line for 1 s (idle_timeout); closing the stream" %
                 (lease["stream"], os.getpid(), os.getuid()), d.log_text())
             # After the final line the daemon closes its side; what the
             # client still writes is discarded, not an error for it.

@@ -889,6 +889,46 @@ START_TEST(test_describe_timeout)
 }
 END_TEST
 
+/* min_item_rate: the ring of per-second counts, and the decision. */
+START_TEST(test_rate)
+{
+	struct item_rate r;
+
+	memset(&r, 0, sizeof r);
+	rate_add(&r, 1000, 5);
+	rate_add(&r, 1000, 5);
+	ck_assert(rate_avg(&r, 1000) == 1.0);
+	rate_add(&r, 1009, 10);
+	ck_assert(rate_avg(&r, 1009) == 2.0);
+	/* Second 1000 leaves the window at 1010; skipped seconds are 0. */
+	ck_assert(rate_avg(&r, 1010) == 1.0);
+	rate_add(&r, 1012, 1);
+	ck_assert(rate_avg(&r, 1012) == 1.1);
+	rate_add(&r, 1100, 3);
+	ck_assert(rate_avg(&r, 1100) == 0.3);
+	ck_assert(rate_avg(&r, 1200) == 0.0);
+	/* Saturates instead of wrapping. */
+	rate_add(&r, 1200, UINT32_MAX);
+	rate_add(&r, 1200, 7);
+	ck_assert_uint_eq(r.n[1200 % RATE_SECONDS], UINT32_MAX);
+}
+END_TEST
+
+START_TEST(test_too_slow)
+{
+	struct item_rate r;
+
+	memset(&r, 0, sizeof r);
+	rate_add(&r, 500, 4);			/* 0.4 items/s */
+	ck_assert(!crash_too_slow(&r, 500, 60, 0));	/* off */
+	ck_assert(!crash_too_slow(&r, 500, 9.9, 1));	/* too young */
+	ck_assert(crash_too_slow(&r, 500, 10, 1));
+	ck_assert(!crash_too_slow(&r, 500, 10, 0.4));	/* at the rate */
+	ck_assert(crash_too_slow(&r, 500, 10, 0.5));
+	ck_assert(crash_too_slow(&r, 510, 30, 0.1));	/* all gone */
+}
+END_TEST
+
 static Suite *
 crash_suite(void)
 {
@@ -935,6 +975,11 @@ crash_suite(void)
 	tc = tcase_create("watch");
 	tcase_add_loop_test(tc, test_watch, 0, sizeof watches /
 	    sizeof watches[0]);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("rate");
+	tcase_add_test(tc, test_rate);
+	tcase_add_test(tc, test_too_slow);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("describe");
