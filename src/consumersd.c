@@ -6,6 +6,7 @@
  * went with cns_changed(), and daemon_changed() looks, on a later turn,
  * whether the first start or a stop can go on.
  */
+#include <sys/prctl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -401,6 +402,10 @@ main(int argc, char **argv)
 		sigs[i] = evsignal_new(cns_base, signums[i], on_signal, NULL);
 		evsignal_add(sigs[i], NULL);
 	}
+	/* What a worker starts and leaves behind comes back to the master
+	 * (reaped as a stranger by worker_reap), not to PID 1. */
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
+		log_warn("prctl PR_SET_CHILD_SUBREAPER");
 	cns_proctitle("consumersd: master");
 	log_info("listening on %s; starting %zu pool%s", lfd >= 0 ?
 	    "the socket from systemd" : cns_conf->socket, cns_conf->npools,

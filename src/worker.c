@@ -12,7 +12,9 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,6 +34,7 @@
 
 static struct worker	*worker_table[WORKER_HASH];
 static unsigned		 worker_total;
+static unsigned long	 worker_strangers;	/* reaped orphans */
 static int		(*hook_frame)(struct worker *, const struct frame_hdr *,
 			    struct evbuffer *);
 static void		(*hook_gone)(struct worker *, const char *how);
@@ -177,6 +180,9 @@ worker_spawn(struct pool *p, unsigned slot)
 		return NULL;
 	}
 	if (pid == 0) {
+		/* It leads its own process group: what it starts is killed
+		 * with it (worker_kill_descendants). */
+		setpgid(0, 0);
 		close(sv[0]);
 		if (dup2(sv[1], WORKER_FD) == -1)
 			_exit(1);
@@ -186,6 +192,7 @@ worker_spawn(struct pool *p, unsigned slot)
 		close_range(WORKER_FD + 1, ~0U, 0);
 		child_main(WORKER_FD, p->pc, slot, shm);
 	}
+	setpgid(pid, pid);	/* either side may do it first */
 	close(sv[1]);
 	if (out[0] != -1) {
 		close(out[1]);
@@ -223,6 +230,53 @@ worker_spawn(struct pool *p, unsigned slot)
 }
 
 /*
+ * Everything a dead worker started dies with it: the processes of the
+ * group it led, and any orphan reparented to the master (a subreaper, see
+ * main) that is not a worker, such as a program a plugin ran in a group
+ * of its own.  They are found in /proc (no waiting), killed with SIGKILL
+ * and later reaped by worker_reap as strangers.  Returns how many.
+ */
+static unsigned
+worker_kill_descendants(pid_t pgid)
+{
+	char path[64], buf[512], state, *end, *p;
+	long pid, ppid, pgrp, self = (long)getpid();
+	struct dirent *de;
+	unsigned n = 0;
+	ssize_t len;
+	DIR *d;
+	int fd;
+
+	if ((d = opendir("/proc")) != NULL) {
+		while ((de = readdir(d)) != NULL) {
+			pid = strtol(de->d_name, &end, 10);
+			if (*end != '\0' || pid <= 0 || pid == self)
+				continue;
+			snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+			if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+				continue;
+			len = read(fd, buf, sizeof buf - 1);
+			close(fd);
+			if (len <= 0)
+				continue;
+			buf[len] = '\0';
+			if ((p = strrchr(buf, ')')) == NULL ||
+			    sscanf(p + 1, " %c %ld %ld", &state, &ppid,
+			    &pgrp) != 3 || state == 'Z' || state == 'X')
+				continue;
+			if (pgrp != (long)pgid && (ppid != self ||
+			    worker_find((pid_t)pid) != NULL))
+				continue;
+			if (kill((pid_t)pid, SIGKILL) == 0)
+				n++;
+		}
+		closedir(d);
+	}
+	kill(-pgid, SIGKILL);	/* any that /proc did not show */
+	return n;
+}
+
+/*
  * SIGCHLD: reap every child.  A dead worker's last frames may still sit in
  * its socket, so they are read before it is declared gone.
  */
@@ -230,14 +284,24 @@ void
 worker_reap(void)
 {
 	struct worker *w;
+	unsigned n;
 	int status;
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		if ((w = worker_find(pid)) == NULL)
+		if ((w = worker_find(pid)) == NULL) {
+			/* An orphan of a worker, reparented to the master. */
+			worker_strangers++;
+			log_debug("reaped pid %ld, left by a worker (%lu so "
+			    "far)", (long)pid, worker_strangers);
 			continue;
+		}
 		w->status = status;
 		w->reaped = 1;
+		if ((n = worker_kill_descendants(pid)) > 0)
+			log_warnx("pool %s: worker %u (pid %ld) is gone; killed "
+			    "%u descendant%s", w->pool->pc->name, w->slot,
+			    (long)pid, n, n == 1 ? "" : "s");
 		if (w->bev != NULL) {
 			struct evbuffer *in = bufferevent_get_input(w->bev);
 			int fd = bufferevent_getfd(w->bev);
@@ -384,8 +448,10 @@ void
 worker_kill_all(void)
 {
 	for (unsigned i = 0; i < WORKER_HASH; i++)
-		for (struct worker *w = worker_table[i]; w; w = w->hnext)
+		for (struct worker *w = worker_table[i]; w; w = w->hnext) {
 			kill(w->pid, SIGKILL);
+			kill(-w->pid, SIGKILL);
+		}
 }
 
 /*

@@ -303,5 +303,97 @@ class Trickle(unittest.TestCase):
             self.assertEqual(final["results"], [[7]])
 
 
+def alive(pid):
+    """Whether pid is a process that has not ended (a zombie has)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def pid_in(path):
+    """The pid a whole line of file path holds, or None."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    return int(text) if text.endswith("\n") else None
+
+
+class Descendants(unittest.TestCase):
+    """Item 2: what a worker starts dies with it (kill -9, item_timeout,
+    stop), whether it stays in the worker's process group or leaves it."""
+
+    def start_children(self, d, params, n=1):
+        """Submits a forker stream whose worker starts n children; returns
+        (socket, child pids), the children to be killed by pid at the end
+        whatever the test found."""
+        paths = [os.path.join(d.dir, "child%d.pid" % i) for i in range(n)]
+        s = d.connect()
+        self.addCleanup(s.close)
+        s.sendall(lines([{"op": "submit", "pool": "forker",
+                          "params": params}] + paths))
+        s.shutdown(socket.SHUT_WR)
+        pids = []
+        for path in paths:
+            pid = wait_for(lambda: pid_in(path),
+                           what="the plugin's child to write " + path)
+            pids.append(pid)
+            self.addCleanup(self.kill_quietly, pid)
+        return s, pids
+
+    @staticmethod
+    def kill_quietly(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def assert_gone(self, pids, d, when):
+        deadline = time.monotonic() + 2 * SLOWDOWN
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = [p for p in pids if alive(p)]
+        if left:
+            try:
+                log = d.log_text()[-2000:]
+            except OSError:
+                log = "(the daemon's directory is gone)"
+            self.fail("the worker's children %s outlived it %s\n%s"
+                      % (left, when, log))
+
+    def test_kill_9_and_item_timeout(self):
+        for escape in (False, True):
+            for how in ("kill -9", "item_timeout"):
+                with self.subTest(escape=escape, how=how):
+                    pool = {"plugin": test_plugin("forker"), "workers": 1,
+                            "max_attempts": 1}
+                    if how == "item_timeout":
+                        pool["item_timeout"] = 0.5
+                    with Daemon({"forker": pool}) as d:
+                        s, pids = self.start_children(
+                            d, {"hang": True, "escape": escape}, n=2)
+                        if how == "kill -9":
+                            [worker] = d.worker_pids()
+                            os.kill(worker, signal.SIGKILL)
+                        self.assert_gone(pids, d, "after " + how)
+                        wait_for(lambda: "killed 2 descendants" in
+                                 d.log_text(), what="the log line")
+
+    def test_stop(self):
+        for escape in (False, True):
+            with self.subTest(escape=escape):
+                pool = {"plugin": test_plugin("forker"), "workers": 1}
+                with Daemon({"forker": pool}) as d:
+                    s, pids = self.start_children(d, {"escape": escape})
+                    final = [r for r in read_lines(s) if "items" in r]
+                    self.assertEqual(final[0]["results"], [1], final)
+                    self.assertTrue(alive(pids[0]))
+                self.assert_gone(pids, d, "after the daemon stopped")
+
+
 if __name__ == "__main__":
     main()

@@ -15,6 +15,17 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; [ -f "$stage/log" ] && cat "$stage/log" >&2; exit 1; }
 
 make -s -C "$top_builddir" install DESTDIR="$stage/root" >/dev/null
+# The workers' system user: a sysusers.d file under the prefix's
+# lib/sysusers.d (configure --with-sysusersdir moves it).
+prefix=$(sed -n 's/^prefix = //p' "$top_builddir/Makefile")
+sysusers="$stage/root$prefix/lib/sysusers.d/consumersd.conf"
+[ -f "$sysusers" ] || fail "sysusers.d file not installed at $sysusers"
+grep -q '^u consumersd-worker ' "$sysusers" ||
+	fail "the sysusers.d file does not create consumersd-worker"
+make -s -C "$top_builddir" install-sysusersDATA DESTDIR="$stage/other" \
+	sysusersdir=/elsewhere/sysusers.d >/dev/null
+[ -f "$stage/other/elsewhere/sysusers.d/consumersd.conf" ] ||
+	fail "sysusersdir does not move the sysusers.d file"
 pc=$(find "$stage/root" -name consumers-plugin.pc)
 [ -n "$pc" ] || fail "consumers-plugin.pc was not installed"
 header=$(find "$stage/root" -path '*/consumers/plugin.h')
