@@ -297,7 +297,9 @@ class CompleterDeadNotReaped(unittest.TestCase):
                 kill_to_zombie(done)
                 # The sleeper wakes, sends its RESULT and waits for the
                 # next frame: its RESULT is queued for the master.
-                wait_for(lambda: "nanosleep" not in wchan(sleeper),
+                # Once it blocks reading its socket again, the RESULT was
+                # written (merely leaving the sleep is not enough).
+                wait_for(lambda: wchan(sleeper) == "unix_stream_read_generic",
                          what="the sleeper's RESULT")
             replies = read_lines(s)
             s.close()
