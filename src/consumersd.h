@@ -582,6 +582,8 @@ extern struct event_base *cns_base;
 extern struct conf	*cns_conf;
 extern int	 cns_stopping;	/* stopping: no new streams */
 extern const char *cns_socket_abs; /* where clients reach us, or NULL */
+/* The path of the socket systemd passed (socket activation), or NULL. */
+extern const char	*cns_activated_socket;
 double		 cns_now(void);
 struct timeval	 cns_tv(double seconds);
 void		 cns_proctitle_init(int argc, char **argv);

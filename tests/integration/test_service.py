@@ -335,6 +335,65 @@ class ProcessManagers(unittest.TestCase):
                 self.assertEqual((rc, f["completion"]), (0, 3), err)
 
 
+class ProcessTitles(unittest.TestCase):
+    """ps shows each process's title in full even when argv is short, as
+    when systemd starts "/usr/sbin/consumersd" with no arguments: the
+    master is "consumersd: master", each worker "consumersd: pool NAME
+    worker N" (the environment's storage is moved to make room)."""
+
+    def test_titles_in_full_with_a_short_argv(self):
+        name = "a_pool_whose_name_is_longer_than_argv"
+        d = Daemon({name: dict(SLOW, workers=2)})
+        with open(d.conf) as f:
+            conf = json.load(f)
+        conf.update(socket=d.socket, plugin_dir=PLUGIN_DIR,
+                    pools_dir=os.path.join(d.dir, "pools.d"))
+        with open(d.conf, "w") as f:
+            json.dump(conf, f)
+        os.symlink(d.conf, os.path.join(d.dir, "c"))
+        log = open(d.log_path, "w")
+        # argv "cnsd -c c": 10 bytes, fewer than any title.
+        proc = subprocess.Popen(["cnsd", "-c", "c"], executable=DAEMON,
+                                cwd=d.dir, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "ready: accepting clients" in d.log_text() or
+                     proc.poll() is not None, 30)
+            self.assertIsNone(proc.poll(), d.log_text())
+
+            def cmdline(pid):
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    return f.read().rstrip(b"\0").decode()
+
+            def worker_titles():
+                out = subprocess.run(["pgrep", "-P", str(proc.pid)],
+                                     capture_output=True, text=True).stdout
+                titles = []
+                for pid in out.split():
+                    try:
+                        titles.append(cmdline(int(pid)))
+                    except OSError:
+                        pass
+                return sorted(titles)
+
+            self.assertEqual(cmdline(proc.pid), "consumersd: master")
+            want = ["consumersd: pool %s worker %d" % (name, n)
+                    for n in (1, 2)]
+            try:
+                wait_for(lambda: worker_titles() == want, 30)
+            except AssertionError:
+                self.assertEqual(worker_titles(), want)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            shutil.rmtree(d.dir, ignore_errors=True)
+
+
 class Identity(unittest.TestCase):
 
     def test_user_limits_nice_env(self):
