@@ -1021,15 +1021,21 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 			fatal("%s: strdup", __func__);
 	}
 	if (c->spool_dir == NULL) {
-		/* Beside the socket: the daemon's runtime directory. */
-		char *slash = strrchr(c->socket, '/');
-		if (slash == NULL)
+		/* The daemon's runtime directory: systemd's (RuntimeDirectory=,
+		 * the first if there are several), else that of the socket it
+		 * listens on: systemd's when activated, else the configured. */
+		const char *rt = getenv("RUNTIME_DIRECTORY");
+		const char *sock = cns_activated_socket != NULL ?
+		    cns_activated_socket : c->socket;
+		char *slash = strrchr(sock, '/');
+		if (rt != NULL && rt[0] == '/')
+			c->spool_dir = strndup(rt, strcspn(rt, ":"));
+		else if (slash == NULL)
 			c->spool_dir = strdup(".");
-		else if (slash == c->socket)
+		else if (slash == sock)
 			c->spool_dir = strdup("/");
 		else
-			c->spool_dir = strndup(c->socket,
-			    (size_t)(slash - c->socket));
+			c->spool_dir = strndup(sock, (size_t)(slash - sock));
 		if (c->spool_dir == NULL)
 			fatal("%s: strdup", __func__);
 	}
