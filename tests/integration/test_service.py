@@ -394,6 +394,30 @@ class ProcessTitles(unittest.TestCase):
             shutil.rmtree(d.dir, ignore_errors=True)
 
 
+class Logs(unittest.TestCase):
+    """Outside the journal every line the daemon logs (master and workers)
+    starts with an ISO 8601 timestamp."""
+
+    STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}"
+                       r"[+-]\d\d:\d\d consumersd\[\d+\]: ")
+
+    def test_every_line_starts_with_a_timestamp(self):
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        d = Daemon({"concat": {"plugin": "concat", "workers": 2,
+                               "args": ["-"]}})
+        d.env = env
+        with d:
+            rc, final, err = d.cli("submit", "concat",
+                                   input=lines(list("abc")))
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(d.stop(), 0, d.log_text())
+            text = d.log_text()
+        self.assertIn("ready: accepting clients", text)
+        for line in text.splitlines():
+            self.assertRegex(line, self.STAMP)
+
+
 class Identity(unittest.TestCase):
 
     def test_user_limits_nice_env(self):
