@@ -175,6 +175,31 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 	stream_input(s);
 }
 
+/*
+ * One access line per stream, as php-fpm's access.log: who (pid, uid,
+ * user), which pool, how many items in how long, and how it ended.
+ */
+static void
+stream_access(struct stream *s, const char *outcome)
+{
+	struct peer *pr = s->src.ops->peer != NULL ?
+	    s->src.ops->peer(s->src.arg) : NULL;
+	const char *user = pr != NULL ? peer_user(pr) : NULL;
+	double took = cns_now() - s->since;
+
+	if (pr == NULL)
+		log_info("access: pool %s stream %" PRIu64 ": %" PRIu64
+		    " items in %.3f s (%.0f items/s): %s", s->pool->pc->name,
+		    s->id, s->seq, took, took > 0 ? (double)s->seq / took : 0,
+		    outcome);
+	else
+		log_info("access: pid %ld uid %lu user %s pool %s stream %"
+		    PRIu64 ": %" PRIu64 " items in %.3f s (%.0f items/s): %s",
+		    (long)pr->pid, (unsigned long)pr->uid, user != NULL ?
+		    user : "-", s->pool->pc->name, s->id, s->seq, took,
+		    took > 0 ? (double)s->seq / took : 0, outcome);
+}
+
 void
 stream_refuse(struct stream *s, const char *why)
 {
@@ -186,6 +211,7 @@ stream_refuse(struct stream *s, const char *why)
 	}
 	s->state = S_DONE;
 	log_info("stream %" PRIu64 ": refused: %s", s->id, why);
+	stream_access(s, "refused");
 	reply = json_pack("{s:b,s:s}", "ok", 0, "error", why);
 	s->src.ops->finish(s->src.arg, reply);
 }
@@ -785,6 +811,7 @@ stream_finish(struct stream *s)
 	    s->quarantined, s->unconsumed, s->crashes,
 	    s->crashes == 1 ? "" : "es", json_array_size(s->errors),
 	    json_array_size(s->errors) == 1 ? "" : "s");
+	stream_access(s, json_array_size(s->errors) == 0 ? "ok" : "failed");
 	s->src.ops->finish(s->src.arg, final);
 }
 

@@ -418,6 +418,26 @@ class Logs(unittest.TestCase):
             self.assertRegex(line, self.STAMP)
 
 
+    def test_one_access_line_per_stream(self):
+        import pwd
+        d = Daemon({"concat": {"plugin": "concat", "workers": 1,
+                               "args": ["-"]}})
+        with d:
+            s, lease, rest = open_stream(d, "concat")
+            final = finish(s, lines(list("abcd")), rest)
+            self.assertTrue(final["ok"], final)
+            wait_for(lambda: "access: " in d.log_text(), 10)
+            text = d.log_text()
+            self.assertEqual(d.stop(), 0, text)
+        me = "pid %d uid %d user %s" % (os.getpid(), os.getuid(),
+                                        pwd.getpwuid(os.getuid()).pw_name)
+        got = re.findall(r"access: (.*)$", text, re.M)
+        self.assertEqual(len(got), 1, text)
+        self.assertRegex(got[0], r"^%s pool concat stream %d: 4 items in "
+                         r"\d+\.\d{3} s \(\d+ items/s\): ok$" %
+                         (re.escape(me), final["stream"]))
+
+
 class Identity(unittest.TestCase):
 
     def test_user_limits_nice_env(self):
