@@ -390,7 +390,7 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", NULL
+	"client_args", "start_seconds", "slow_stream", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -748,6 +748,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	bad |= get_seconds(&f, root, "item_timeout", 86400, &pc->item_timeout);
 	bad |= get_seconds(&f, root, "start_seconds", 3600,
 	    &pc->start_seconds);
+	bad |= get_seconds(&f, root, "slow_stream", 86400, &pc->slow_stream);
 	u = pc->max_attempts;
 	bad |= get_uint(&f, root, "max_attempts", 1, 100, &u);
 	pc->max_attempts = (unsigned)u;
@@ -1108,6 +1109,7 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->item_timeout == b->item_timeout &&
 	    a->max_init_failures == b->max_init_failures &&
 	    a->start_seconds == b->start_seconds &&
+	    a->slow_stream == b->slow_stream &&
 	    a->mode == b->mode && a->min_spare == b->min_spare &&
 	    a->max_spare == b->max_spare && a->idle_timeout == b->idle_timeout &&
 	    a->max_streams == b->max_streams &&

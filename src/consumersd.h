@@ -51,6 +51,7 @@ struct pool_conf {
 	double		 item_timeout;	/* seconds on one item, 0: none */
 	unsigned	 max_init_failures; /* in a row: the pool fails */
 	double		 start_seconds;	/* up this long after init: started */
+	double		 slow_stream;	/* open longer: logged, 0: never */
 	int		 mode;		/* MODE_*: how many workers run */
 	unsigned	 min_spare;	/* dynamic: idle workers kept, at least */
 	unsigned	 max_spare;	/* dynamic: idle workers kept, at most */
@@ -406,6 +407,7 @@ struct stream {
 	json_t		*completion;
 	struct worker	*completer;
 	struct event	*timer;		/* queue timeout */
+	struct event	*slow_timer;	/* slow_stream, or NULL */
 	TAILQ_ENTRY(stream) qentry;	/* pool->queue while queued */
 	TAILQ_ENTRY(stream) entry;	/* every stream not yet freed */
 };

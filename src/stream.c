@@ -62,6 +62,49 @@ stream_timeout(evutil_socket_t fd, short ev, void *arg)
 	stream_refuse(s, msg);
 }
 
+/*
+ * slow_stream: the stream is open longer than that; say what each of its
+ * lanes is doing (php-fpm's slowlog).  Once per stream.
+ */
+static void
+stream_slow(evutil_socket_t fd, short ev, void *arg)
+{
+	static const char *states[] = { "live", "waiting for a worker",
+	    "returned", "dead" };
+	struct stream *s = arg;
+	char lanes[1024] = "";
+	size_t n = 0;
+
+	(void)fd;
+	(void)ev;
+	if (s->state == S_DONE)
+		return;
+	if (s->state == S_QUEUED)
+		snprintf(lanes, sizeof lanes, "; queued, no worker yet");
+	for (unsigned i = 0; i < s->nw && n < sizeof lanes; i++) {
+		const struct lane *l = &s->lanes[i];
+		const struct worker *w = s->w[i];
+		int r;
+
+		if (w != NULL)
+			r = snprintf(lanes + n, sizeof lanes - n, "; lane %u: "
+			    "%s, worker %u pid %ld, %" PRIu64 " items", i + 1,
+			    states[l->state], w->slot, (long)w->pid,
+			    l->items);
+		else
+			r = snprintf(lanes + n, sizeof lanes - n, "; lane %u: "
+			    "%s, no worker, %" PRIu64 " items", i + 1,
+			    states[l->state], l->items);
+		if (r < 0)
+			break;
+		n += (size_t)r;
+	}
+	log_warnx("slow stream %" PRIu64 ": pool %s: open %.3f s (slow_stream "
+	    "%g s), %" PRIu64 " items read%s%s", s->id, s->pool->pc->name,
+	    cns_now() - s->since, s->pool->pc->slow_stream, s->seq,
+	    s->eof ? ", input ended" : "", lanes);
+}
+
 struct stream *
 stream_new(const struct source_ops *ops, void *arg, struct pool *p,
     unsigned want, json_t *params)
@@ -89,6 +132,11 @@ stream_new(const struct source_ops *ops, void *arg, struct pool *p,
 	s->timer = evtimer_new(cns_base, stream_timeout, s);
 	tv = cns_tv(p->pc->queue_timeout);
 	evtimer_add(s->timer, &tv);
+	if (p->pc->slow_stream > 0) {
+		s->slow_timer = evtimer_new(cns_base, stream_slow, s);
+		tv = cns_tv(p->pc->slow_stream);
+		evtimer_add(s->slow_timer, &tv);
+	}
 	return s;
 }
 
@@ -102,6 +150,8 @@ stream_free(struct stream *s)
 		TAILQ_REMOVE(&p->queue, s, qentry);
 	if (s->timer != NULL)
 		event_free(s->timer);
+	if (s->slow_timer != NULL)
+		event_free(s->slow_timer);
 	for (unsigned i = 0; i < s->nw; i++) {
 		struct lane *l = &s->lanes[i];
 		if (l->state == L_WAITING)

@@ -55,7 +55,7 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", NULL
+	"client_args", "start_seconds", "slow_stream", NULL
 };
 
 static int

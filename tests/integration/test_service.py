@@ -438,6 +438,25 @@ class Logs(unittest.TestCase):
                          (re.escape(me), final["stream"]))
 
 
+    def test_slow_stream_logs_its_lanes(self):
+        # A stream open longer than the pool's slow_stream is logged once,
+        # while it runs, with what each of its lanes is doing.
+        d = Daemon({"s": dict(SLOW, slow_stream=0.2)})
+        with d:
+            s, lease, rest = open_stream(d, "s", b'"a"\n"b"\n')
+            wait_for(lambda: "slow stream" in d.log_text(), 30)
+            final = finish(s, b'"c"\n', rest)
+            self.assertTrue(final["ok"], final)
+            text = d.log_text()
+            self.assertEqual(d.stop(), 0, text)
+        got = re.findall(r"slow stream (\d+): (.*)$", text, re.M)
+        self.assertEqual(len(got), 1, text)
+        self.assertEqual(int(got[0][0]), final["stream"])
+        self.assertRegex(got[0][1], r"^pool s: open \d+\.\d{3} s "
+                         r"\(slow_stream 0\.2 s\), \d+ items read; lane 1: "
+                         r"live, worker 1 pid \d+, \d+ items$")
+
+
 class Identity(unittest.TestCase):
 
     def test_user_limits_nice_env(self):
