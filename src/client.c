@@ -363,6 +363,14 @@ source_finish(void *arg, json_t *v)
 	client_finish(arg, v);
 }
 
+static struct peer *
+source_peer(void *arg)
+{
+	struct client *c = arg;
+
+	return &c->peer;
+}
+
 /* The local socket as a source of items (source.h). */
 static const struct source_ops client_source = {
 	.input = client_input,
@@ -370,6 +378,7 @@ static const struct source_ops client_source = {
 	.full = client_output_full,
 	.event = source_event,
 	.finish = source_finish,
+	.peer = source_peer,
 };
 
 static void

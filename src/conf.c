@@ -494,7 +494,7 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", "min_item_rate", NULL
+	"client_args", "start_seconds", "min_item_rate", "slow_stream", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -879,6 +879,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	bad |= get_rate(&f, root, "min_item_rate", 1e6, &pc->min_item_rate);
 	bad |= get_seconds(&f, root, "start_seconds", 3600,
 	    &pc->start_seconds);
+	bad |= get_seconds(&f, root, "slow_stream", 86400, &pc->slow_stream);
 	u = pc->max_attempts;
 	bad |= get_uint(&f, root, "max_attempts", 1, 100, &u);
 	pc->max_attempts = (unsigned)u;
@@ -1153,15 +1154,21 @@ conf_load(const char *file, const struct conf_overrides *ov, json_t *errors)
 			fatal("%s: strdup", __func__);
 	}
 	if (c->spool_dir == NULL) {
-		/* Beside the socket: the daemon's runtime directory. */
-		char *slash = strrchr(c->socket, '/');
-		if (slash == NULL)
+		/* The daemon's runtime directory: systemd's (RuntimeDirectory=,
+		 * the first if there are several), else that of the socket it
+		 * listens on: systemd's when activated, else the configured. */
+		const char *rt = getenv("RUNTIME_DIRECTORY");
+		const char *sock = cns_activated_socket != NULL ?
+		    cns_activated_socket : c->socket;
+		char *slash = strrchr(sock, '/');
+		if (rt != NULL && rt[0] == '/')
+			c->spool_dir = strndup(rt, strcspn(rt, ":"));
+		else if (slash == NULL)
 			c->spool_dir = strdup(".");
-		else if (slash == c->socket)
+		else if (slash == sock)
 			c->spool_dir = strdup("/");
 		else
-			c->spool_dir = strndup(c->socket,
-			    (size_t)(slash - c->socket));
+			c->spool_dir = strndup(sock, (size_t)(slash - sock));
 		if (c->spool_dir == NULL)
 			fatal("%s: strdup", __func__);
 	}
@@ -1235,6 +1242,7 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->min_item_rate == b->min_item_rate &&
 	    a->max_init_failures == b->max_init_failures &&
 	    a->start_seconds == b->start_seconds &&
+	    a->slow_stream == b->slow_stream &&
 	    a->mode == b->mode && a->min_spare == b->min_spare &&
 	    a->max_spare == b->max_spare && a->idle_timeout == b->idle_timeout &&
 	    a->max_streams == b->max_streams &&

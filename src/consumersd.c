@@ -7,8 +7,12 @@
  * whether the first start or a stop can go on.
  */
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -286,6 +290,25 @@ check_config(const char *file, const struct conf_overrides *ov, int quiet)
 	return bad;
 }
 
+#ifdef HAVE_SYSTEMD
+/* The path `fd` is bound to, as cns_activated_socket; kept till exit. */
+static void
+activated_path(int fd)
+{
+	static char path[sizeof ((struct sockaddr_un *)0)->sun_path + 1];
+	struct sockaddr_un sun;
+	socklen_t len = sizeof sun;
+
+	memset(&sun, 0, sizeof sun);
+	if (getsockname(fd, (struct sockaddr *)&sun, &len) == 0 &&
+	    len > offsetof(struct sockaddr_un, sun_path) &&
+	    sun.sun_path[0] != '\0') {
+		memcpy(path, sun.sun_path, sizeof sun.sun_path);
+		cns_activated_socket = path;
+	}
+}
+#endif
+
 /* The listening socket handed over by systemd, or -1. */
 static int
 inherited_socket(void)
@@ -306,6 +329,7 @@ inherited_socket(void)
 		if (evutil_make_socket_nonblocking(SD_LISTEN_FDS_START) == -1 ||
 		    evutil_make_socket_closeonexec(SD_LISTEN_FDS_START) == -1)
 			fatal("the socket passed by systemd");
+		activated_path(SD_LISTEN_FDS_START);
 		return SD_LISTEN_FDS_START;
 	}
 #endif
@@ -353,6 +377,9 @@ main(int argc, char **argv)
 	if (test)
 		return check_config(file, &ov, 0);
 
+	/* Before the configuration: the spool defaults to the directory of
+	 * the socket systemd passed, not the configured one's. */
+	lfd = inherited_socket();
 	errors = json_array();
 	cns_conf = conf_load(file, &ov, errors);
 	if (cns_conf != NULL && conf_check_root(cns_conf, errors) == -1) {
@@ -395,7 +422,6 @@ main(int argc, char **argv)
 		if (spool_check(cns_conf, why, sizeof why) == -1)
 			fatalx("%s", why);
 	}
-	lfd = inherited_socket();
 	if (client_listen(cns_base, cns_conf, lfd) == -1)
 		fatalx("cannot listen on %s", cns_conf->socket);
 	for (int i = 0; signums[i] != 0; i++) {

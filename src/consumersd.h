@@ -54,6 +54,7 @@ struct pool_conf {
 	double		 item_timeout;	/* seconds on one item, 0: none */
 	unsigned	 max_init_failures; /* in a row: the pool fails */
 	double		 start_seconds;	/* up this long after init: started */
+	double		 slow_stream;	/* open longer: logged, 0: never */
 	int		 mode;		/* MODE_*: how many workers run */
 	unsigned	 min_spare;	/* dynamic: idle workers kept, at least */
 	unsigned	 max_spare;	/* dynamic: idle workers kept, at most */
@@ -422,6 +423,7 @@ struct stream {
 	struct event	*timer;		/* queue timeout */
 	double		 leased_at;	/* monotonic seconds, once leased */
 	struct item_rate rate;		/* items sent, for min_item_rate */
+	struct event	*slow_timer;	/* slow_stream, or NULL */
 	TAILQ_ENTRY(stream) qentry;	/* pool->queue while queued */
 	TAILQ_ENTRY(stream) entry;	/* every stream not yet freed */
 };
@@ -608,6 +610,8 @@ extern struct event_base *cns_base;
 extern struct conf	*cns_conf;
 extern int	 cns_stopping;	/* stopping: no new streams */
 extern const char *cns_socket_abs; /* where clients reach us, or NULL */
+/* The path of the socket systemd passed (socket activation), or NULL. */
+extern const char	*cns_activated_socket;
 double		 cns_now(void);
 struct timeval	 cns_tv(double seconds);
 void		 cns_proctitle_init(int argc, char **argv);

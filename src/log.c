@@ -1,12 +1,14 @@
 /*
  * log.c - one-line logs to stderr: warn (with errno), warnx, info, debug,
  * fatal.  Under the journal (JOURNAL_STREAM set) each line carries its
- * sd-daemon priority prefix so the journal files it at the right level.
+ * sd-daemon priority prefix so the journal files it at the right level;
+ * elsewhere it starts with an ISO 8601 timestamp.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "consumersd.h"
@@ -40,6 +42,27 @@ log_parse_level(const char *s)
 	return -1;
 }
 
+/* Now in ISO 8601, local time to the millisecond with its UTC offset:
+ * 2026-12-05T15:04:05.123+01:00. */
+static void
+log_timestamp(char *buf, size_t len)
+{
+	struct timespec ts;
+	struct tm tm;
+	long off;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (localtime_r(&ts.tv_sec, &tm) == NULL) {
+		snprintf(buf, len, "-");
+		return;
+	}
+	off = tm.tm_gmtoff / 60;
+	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ld%c%02ld:%02ld",
+	    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+	    tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, off < 0 ? '-' : '+',
+	    labs(off) / 60, labs(off) % 60);
+}
+
 static void
 log_vline(int level, int with_errno, const char *fmt, va_list ap)
 {
@@ -54,10 +77,13 @@ log_vline(int level, int with_errno, const char *fmt, va_list ap)
 	if (log_journal)
 		fprintf(stderr, "<%d>%s: %s%s%s\n", prio[level], log_tag, msg,
 		    with_errno ? ": " : "", with_errno ? strerror(saved) : "");
-	else
-		fprintf(stderr, "%s[%ld]: %s%s%s\n", log_tag, (long)getpid(),
-		    msg, with_errno ? ": " : "",
+	else {
+		char ts[80];
+		log_timestamp(ts, sizeof ts);
+		fprintf(stderr, "%s %s[%ld]: %s%s%s\n", ts, log_tag,
+		    (long)getpid(), msg, with_errno ? ": " : "",
 		    with_errno ? strerror(saved) : "");
+	}
 	errno = saved;
 }
 

@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 struct evbuffer;
+struct peer;
 
 struct source_ops {
 	/* The bytes read and not yet taken: item lines, one per line. */
@@ -25,6 +26,9 @@ struct source_ops {
 	/* The last line; the source takes v's reference, and frees the
 	 * stream when it is done with it (not from inside this call). */
 	void		 (*finish)(void *arg, json_t *v);
+	/* Who sent the stream, for its access line; NULL: not a local
+	 * peer.  May be NULL. */
+	struct peer	*(*peer)(void *arg);
 };
 
 struct source {

@@ -67,6 +67,49 @@ stream_timeout(evutil_socket_t fd, short ev, void *arg)
 	stream_refuse(s, "busy", msg);
 }
 
+/*
+ * slow_stream: the stream is open longer than that; say what each of its
+ * lanes is doing (php-fpm's slowlog).  Once per stream.
+ */
+static void
+stream_slow(evutil_socket_t fd, short ev, void *arg)
+{
+	static const char *states[] = { "live", "waiting for a worker",
+	    "returned", "dead" };
+	struct stream *s = arg;
+	char lanes[1024] = "";
+	size_t n = 0;
+
+	(void)fd;
+	(void)ev;
+	if (s->state == S_DONE)
+		return;
+	if (s->state == S_QUEUED)
+		snprintf(lanes, sizeof lanes, "; queued, no worker yet");
+	for (unsigned i = 0; i < s->nw && n < sizeof lanes; i++) {
+		const struct lane *l = &s->lanes[i];
+		const struct worker *w = s->w[i];
+		int r;
+
+		if (w != NULL)
+			r = snprintf(lanes + n, sizeof lanes - n, "; lane %u: "
+			    "%s, worker %u pid %ld, %" PRIu64 " items", i + 1,
+			    states[l->state], w->slot, (long)w->pid,
+			    l->items);
+		else
+			r = snprintf(lanes + n, sizeof lanes - n, "; lane %u: "
+			    "%s, no worker, %" PRIu64 " items", i + 1,
+			    states[l->state], l->items);
+		if (r < 0)
+			break;
+		n += (size_t)r;
+	}
+	log_warnx("slow stream %" PRIu64 ": pool %s: open %.3f s (slow_stream "
+	    "%g s), %" PRIu64 " items read%s%s", s->id, s->pool->pc->name,
+	    cns_now() - s->since, s->pool->pc->slow_stream, s->seq,
+	    s->eof ? ", input ended" : "", lanes);
+}
+
 struct stream *
 stream_new(const struct source_ops *ops, void *arg, struct pool *p,
     unsigned want, json_t *params)
@@ -96,6 +139,11 @@ stream_new(const struct source_ops *ops, void *arg, struct pool *p,
 	evtimer_add(s->timer, &tv);
 	if (p->pc->min_item_rate > 0)
 		rate_arm();
+	if (p->pc->slow_stream > 0) {
+		s->slow_timer = evtimer_new(cns_base, stream_slow, s);
+		tv = cns_tv(p->pc->slow_stream);
+		evtimer_add(s->slow_timer, &tv);
+	}
 	return s;
 }
 
@@ -109,6 +157,8 @@ stream_free(struct stream *s)
 		TAILQ_REMOVE(&p->queue, s, qentry);
 	if (s->timer != NULL)
 		event_free(s->timer);
+	if (s->slow_timer != NULL)
+		event_free(s->slow_timer);
 	for (unsigned i = 0; i < s->nw; i++) {
 		struct lane *l = &s->lanes[i];
 		if (l->state == L_WAITING)
@@ -183,6 +233,31 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 	stream_input(s);
 }
 
+/*
+ * One access line per stream, as php-fpm's access.log: who (pid, uid,
+ * user), which pool, how many items in how long, and how it ended.
+ */
+static void
+stream_access(struct stream *s, const char *outcome)
+{
+	struct peer *pr = s->src.ops->peer != NULL ?
+	    s->src.ops->peer(s->src.arg) : NULL;
+	const char *user = pr != NULL ? peer_user(pr) : NULL;
+	double took = cns_now() - s->since;
+
+	if (pr == NULL)
+		log_info("access: pool %s stream %" PRIu64 ": %" PRIu64
+		    " items in %.3f s (%.0f items/s): %s", s->pool->pc->name,
+		    s->id, s->seq, took, took > 0 ? (double)s->seq / took : 0,
+		    outcome);
+	else
+		log_info("access: pid %ld uid %lu user %s pool %s stream %"
+		    PRIu64 ": %" PRIu64 " items in %.3f s (%.0f items/s): %s",
+		    (long)pr->pid, (unsigned long)pr->uid, user != NULL ?
+		    user : "-", s->pool->pc->name, s->id, s->seq, took,
+		    took > 0 ? (double)s->seq / took : 0, outcome);
+}
+
 void
 stream_refuse(struct stream *s, const char *code, const char *why)
 {
@@ -194,6 +269,7 @@ stream_refuse(struct stream *s, const char *code, const char *why)
 	}
 	s->state = S_DONE;
 	log_info("stream %" PRIu64 ": refused: %s", s->id, why);
+	stream_access(s, "refused");
 	reply = json_pack("{s:b,s:s,s:s}", "ok", 0, "error", why, "code",
 	    code);
 	s->src.ops->finish(s->src.arg, reply);
@@ -862,6 +938,7 @@ stream_finish(struct stream *s)
 	    s->quarantined, s->unconsumed, s->crashes,
 	    s->crashes == 1 ? "" : "es", json_array_size(s->errors),
 	    json_array_size(s->errors) == 1 ? "" : "s");
+	stream_access(s, json_array_size(s->errors) == 0 ? "ok" : "failed");
 	s->src.ops->finish(s->src.arg, final);
 }
 

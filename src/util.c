@@ -27,6 +27,7 @@ struct event_base *cns_base;	/* the master's loop; NULL: none yet */
 struct conf	*cns_conf;	/* the configuration running now */
 int		 cns_stopping;
 const char	*cns_socket_abs;
+const char	*cns_activated_socket;
 
 double
 cns_now(void)
@@ -50,15 +51,38 @@ cns_tv(double seconds)
 
 static char	*title_base;	/* argv's storage, for the title */
 static size_t	 title_len;
+static char	**title_env;	/* the moved environment, kept reachable */
 
+/*
+ * The title may use argv's strings and, past them, the environment's,
+ * which are moved first (as setproctitle implementations do): started
+ * as "/usr/sbin/consumersd" with nothing else, argv alone holds 21 bytes.
+ * The kernel shows a cmdline written past argv's end up to the first NUL.
+ */
 void
 cns_proctitle_init(int argc, char **argv)
 {
+	extern char **environ;
 	char *end = argv[0] + strlen(argv[0]);
+	char **env;
+	size_t n = 0;
 
 	for (int i = 1; i < argc; i++)
 		if (argv[i] == end + 1)
 			end = argv[i] + strlen(argv[i]);
+	while (environ[n] != NULL)
+		n++;
+	if ((env = calloc(n + 1, sizeof *env)) == NULL)
+		fatal("%s: calloc", __func__);
+	for (size_t i = 0; i < n; i++) {
+		if (environ[i] == end + 1)
+			end = environ[i] + strlen(environ[i]);
+		if ((env[i] = strdup(environ[i])) == NULL)
+			fatal("%s: strdup", __func__);
+	}
+	/* Owned for the life of the process, even once a worker's
+	 * clearenv() has let go of it. */
+	environ = title_env = env;
 	title_base = argv[0];
 	title_len = (size_t)(end - argv[0]) + 1;
 }

@@ -111,6 +111,16 @@ print(cc.DEFAULT_SOCKET, pool.results, pool.completion)') \
 	|| fail "the installed Python module failed: $out"
 [ "$out" = "$clidefault ['ABC'] 1" ] || \
 	fail "the installed Python module: $out (CLI default: $clidefault)"
+# The socket unit listens where the CLI looks, and make install made its
+# directory.
+unit=$(find "$stage/root" -name consumersd.socket)
+if [ -n "$unit" ]; then
+	listen=$(sed -n 's/^ListenStream=//p' "$unit")
+	[ "$listen" = "$clidefault" ] || \
+		fail "consumersd.socket listens on $listen, the CLI uses $clidefault"
+fi
+[ -d "$stage/root$(dirname "$clidefault")" ] || \
+	fail "make install did not create $(dirname "$clidefault")"
 kill -TERM "$pid"
 wait "$pid" || fail "the daemon did not exit 0 on SIGTERM"
 pid=

@@ -165,7 +165,7 @@ class ZeroWorkerLease(unittest.TestCase):
             # stream would have leased it and it would have died "during
             # a stream" (the death line would not end at "(Killed)").
             log = d.log_text()
-            death = re.search(r"(?m)^consumersd\[\d+\]: pool sum: "
+            death = re.search(r"(?m)^\S+ consumersd\[\d+\]: pool sum: "
                               r"worker 1 \(pid %d\) killed by signal 9 "
                               r"\(Killed\)$" % w, log)
             self.assertIsNotNone(death, log)
@@ -310,7 +310,7 @@ class CompleterDeadNotReaped(unittest.TestCase):
             # "during a stream", still the stream's), and before the
             # stream ended.
             log = d.log_text()
-            death = re.search(r"(?m)^consumersd\[\d+\]: pool f: worker \d "
+            death = re.search(r"(?m)^\S+ consumersd\[\d+\]: pool f: worker \d "
                               r"\(pid %d\) killed by signal 9 \(Killed\)$"
                               % done, log)
             self.assertIsNotNone(death, log)

@@ -336,6 +336,128 @@ class ProcessManagers(unittest.TestCase):
                 self.assertEqual((rc, f["completion"]), (0, 3), err)
 
 
+class ProcessTitles(unittest.TestCase):
+    """ps shows each process's title in full even when argv is short, as
+    when systemd starts "/usr/sbin/consumersd" with no arguments: the
+    master is "consumersd: master", each worker "consumersd: pool NAME
+    worker N" (the environment's storage is moved to make room)."""
+
+    def test_titles_in_full_with_a_short_argv(self):
+        name = "a_pool_whose_name_is_longer_than_argv"
+        d = Daemon({name: dict(SLOW, workers=2)})
+        with open(d.conf) as f:
+            conf = json.load(f)
+        conf.update(socket=d.socket, plugin_dir=PLUGIN_DIR,
+                    pools_dir=os.path.join(d.dir, "pools.d"))
+        with open(d.conf, "w") as f:
+            json.dump(conf, f)
+        os.symlink(d.conf, os.path.join(d.dir, "c"))
+        log = open(d.log_path, "w")
+        # argv "cnsd -c c": 10 bytes, fewer than any title.
+        proc = subprocess.Popen(["cnsd", "-c", "c"], executable=DAEMON,
+                                cwd=d.dir, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "ready: accepting clients" in d.log_text() or
+                     proc.poll() is not None, 30)
+            self.assertIsNone(proc.poll(), d.log_text())
+
+            def cmdline(pid):
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    return f.read().rstrip(b"\0").decode()
+
+            def worker_titles():
+                out = subprocess.run(["pgrep", "-P", str(proc.pid)],
+                                     capture_output=True, text=True).stdout
+                titles = []
+                for pid in out.split():
+                    try:
+                        titles.append(cmdline(int(pid)))
+                    except OSError:
+                        pass
+                return sorted(titles)
+
+            self.assertEqual(cmdline(proc.pid), "consumersd: master")
+            want = ["consumersd: pool %s worker %d" % (name, n)
+                    for n in (1, 2)]
+            try:
+                wait_for(lambda: worker_titles() == want, 30)
+            except AssertionError:
+                self.assertEqual(worker_titles(), want)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            shutil.rmtree(d.dir, ignore_errors=True)
+
+
+class Logs(unittest.TestCase):
+    """Outside the journal every line the daemon logs (master and workers)
+    starts with an ISO 8601 timestamp."""
+
+    STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}"
+                       r"[+-]\d\d:\d\d consumersd\[\d+\]: ")
+
+    def test_every_line_starts_with_a_timestamp(self):
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        d = Daemon({"concat": {"plugin": "concat", "workers": 2,
+                               "args": ["-"]}})
+        d.env = env
+        with d:
+            rc, final, err = d.cli("submit", "concat",
+                                   input=lines(list("abc")))
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(d.stop(), 0, d.log_text())
+            text = d.log_text()
+        self.assertIn("ready: accepting clients", text)
+        for line in text.splitlines():
+            self.assertRegex(line, self.STAMP)
+
+
+    def test_one_access_line_per_stream(self):
+        import pwd
+        d = Daemon({"concat": {"plugin": "concat", "workers": 1,
+                               "args": ["-"]}})
+        with d:
+            s, lease, rest = open_stream(d, "concat")
+            final = finish(s, lines(list("abcd")), rest)
+            self.assertTrue(final["ok"], final)
+            wait_for(lambda: "access: " in d.log_text(), 10)
+            text = d.log_text()
+            self.assertEqual(d.stop(), 0, text)
+        me = "pid %d uid %d user %s" % (os.getpid(), os.getuid(),
+                                        pwd.getpwuid(os.getuid()).pw_name)
+        got = re.findall(r"access: (.*)$", text, re.M)
+        self.assertEqual(len(got), 1, text)
+        self.assertRegex(got[0], r"^%s pool concat stream %d: 4 items in "
+                         r"\d+\.\d{3} s \(\d+ items/s\): ok$" %
+                         (re.escape(me), final["stream"]))
+
+
+    def test_slow_stream_logs_its_lanes(self):
+        # A stream open longer than the pool's slow_stream is logged once,
+        # while it runs, with what each of its lanes is doing.
+        d = Daemon({"s": dict(SLOW, slow_stream=0.2)})
+        with d:
+            s, lease, rest = open_stream(d, "s", b'"a"\n"b"\n')
+            wait_for(lambda: "slow stream" in d.log_text(), 30)
+            final = finish(s, b'"c"\n', rest)
+            self.assertTrue(final["ok"], final)
+            text = d.log_text()
+            self.assertEqual(d.stop(), 0, text)
+        got = re.findall(r"slow stream (\d+): (.*)$", text, re.M)
+        self.assertEqual(len(got), 1, text)
+        self.assertEqual(int(got[0][0]), final["stream"])
+        self.assertRegex(got[0][1], r"^pool s: open \d+\.\d{3} s "
+                         r"\(slow_stream 0\.2 s\), \d+ items read; lane 1: "
+                         r"live, worker 1 pid \d+, \d+ items$")
+
+
 class Identity(unittest.TestCase):
 
     def test_user_limits_nice_env(self):

@@ -18,7 +18,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa
-from harness import Daemon, lines, assert_invariant, main  # noqa
+from harness import Daemon, lines, assert_invariant, main, wait_for  # noqa
 
 UNIT_DIR = os.path.join(harness.TOP_BUILDDIR, "systemd")
 UNITS = ("consumersd.service", "consumersd.socket")
@@ -94,7 +94,15 @@ class Units(unittest.TestCase):
         stop = int(re.search(r"^TimeoutStopSec=(\d+)$", service,
                              re.M).group(1))
         self.assertGreater(stop, 30)
-        self.assertIn("\nListenStream=%t/consumersd/consumersd.sock\n", sock)
+        # The socket the daemon, the CLI and the Python module default to
+        # in this build, whatever its prefix.
+        with open(os.path.join(harness.TOP_BUILDDIR, "client", "python",
+                               "consumers_client.py")) as f:
+            default = re.search(r'^DEFAULT_SOCKET = "(.*)"$', f.read(),
+                                re.M).group(1)
+        self.assertIn("\nListenStream=%s\n" % default, sock)
+        self.assertIn("\nReadWritePaths=-%s\n" % os.path.dirname(default),
+                      service)
         self.assertIn("\nSocketMode=0660\n", sock)
 
     def test_systemd_analyze_verify(self):
@@ -131,9 +139,12 @@ class Activated(Daemon):
     as fd 3 (LISTEN_FDS=1, LISTEN_PID its own pid, which the exec keeps).
     The configured socket is another path, that must stay unused."""
 
-    def __init__(self, pools):
+    def __init__(self, pools, configured_dir=None, env=None):
         super().__init__(pools)
-        self.unused_socket = os.path.join(self.dir, "configured.sock")
+        # systemd-socket-activate passes on only what -E names.
+        self.setenv = ["-E%s=%s" % kv for kv in (env or {}).items()]
+        self.unused_socket = os.path.join(configured_dir or self.dir,
+                                          "configured.sock")
         conf = {"socket": self.unused_socket}
         if os.geteuid() == 0:
             conf["root_workers"] = True     # as Daemon does
@@ -145,6 +156,7 @@ class Activated(Daemon):
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [tool("systemd-socket-activate"), "-l", self.socket] +
+            self.setenv +
             harness.VALGRIND + [harness.DAEMON, "-d", "-c", self.conf,
                                 "-P", harness.PLUGIN_DIR],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -160,6 +172,41 @@ class Activated(Daemon):
 
 @NEEDS_LIBSYSTEMD
 class SocketActivation(unittest.TestCase):
+
+    CONCAT = {"concat": {"plugin": "concat", "workers": 1, "args": ["-"]}}
+
+    def test_spool_beside_the_activated_socket(self):
+        # The configured socket's directory does not exist (as with a
+        # default-prefix install started by systemd): the replay spool
+        # defaults to the activated socket's directory instead.
+        with tempfile.TemporaryDirectory() as tmp:
+            with Activated(self.CONCAT, os.path.join(tmp, "missing")) as d:
+                rc, final, err = d.cli("submit", "concat",
+                                       input=lines(list("abc")))
+                self.assertEqual(rc, 0, err + d.log_text())
+                self.assertEqual(final["consumed"], 3, final)
+                self.assertEqual(d.stop(), 0, d.log_text())
+
+    def test_spool_in_the_runtime_directory(self):
+        # systemd's RuntimeDirectory= (RUNTIME_DIRECTORY) comes first: a
+        # missing one is what the daemon reports, not the socket's.
+        rt = os.path.join(tempfile.gettempdir(), "cnsd-no-such-runtime-dir")
+        self.assertFalse(os.path.exists(rt))
+        d = Activated(self.CONCAT, env={"RUNTIME_DIRECTORY": rt + ":/x"})
+        try:
+            d.start()
+            # The first connection starts the daemon, which gives up.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(d.socket)
+            wait_for(lambda: "cannot create replay spool files in %s:" %
+                     rt in d.log_text(), 30)
+            wait_for(lambda: d.proc.poll() is not None, 30)
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+            d.proc.wait()
+            d.log.close()
+            shutil.rmtree(d.dir, ignore_errors=True)
 
     def test_submit_through_activated_socket(self):
         with Activated({"concat": {"plugin": "concat", "workers": 2,
