@@ -71,7 +71,8 @@ tap_flush(struct tap *t, int all)
 			n = len < TAP_LINE ? len : TAP_LINE;
 		else
 			return;		/* wait for the rest of the line */
-		p = (char *)evbuffer_pullup(in, (ev_ssize_t)n);
+		/* An empty line: evbuffer_pullup(in, 0) returns NULL. */
+		p = n > 0 ? (char *)evbuffer_pullup(in, (ev_ssize_t)n) : "";
 		tap_line(t, p, n);
 		evbuffer_drain(in, n + (e.pos != -1 && (size_t)e.pos == n));
 	}
