@@ -247,14 +247,15 @@ stream_access(struct stream *s, const char *outcome)
 
 	if (pr == NULL)
 		log_info("access: pool %s stream %" PRIu64 ": %" PRIu64
-		    " items in %.3f s (%.0f items/s): %s", s->pool->pc->name,
-		    s->id, s->seq, took, took > 0 ? (double)s->seq / took : 0,
+		    " item%s in %.3f s (%.0f items/s): %s", s->pool->pc->name,
+		    s->id, s->seq, s->seq == 1 ? "" : "s", took, took > 0 ? (double)s->seq / took : 0,
 		    outcome);
 	else
 		log_info("access: pid %ld uid %lu user %s pool %s stream %"
-		    PRIu64 ": %" PRIu64 " items in %.3f s (%.0f items/s): %s",
+		    PRIu64 ": %" PRIu64 " item%s in %.3f s (%.0f items/s): %s",
 		    (long)pr->pid, (unsigned long)pr->uid, user != NULL ?
-		    user : "-", s->pool->pc->name, s->id, s->seq, took,
+		    user : "-", s->pool->pc->name, s->id, s->seq,
+		    s->seq == 1 ? "" : "s", took,
 		    took > 0 ? (double)s->seq / took : 0, outcome);
 }
 
@@ -931,10 +932,11 @@ stream_finish(struct stream *s)
 	    "errors", s->errors);
 	if (final == NULL)
 		fatalx("%s: json_pack", __func__);
-	log_info("stream %" PRIu64 ": pool %s: %" PRIu64 " items, %" PRIu64
+	log_info("stream %" PRIu64 ": pool %s: %" PRIu64 " item%s, %" PRIu64
 	    " consumed, %" PRIu64 " rejected, %" PRIu64 " quarantined, %"
 	    PRIu64 " unconsumed, %u crash%s, %zu error%s", s->id,
-	    s->pool->pc->name, s->seq, s->consumed, s->rejected,
+	    s->pool->pc->name, s->seq, s->seq == 1 ? "" : "s", s->consumed,
+	    s->rejected,
 	    s->quarantined, s->unconsumed, s->crashes,
 	    s->crashes == 1 ? "" : "es", json_array_size(s->errors),
 	    json_array_size(s->errors) == 1 ? "" : "s");

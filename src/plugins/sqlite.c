@@ -642,9 +642,10 @@ consume(cns_items *items, const cns_ctx *ctx)
 	} else if ((rows = commit(ctx, db, staged)) == -1)
 		rows = 0;
 	else if (bad > 0)
-		cns_fail(ctx, "sqlite: %" PRIu64 " item%s %s not JSON objects "
+		cns_fail(ctx, "sqlite: %" PRIu64 " item%s %s not %s "
 		    "(first: seq %" PRIu64 "); %s not inserted", bad,
-		    bad == 1 ? "" : "s", bad == 1 ? "was" : "were", first_bad,
+		    bad == 1 ? "" : "s", bad == 1 ? "was" : "were",
+		    bad == 1 ? "a JSON object" : "JSON objects", first_bad,
 		    bad == 1 ? "it was" : "they were");
 	sqlite3_step(db->clear);
 	sqlite3_reset(db->clear);

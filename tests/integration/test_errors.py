@@ -384,6 +384,18 @@ class Clients(unittest.TestCase):
             rc, final, err = d.cli("submit", "sum", input=b"5\n")
             self.assertEqual((rc, final["completion"]), (0, 5), err)
 
+    def test_one_item_is_singular(self):
+        # Counts in messages agree with their noun: "1 item", not "1 items".
+        with Daemon({"sum": {"plugin": "sum", "workers": 1}}) as d:
+            rc, final, err = d.cli("submit", "sum", input=b"7\n")
+            self.assertEqual((rc, final["completion"]), (0, 7), err)
+            deadline = time.monotonic() + 10
+            while (": 1 item, 1 consumed" not in d.log_text() and
+                   time.monotonic() < deadline):
+                time.sleep(0.05)
+            self.assertIn(": 1 item, 1 consumed", d.log_text())
+            self.assertNotIn(" 1 items", d.log_text())
+
 
 if __name__ == "__main__":
     main()
