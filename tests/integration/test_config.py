@@ -1,7 +1,9 @@
 """Configuration checks through the real binary: consumersd -t, errors as
 file:line:column, a daemon that refuses a bad config or a live socket."""
 import glob
+import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -57,6 +59,36 @@ class Config(unittest.TestCase):
         self.assertGreaterEqual(len(bundled), 4)
         self.assertIn("configuration is valid (%d pools)" % len(bundled),
                       out)
+
+    def test_bundled_pools_run_as_consumersd_worker(self):
+        # Issue 12 item 7: the bundled pools name a dedicated system user
+        # (not nobody, whose processes could signal them), quickstart
+        # creates it, and the workers really run as it.
+        if os.geteuid() != 0:
+            self.skipTest("needs root to run workers as another user")
+        try:
+            worker = pwd.getpwnam("consumersd-worker")
+        except KeyError:
+            self.fail("no user consumersd-worker: ./quickstart demo|check "
+                      "creates it (systemd-sysusers "
+                      "systemd/sysusers.d/consumersd.conf)")
+        pools = {}
+        for path in glob.glob(os.path.join(TOP_SRCDIR, "conf", "pools.d",
+                                           "*.json")):
+            with open(path) as f:
+                pool = json.load(f)
+            self.assertEqual(pool.get("user"), "consumersd-worker", path)
+            if pool["plugin"] != "sqlite":      # needs a state directory
+                pools[os.path.basename(path)[:-5]] = pool
+        self.assertTrue(pools)
+        with Daemon(pools) as d:
+            for pid in d.worker_pids():
+                with open("/proc/%d/status" % pid) as f:
+                    uids = [line.split()[1:] for line in f
+                            if line.startswith("Uid:")][0]
+                self.assertEqual({int(u) for u in uids}, {worker.pw_uid},
+                                 "worker %d" % pid)
+            self.assertTrue(d.worker_pids())
 
     def test_errors_carry_positions(self):
         self.write("consumersd.conf",

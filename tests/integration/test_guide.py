@@ -98,14 +98,14 @@ class Guide(unittest.TestCase):
             with open(os.path.join(TOP_SRCDIR, "conf", "pools.d",
                                    name)) as f:
                 installed[name[:-5]] = json.load(f)
-        # The bundled db pool (user nobody) keeps its database under
+        # The bundled db pool (user consumersd-worker) keeps its database under
         # $STATE_DIRECTORY/db, as systemd gives it.
         state = os.path.join(work, "state")
         os.makedirs(os.path.join(state, "db"))
         if os.geteuid() == 0:
-            nobody = pwd.getpwnam("nobody")
-            os.chown(os.path.join(state, "db"), nobody.pw_uid,
-                     nobody.pw_gid)
+            worker = pwd.getpwnam("consumersd-worker")
+            os.chown(os.path.join(state, "db"), worker.pw_uid,
+                     worker.pw_gid)
             os.chmod(work, 0o755)
         d = Daemon(installed, env={"STATE_DIRECTORY": state})
         env = dict(os.environ,
