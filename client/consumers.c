@@ -583,6 +583,14 @@ reload(const char *sockpath, int argc, char **argv)
 	if ((rc = refused(v)) == 0)
 		printf("reloaded: %s\n", json_string_value(json_object_get(v,
 		    "reloaded")));
+	else {
+		json_t *r;
+		size_t i;
+
+		json_array_foreach(json_object_get(v, "reasons"), i, r)
+			if (json_is_string(r))
+				fprintf(stderr, "  %s\n", json_string_value(r));
+	}
 	json_decref(v);
 	return rc;
 }

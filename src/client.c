@@ -480,9 +480,10 @@ client_reload(struct client *c)
 	    (unsigned long)c->uid);
 	r = cns_reload(why, sizeof why);
 	utf8_clean(why);
+	/* A refusal lists its reasons, as the log has them. */
 	client_finish(c, r == 0 ? json_pack("{s:b,s:s}", "ok", 1, "reloaded",
-	    why) : json_pack("{s:b,s:s,s:s}", "ok", 0, "error", why, "code",
-	    "reload_failed"));
+	    why) : json_pack("{s:b,s:s,s:s,s:O}", "ok", 0, "error", why, "code",
+	    "reload_failed", "reasons", cns_reload_reasons()));
 }
 
 static void

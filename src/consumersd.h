@@ -626,6 +626,7 @@ void		 cns_changed(void);
 
 /* reload.c: SIGHUP */
 int		 cns_reload(char *why, size_t whylen);
+json_t		*cns_reload_reasons(void); /* last refusal's */
 
 /*
  * notify.c: what systemd hears (sd_notify); no-ops without libsystemd or
