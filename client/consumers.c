@@ -583,6 +583,40 @@ reload(const char *sockpath, int argc, char **argv)
 	if ((rc = refused(v)) == 0)
 		printf("reloaded: %s\n", json_string_value(json_object_get(v,
 		    "reloaded")));
+	else {
+		json_t *r;
+		size_t i;
+
+		json_array_foreach(json_object_get(v, "reasons"), i, r)
+			if (json_is_string(r))
+				fprintf(stderr, "  %s\n", json_string_value(r));
+	}
+	json_decref(v);
+	return rc;
+}
+
+/* consumers metrics: every pool's counters as OpenMetrics text. */
+static int
+metrics(const char *sockpath, int argc, char **argv)
+{
+	json_t *header, *v;
+	int rc;
+
+	(void)argv;
+	if (argc != 1)
+		usage();
+	header = json_pack("{s:s}", "op", "metrics");
+	v = ask(sockpath, header);
+	json_decref(header);
+	if (v == NULL)
+		die("metrics: no answer from the daemon");
+	if ((rc = refused(v)) == 0) {
+		const char *m = json_string_value(json_object_get(v, "metrics"));
+
+		if (m == NULL)
+			die("metrics: the daemon's answer has no \"metrics\"");
+		fputs(m, stdout);
+	}
 	json_decref(v);
 	return rc;
 }
@@ -621,7 +655,9 @@ main(int argc, char **argv)
 		return pools(sockpath, argc, argv);
 	if (strcmp(argv[0], "reload") == 0)
 		return reload(sockpath, argc, argv);
+	if (strcmp(argv[0], "metrics") == 0)
+		return metrics(sockpath, argc, argv);
 	fprintf(stderr, "%s: unknown command \"%s\" (commands: submit, "
-	    "status, pools, reload)\n", prog, argv[0]);
+	    "status, pools, reload, metrics)\n", prog, argv[0]);
 	return EXIT_LOCAL;
 }

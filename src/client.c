@@ -456,6 +456,19 @@ client_status(struct client *c, json_t *h)
 	client_finish(c, status_reply(p));
 }
 
+/* {"op":"metrics"}: every pool's counters, for root and admin_group. */
+static void
+client_metrics(struct client *c)
+{
+	char why[1024];
+
+	if (!access_status(&c->peer, cns_conf, NULL, why, sizeof why)) {
+		client_denied(c, "metrics", NULL, why);
+		return;
+	}
+	client_finish(c, status_metrics());
+}
+
 /* {"op":"reload"}: what SIGHUP does, for root and admin_group. */
 static void
 client_reload(struct client *c)
@@ -480,9 +493,10 @@ client_reload(struct client *c)
 	    (unsigned long)c->uid);
 	r = cns_reload(why, sizeof why);
 	utf8_clean(why);
+	/* A refusal lists its reasons, as the log has them. */
 	client_finish(c, r == 0 ? json_pack("{s:b,s:s}", "ok", 1, "reloaded",
-	    why) : json_pack("{s:b,s:s,s:s}", "ok", 0, "error", why, "code",
-	    "reload_failed"));
+	    why) : json_pack("{s:b,s:s,s:s,s:O}", "ok", 0, "error", why, "code",
+	    "reload_failed", "reasons", cns_reload_reasons()));
 }
 
 static void
@@ -571,11 +585,13 @@ client_header(struct client *c)
 		client_status(c, h);
 	else if (strcmp(op, "reload") == 0)
 		client_reload(c);
+	else if (strcmp(op, "metrics") == 0)
+		client_metrics(c);
 	else if (strcmp(op, "hello") == 0)
-		client_finish(c, json_pack("{s:b,s:s,s:i,s:[sssss]}", "ok", 1,
+		client_finish(c, json_pack("{s:b,s:s,s:i,s:[ssssss]}", "ok", 1,
 		    "version", PACKAGE_VERSION, "protocol", CNS_PROTOCOL_VERSION,
 		    "capabilities", "submit", "status", "pools", "reload",
-		    "codes"));
+		    "metrics", "codes"));
 	else			/* "pools": anyone who may connect */
 		client_finish(c, status_pools());
 	json_decref(h);

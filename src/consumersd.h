@@ -584,6 +584,7 @@ int		 access_status(struct peer *, const struct conf *,
 /* status.c: the status and pools replies */
 json_t		*status_pools(void);
 json_t		*status_reply(struct pool *only);
+json_t		*status_metrics(void);
 
 /* header.c: a client's header line */
 json_t		*header_parse(const char *line, size_t len, char *why,
@@ -626,6 +627,7 @@ void		 cns_changed(void);
 
 /* reload.c: SIGHUP */
 int		 cns_reload(char *why, size_t whylen);
+json_t		*cns_reload_reasons(void); /* last refusal's */
 
 /*
  * notify.c: what systemd hears (sd_notify); no-ops without libsystemd or

@@ -20,6 +20,7 @@ static const struct header_op {
 	{ "status", { "op", "pool", NULL }, "op, pool" },
 	{ "pools", { "op", NULL }, "op" },
 	{ "reload", { "op", NULL }, "op" },
+	{ "metrics", { "op", NULL }, "op" },
 	{ "hello", { "op", NULL }, "op" },
 };
 #define HEADER_NOPS	(sizeof header_ops / sizeof header_ops[0])

@@ -7,10 +7,37 @@
  * streams are done.  No open stream is cut.
  */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "consumersd.h"
+
+/* Why the last reload was refused, in file order; NULL after a good one. */
+static json_t *reload_reasons;
+
+json_t *
+cns_reload_reasons(void)
+{
+	return reload_reasons;
+}
+
+static void
+reason(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+reason(const char *fmt, ...)
+{
+	char msg[1200];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	log_warnx("reload: %s", msg);
+	utf8_clean(msg);
+	json_array_append_new(reload_reasons, json_string(msg));
+}
 
 /* The new configuration, checked like consumersd -t; NULL if not valid. */
 static struct conf *
@@ -28,7 +55,7 @@ reload_load(void)
 		nc = NULL;
 	}
 	json_array_foreach(errors, i, e)
-		log_warnx("reload: %s", json_string_value(e));
+		reason("%s", json_string_value(e));
 	json_decref(errors);
 	if (nc == NULL)
 		return NULL;
@@ -38,13 +65,13 @@ reload_load(void)
 		if (p != NULL && conf_pool_same(p->pc, pc))
 			continue;	/* its workers run it already */
 		if (child_probe(pc, why, sizeof why) == -1) {
-			log_warnx("reload: %s:%d:%d: %s", pc->file,
-			    pc->plugin_line, pc->plugin_column, why);
+			reason("%s:%d:%d: %s", pc->file, pc->plugin_line,
+			    pc->plugin_column, why);
 			bad = 1;
 		}
 	}
 	if (spool_check(nc, why, sizeof why) == -1) {
-		log_warnx("reload: %s", why);
+		reason("%s", why);
 		bad = 1;
 	}
 	if (bad) {
@@ -83,15 +110,17 @@ cns_reload(char *why, size_t whylen)
 
 	log_info("SIGHUP: reloading %s", cns_conf->file);
 	notify_reloading();
+	json_decref(reload_reasons);
+	if ((reload_reasons = json_array()) == NULL)
+		fatalx("%s: json_array", __func__);
 	if ((nc = reload_load()) == NULL) {
 		log_warnx("reload: %s is not valid; still running the previous "
 		    "configuration", cns_conf->file);
 		notify_status("reload failed: %s is not valid (see the log); "
 		    "running the previous configuration", cns_conf->file);
 		notify_ready();
-		snprintf(why, whylen, "%s is not valid (the daemon's log says "
-		    "why); the previous configuration keeps running",
-		    cns_conf->file);
+		snprintf(why, whylen, "%s is not valid; the previous "
+		    "configuration keeps running", cns_conf->file);
 		return -1;
 	}
 	reload_keep(nc);

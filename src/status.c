@@ -231,3 +231,122 @@ status_pools(void)
 	}
 	return json_pack("{s:b,s:o}", "ok", 1, "pools", pools);
 }
+
+/* A label value as OpenMetrics quotes it: \\, \" and \n escaped. */
+static void
+metrics_label(FILE *f, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s == '\\' || *s == '"')
+			fputc('\\', f);
+		if (*s == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*s, f);
+	}
+}
+
+/*
+ * One family: its metadata, then one sample per pool of the value at
+ * pools[i].path (path "a/b": member b of member a).  label/value, if
+ * set, add a second label.
+ */
+static void
+metrics_family(FILE *f, json_t *pools, const char *name, const char *type,
+    const char *unit, const char *help, const char *suffix,
+    const char *label, const char *const *values, const char *const *paths)
+{
+	json_t *p, *v;
+	size_t i, k;
+	char key[64], *sub;
+
+	fprintf(f, "# TYPE consumersd_%s %s\n", name, type);
+	if (unit != NULL)
+		fprintf(f, "# UNIT consumersd_%s %s\n", name, unit);
+	fprintf(f, "# HELP consumersd_%s %s\n", name, help);
+	json_array_foreach(pools, i, p) {
+		for (k = 0; paths[k] != NULL; k++) {
+			snprintf(key, sizeof key, "%s", paths[k]);
+			v = p;
+			if ((sub = strchr(key, '/')) != NULL) {
+				*sub++ = '\0';
+				v = json_object_get(v, key);
+				v = json_object_get(v, sub);
+			} else
+				v = json_object_get(v, key);
+			fprintf(f, "consumersd_%s%s{pool=\"", name, suffix);
+			metrics_label(f, json_string_value(json_object_get(p,
+			    "name")));
+			fputc('"', f);
+			if (label != NULL)
+				fprintf(f, ",%s=\"%s\"", label, values[k]);
+			if (json_is_integer(v))
+				fprintf(f, "} %" JSON_INTEGER_FORMAT "\n",
+				    json_integer_value(v));
+			else
+				fprintf(f, "} %.6f\n", json_number_value(v));
+		}
+	}
+}
+
+/*
+ * {"ok":true,"metrics":"..."}: every pool's counters as OpenMetrics text,
+ * ending in "# EOF".  The same numbers as the status op.
+ */
+json_t *
+status_metrics(void)
+{
+	static const char *const wstates[] = { "idle", "busy", "starting",
+	    "exiting", NULL };
+	static const char *const wpaths[] = { "workers/idle", "workers/busy",
+	    "workers/starting", "workers/exiting", NULL };
+	static const char *const sstates[] = { "open", "queued", NULL };
+	static const char *const spaths[] = { "streams/open",
+	    "streams/queued", NULL };
+	static const char *const outcomes[] = { "in", "consumed", "rejected",
+	    "quarantined", NULL };
+	static const char *const ipaths[] = { "items/in", "items/consumed",
+	    "items/rejected", "items/quarantined", NULL };
+	static const char *const completed[] = { "streams/completed", NULL };
+	static const char *const crashes[] = { "crashes", NULL };
+	static const char *const respawns[] = { "respawns", NULL };
+	static const char *const wait[] = { "queue_wait", NULL };
+	json_t *st, *pools, *v;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	st = status_reply(NULL);
+	pools = json_object_get(st, "pools");
+	if ((f = open_memstream(&text, &len)) == NULL)
+		fatal("%s: open_memstream", __func__);
+	metrics_family(f, pools, "workers", "gauge", NULL,
+	    "Worker processes of a pool, by state.", "", "state", wstates,
+	    wpaths);
+	metrics_family(f, pools, "streams", "gauge", NULL,
+	    "Streams of a pool that are open or queued.", "", "state",
+	    sstates, spaths);
+	metrics_family(f, pools, "streams_completed", "counter", NULL,
+	    "Streams of a pool that have ended.", "_total", NULL, NULL,
+	    completed);
+	metrics_family(f, pools, "items", "counter", NULL,
+	    "Items of a pool: received (in), and by outcome.", "_total",
+	    "outcome", outcomes, ipaths);
+	metrics_family(f, pools, "crashes", "counter", NULL,
+	    "Worker crashes in a pool.", "_total", NULL, NULL, crashes);
+	metrics_family(f, pools, "respawns", "counter", NULL,
+	    "Workers started again after one ended.", "_total", NULL, NULL,
+	    respawns);
+	metrics_family(f, pools, "queue_wait_seconds", "gauge", "seconds",
+	    "Time streams of a pool waited for workers.", "", NULL, NULL,
+	    wait);
+	fputs("# EOF\n", f);
+	if (fclose(f) != 0)
+		fatal("%s: fclose", __func__);
+	v = json_pack("{s:b,s:s%}", "ok", 1, "metrics", text, len);
+	if (v == NULL)
+		fatalx("%s: json_pack", __func__);
+	free(text);
+	json_decref(st);
+	return v;
+}

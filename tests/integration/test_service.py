@@ -268,6 +268,42 @@ class Reload(unittest.TestCase):
             self.assertIn("was built for plugin ABI 99", d.log_text())
             self.assertEqual(sorted(d.worker_pids()), before)
 
+    def test_reload_prints_its_reasons(self):
+        # consumers reload says why a reload was refused, in file order,
+        # not "see the log"; the op's reply carries them as "reasons".
+        with Daemon({"sum": {"plugin": "sum", "workers": 2}}) as d:
+            before = sorted(d.worker_pids())
+            self.write_pool(d, "bad", {"plugin": "sum", "workers": "two"})
+            p = subprocess.run(harness.VALGRIND + [harness.CLI, "-s",
+                                                   d.socket, "reload"],
+                               capture_output=True,
+                               timeout=120 * harness.SLOWDOWN)
+            err = p.stderr.decode(errors="replace")
+            self.assertNotEqual(p.returncode, 0, err)
+            self.assertIn("is not valid", err)
+            self.assertNotIn("log says why", err)
+            self.assertIn('"workers" must be an integer', err)
+            self.assertIn("bad.json", err)
+            s = d.connect()
+            s.settimeout(60 * harness.SLOWDOWN)
+            s.sendall(b'{"op":"reload"}\n')
+            reply = json.loads(s.makefile().readline())
+            s.close()
+            self.assertFalse(reply["ok"], reply)
+            self.assertEqual(reply["code"], "reload_failed", reply)
+            self.assertEqual(len(reply["reasons"]), 1, reply)
+            self.assertIn('"workers" must be an integer',
+                          reply["reasons"][0])
+            self.assertEqual(sorted(d.worker_pids()), before)
+            # A good reload after it has no reasons to give.
+            os.unlink(os.path.join(d.dir, "pools.d", "bad.json"))
+            p = subprocess.run(harness.VALGRIND + [harness.CLI, "-s",
+                                                   d.socket, "reload"],
+                               capture_output=True,
+                               timeout=120 * harness.SLOWDOWN)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn(b"reloaded:", p.stdout)
+
     def test_unchanged_pools_keep_their_workers(self):
         with Daemon({"sum": {"plugin": "sum", "workers": 2}}) as d:
             before = sorted(d.worker_pids())

@@ -281,5 +281,169 @@ class Cli(unittest.TestCase):
             st.end()
 
 
+# -- an OpenMetrics text parser, from the specification
+# (OpenObservability/OpenMetrics, specification/OpenMetrics.md) --
+
+import re  # noqa: E402
+
+OM_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+OM_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+OM_TYPES = {"counter", "gauge", "stateset", "info", "histogram",
+            "gaugehistogram", "summary", "unknown"}
+OM_SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
+               "unknown": ("",), "info": ("_info",), "stateset": ("",)}
+
+
+def parse_openmetrics(text):
+    """Returns {family: {"type", "help", "unit", "samples":
+    {(name, ((label, value), ...)): float}}}; raises ValueError where the
+    text breaks the specification."""
+    if not text.endswith("# EOF\n") and not text.endswith("# EOF"):
+        raise ValueError("the exposition does not end in # EOF")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if lines.pop() != "# EOF":
+        raise ValueError("# EOF is not the last line")
+    families, done, cur = {}, set(), None
+
+    def family(name):
+        nonlocal cur
+        if name != cur:
+            if name in done or name in families and name != cur:
+                raise ValueError("family %s is interleaved or repeated"
+                                 % name)
+            if cur is not None:
+                done.add(cur)
+            cur = name
+            families[name] = {"type": "unknown", "help": None,
+                              "unit": None, "samples": {}}
+        return families[name]
+
+    for n, line in enumerate(lines, 1):
+        if line == "":
+            raise ValueError("line %d is empty" % n)
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) < 4 or parts[0] != "#" or \
+                    parts[1] not in ("TYPE", "HELP", "UNIT"):
+                raise ValueError("line %d: bad metadata %r" % (n, line))
+            name = parts[2]
+            if not OM_NAME.match(name):
+                raise ValueError("line %d: bad name %r" % (n, name))
+            f = family(name)
+            if f["samples"]:
+                raise ValueError("line %d: metadata after samples" % n)
+            key = parts[1].lower()
+            if key == "type":
+                if parts[3] not in OM_TYPES:
+                    raise ValueError("line %d: bad type" % n)
+                if name.endswith("_total") and parts[3] == "counter":
+                    raise ValueError("line %d: counter family named "
+                                     "_total" % n)
+            if key == "unit" and not name.endswith("_" + parts[3]):
+                raise ValueError("line %d: %s does not end in its unit"
+                                 % (n, name))
+            if key != "type" and key != "help" and f.get(key) is not None \
+                    or key == "help" and f["help"] is not None:
+                raise ValueError("line %d: %s given twice" % (n, key))
+            f[key] = parts[3]
+            continue
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)"
+                     r"( \S+)?\Z", line)
+        if m is None:
+            raise ValueError("line %d: bad sample %r" % (n, line))
+        name, labels, value = m.group(1), m.group(3) or "", m.group(4)
+        fam = None
+        if cur is not None:
+            for suf in OM_SUFFIXES.get(families[cur]["type"], ("",)):
+                if name == cur + suf:
+                    fam = cur
+        if fam is None:
+            raise ValueError("line %d: sample %s outside its family (%s)"
+                             % (n, name, cur))
+        pairs, rest = [], labels
+        while rest:
+            lm = OM_LABEL.match(rest)
+            if lm is None:
+                raise ValueError("line %d: bad labels %r" % (n, labels))
+            pairs.append((lm.group(1), lm.group(2)))
+            rest = rest[lm.end():]
+            if rest.startswith(","):
+                rest = rest[1:]
+                if not rest:
+                    raise ValueError("line %d: trailing comma" % n)
+            elif rest:
+                raise ValueError("line %d: bad labels %r" % (n, labels))
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("line %d: a label given twice" % n)
+        v = float(value)
+        f = families[fam]
+        if f["type"] == "counter" and name.endswith("_total") and \
+                (v < 0 or v != v):
+            raise ValueError("line %d: a counter below zero" % n)
+        key = (name, tuple(sorted(pairs)))
+        if key in f["samples"]:
+            raise ValueError("line %d: sample repeated" % n)
+        f["samples"][key] = v
+    return families
+
+
+def om_value(families, family, sample, **labels):
+    return families[family]["samples"][(sample,
+                                         tuple(sorted(labels.items())))]
+
+
+class Metrics(unittest.TestCase):
+
+    def test_parser_refuses_broken_text(self):
+        good = ("# TYPE a counter\n# HELP a A.\na_total{p=\"x\"} 1\n"
+                "# TYPE b gauge\nb 2\n# EOF\n")
+        self.assertEqual(om_value(parse_openmetrics(good), "a", "a_total",
+                                  p="x"), 1)
+        for bad in (good.replace("# EOF\n", ""),
+                    good.replace("b 2\n", "b 2\na_total{p=\"y\"} 3\n"),
+                    good.replace("a_total", "a"),
+                    good.replace("b 2", "b{p=\"x\",p=\"y\"} 2"),
+                    good + "b 3\n"):
+            with self.assertRaises(ValueError, msg=bad):
+                parse_openmetrics(bad)
+
+    def test_metrics_after_a_stream(self):
+        with Daemon({"sum": {"plugin": "sum", "workers": 2}}) as d:
+            rc, f, err = d.cli("submit", "sum",
+                               input=b"".join(b"%d\n" % i
+                                              for i in range(1, 38)))
+            self.assertEqual((rc, f["completion"]), (0, 703), err)
+            p = subprocess.run(VALGRIND + [CLI, "-s", d.socket, "metrics"],
+                               capture_output=True, timeout=120 * SLOWDOWN)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            text = p.stdout.decode()
+            fams = parse_openmetrics(text)
+            self.assertTrue(ask(d, {"op": "metrics"})["metrics"]
+                            .endswith("# EOF\n"))
+            for name in fams:
+                self.assertTrue(name.startswith("consumersd_"), name)
+            self.assertEqual(om_value(fams, "consumersd_items",
+                                      "consumersd_items_total",
+                                      pool="sum", outcome="consumed"), 37)
+            self.assertEqual(om_value(fams, "consumersd_items",
+                                      "consumersd_items_total",
+                                      pool="sum", outcome="in"), 37)
+            self.assertEqual(om_value(
+                fams, "consumersd_streams_completed",
+                "consumersd_streams_completed_total", pool="sum"), 1)
+            self.assertEqual(om_value(fams, "consumersd_crashes",
+                                      "consumersd_crashes_total",
+                                      pool="sum"), 0)
+            self.assertEqual(fams["consumersd_queue_wait_seconds"]["unit"],
+                             "seconds")
+            self.assertEqual(fams["consumersd_workers"]["type"], "gauge")
+            wait_for(lambda: om_value(parse_openmetrics(
+                ask(d, {"op": "metrics"})["metrics"]), "consumersd_workers",
+                "consumersd_workers", pool="sum", state="idle") == 2,
+                what="two idle workers in the metrics")
+
+
 if __name__ == "__main__":
     main()
