@@ -219,6 +219,17 @@ submit(const char *sockpath, int argc, char **argv)
 	if (isatty(STDERR_FILENO) && last_progress != 0)
 		fprintf(stderr, "\r%s: %llu bytes sent\n", prog,
 		    (unsigned long long)cns_stream_sent(st));
+	/* The daemon's line byte for byte: re-encoding it would change its
+	 * numbers (0.1 came out as 0.10000000000000001). */
+	if (final != NULL) {
+		if (cns_stream_final_line(st) != NULL)
+			printf("%s\n", cns_stream_final_line(st));
+		else {
+			hs = json_dumps(final, JSON_COMPACT);
+			printf("%s\n", hs);
+			free(hs);
+		}
+	}
 	cns_stream_free(st);
 	st = NULL;
 	free(buf);
@@ -226,9 +237,6 @@ submit(const char *sockpath, int argc, char **argv)
 	free(src.fds);
 	if (final == NULL)
 		die("%s", err);
-	hs = json_dumps(final, JSON_COMPACT);
-	printf("%s\n", hs);
-	free(hs);
 	rejected = json_object_get(final, "rejected");
 	errors = json_object_get(final, "errors");
 	if (!json_is_true(json_object_get(final, "ok"))) {

@@ -40,6 +40,7 @@ struct cns_stream {
 	char		*in;		/* a partial reply line */
 	size_t		 inlen, incap;
 	json_t		*final;		/* the last line: final or refusal */
+	char		*final_line;	/* its bytes, as the daemon sent them */
 	cns_reply_fn	*fn;
 	void		*arg;
 	uint64_t	 id, sent;
@@ -174,6 +175,11 @@ reply_line(cns_stream *s, const char *line, size_t len)
 		/* The last line: nothing more is read, nothing more sent. */
 		json_decref(s->final);
 		s->final = json_incref(v);
+		free(s->final_line);
+		if ((s->final_line = strndup(line, len)) == NULL) {
+			json_decref(v);
+			return fail(s, "out of memory");
+		}
 		s->wclosed = 1;
 	} else if (json_is_true(json_object_get(v, "ok")) && s->id == 0) {
 		s->id = (uint64_t)json_integer_value(json_object_get(v,
@@ -582,6 +588,12 @@ cns_stream_close(cns_stream *s, char *err, size_t errlen)
 	return v;
 }
 
+const char *
+cns_stream_final_line(const cns_stream *s)
+{
+	return s->final_line;
+}
+
 void
 cns_stream_free(cns_stream *s)
 {
@@ -590,6 +602,7 @@ cns_stream_free(cns_stream *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	json_decref(s->final);
+	free(s->final_line);
 	free(s->out);
 	free(s->in);
 	free(s);

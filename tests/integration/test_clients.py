@@ -524,5 +524,35 @@ class OutOfDescriptors(unittest.TestCase):
             resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
 
 
+class TestCliFinalLine(unittest.TestCase):
+    def test_final_line_byte_for_byte(self):
+        """consumers submit prints the daemon's final line as sent, not a
+        re-encoding of it."""
+        from harness import CLI
+        with Daemon(SUM) as d:
+            p = subprocess.run([CLI, "-s", d.socket, "submit", "sum"],
+                               input=b"0.1\n", capture_output=True,
+                               timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            out = p.stdout.decode()
+            self.assertEqual(json.loads(out)["completion"], 0.1)
+            # The same bytes a plain socket client gets as its last line.
+            s = d.connect()
+            s.settimeout(60)
+            s.sendall(HEADER + b"0.1\n")
+            s.shutdown(socket.SHUT_WR)
+            raw = b""
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                raw += c
+            s.close()
+            last = raw.rstrip(b"\n").split(b"\n")[-1]
+            # The second stream of this daemon: only its id differs.
+            last = last.replace(b'"stream":2,', b'"stream":1,', 1)
+            self.assertEqual(p.stdout, last + b"\n")
+
+
 if __name__ == "__main__":
     main()

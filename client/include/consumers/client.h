@@ -108,6 +108,13 @@ uint64_t cns_stream_sent(const cns_stream *s);
  */
 json_t *cns_stream_close(cns_stream *s, char *err, size_t errlen);
 
+/*
+ * The final line exactly as the daemon sent it, without its newline (no
+ * re-encoding: numbers keep their digits), or NULL before
+ * cns_stream_close() returned one.  Valid until cns_stream_free().
+ */
+const char *cns_stream_final_line(const cns_stream *s);
+
 /* Close the connection (without reading the final line if close was not
  * called: the stream still completes, the daemon logs its counts) and
  * free everything.  NULL is fine. */
