@@ -494,7 +494,8 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", "min_item_rate", "slow_stream", NULL
+	"client_args", "start_seconds", "min_item_rate", "slow_stream",
+	"cluster", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -802,6 +803,45 @@ conf_crash_policy(int policy)
 	return crash_policies[policy];
 }
 
+/*
+ * A pool's "cluster": true.  Its lanes would come from every instance
+ * serving the pool through Redis (issue 15); this version reads the
+ * daemon's "cluster" section but serves no cluster pool yet, so a pool
+ * asking for it is refused here rather than run as a local one.
+ */
+static int
+get_pool_cluster(struct conf *c, struct cfile *f, json_t *root,
+    struct pool_conf *pc)
+{
+	json_t *v = json_object_get(root, "cluster");
+
+	if (v == NULL)
+		return 0;
+	if (!json_is_boolean(v)) {
+		key_error(f, "cluster", "\"cluster\" must be true or false, not "
+		    "%s", type_name(v));
+		return -1;
+	}
+	pc->cluster = json_is_true(v);
+	if (!pc->cluster)
+		return 0;
+#ifndef HAVE_HIREDIS
+	(void)c;
+	key_error(f, "cluster", "\"cluster\": this consumersd was built "
+	    "without cluster support (hiredis): install libhiredis-dev and "
+	    "rebuild, or remove \"cluster\"");
+#else
+	if (c->cluster == NULL)
+		key_error(f, "cluster", "\"cluster\": true needs a \"cluster\" "
+		    "section (where Redis is) in the daemon config %s", c->file);
+	else
+		key_error(f, "cluster", "\"cluster\": cluster pools are not "
+		    "served by this version yet: remove \"cluster\" or set it "
+		    "to false to run the pool on this machine only");
+#endif
+	return -1;
+}
+
 static int
 pool_load(struct conf *c, const char *path, const char *name,
     struct pool_conf *pc, json_t *errors)
@@ -873,6 +913,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 		bad = 1;
 	}
 	pc->client_args = v != NULL && json_is_true(v);
+	bad |= get_pool_cluster(c, &f, root, pc);
 	bad |= get_seconds(&f, root, "queue_timeout", 86400,
 	    &pc->queue_timeout);
 	bad |= get_seconds(&f, root, "item_timeout", 86400, &pc->item_timeout);
@@ -1005,8 +1046,182 @@ static const char *const daemon_keys[] = {
 	"window_bytes", "window_items", "log_level", "spool_dir",
 	"header_timeout", "idle_timeout", "max_connections_per_uid",
 	"shutdown_timeout", "admin_group", "socket_group", "root_workers",
-	"max_workers", "max_client_buffer", NULL
+	"max_workers", "max_client_buffer", "cluster", NULL
 };
+
+static const char *const cluster_keys[] = {
+	"redis", "instance", "password_file", "heartbeat", "claim_idle", NULL
+};
+
+static void
+cluster_conf_free(struct cluster_conf *cc)
+{
+	if (cc == NULL)
+		return;
+	free(cc->redis);
+	free(cc->instance);
+	free(cc->password_file);
+	free(cc);
+}
+
+/* "unix:/absolute/path" or "redis://host[:port][/db]". */
+static int
+valid_redis_address(const char *s)
+{
+	const char *p, *host;
+	char *end;
+
+	if (strncmp(s, "unix:", 5) == 0)
+		return s[5] == '/' && strlen(s + 5) < 108;
+	if (strncmp(s, "redis://", 8) != 0)
+		return 0;
+	host = s + 8;
+	p = host + strcspn(host, ":/");
+	if (p == host)
+		return 0;
+	for (const char *h = host; h < p; h++)
+		if (!isalnum((unsigned char)*h) && !strchr(".-_", *h))
+			return 0;
+	if (*p == ':') {
+		unsigned long port = strtoul(p + 1, &end, 10);
+		if (end == p + 1 || port == 0 || port > 65535 ||
+		    !isdigit((unsigned char)p[1]))
+			return 0;
+		p = end;
+	}
+	if (*p == '/') {
+		if (p[1] == '\0')
+			return 1;
+		if (!isdigit((unsigned char)p[1]))
+			return 0;
+		unsigned long db = strtoul(p + 1, &end, 10);
+		if (db > 15 || *end != '\0')
+			return 0;
+		return 1;
+	}
+	return *p == '\0';
+}
+
+/*
+ * The daemon's "cluster": {"redis", "instance", "password_file",
+ * "heartbeat", "claim_idle"}: where the cluster pools' Redis is.
+ */
+static int
+get_cluster(struct conf *c, struct cfile *f, json_t *root)
+{
+	json_t *cl = json_object_get(root, "cluster"), *v;
+	struct cluster_conf *cc;
+	const char *key;
+	char host[256];
+	int bad = 0;
+
+	if (cl == NULL)
+		return 0;
+#ifndef HAVE_HIREDIS
+	key_error(f, "cluster", "\"cluster\": this consumersd was built "
+	    "without cluster support (hiredis): install libhiredis-dev and "
+	    "rebuild, or remove \"cluster\"");
+	return -1;
+#endif
+	if (!json_is_object(cl)) {
+		key_error(f, "cluster", "\"cluster\" must be an object like "
+		    "{\"redis\": \"unix:/run/redis/redis.sock\"}, not %s",
+		    type_name(cl));
+		return -1;
+	}
+	json_object_foreach(cl, key, v) {
+		int ok = 0;
+		for (const char *const *k = cluster_keys; *k != NULL; k++)
+			if (strcmp(*k, key) == 0)
+				ok = 1;
+		if (!ok) {
+			key_error(f, "cluster", "\"cluster\": unknown key "
+			    "\"%.100s\" (known keys: redis, instance, "
+			    "password_file, heartbeat, claim_idle)", key);
+			bad = 1;
+		}
+	}
+	if ((cc = calloc(1, sizeof *cc)) == NULL)
+		fatal("%s: calloc", __func__);
+	cluster_conf_free(c->cluster);
+	c->cluster = cc;
+	cc->heartbeat = 0.5;
+	cc->claim_idle = 3;
+	v = json_object_get(cl, "redis");
+	if (v == NULL || !json_is_string(v) ||
+	    !valid_redis_address(json_string_value(v))) {
+		key_error(f, "cluster", "\"cluster\": \"redis\" must be "
+		    "\"unix:/path/to/redis.sock\" or \"redis://host:port/db\" "
+		    "(db 0 to 15)%s", v == NULL ? ", and it is missing" : "");
+		bad = 1;
+	} else if ((cc->redis = strdup(json_string_value(v))) == NULL)
+		fatal("%s: strdup", __func__);
+	v = json_object_get(cl, "instance");
+	if (v != NULL) {
+		if (!json_is_string(v) || !valid_pool_name(json_string_value(v),
+		    strlen(json_string_value(v)))) {
+			key_error(f, "cluster", "\"cluster\": \"instance\" is "
+			    "1 to 64 letters, digits, '_', '-' or '.'");
+			bad = 1;
+		} else if ((cc->instance = strdup(json_string_value(v))) ==
+		    NULL)
+			fatal("%s: strdup", __func__);
+	} else {
+		if (gethostname(host, sizeof host) == -1)
+			host[0] = '\0';
+		host[sizeof host - 1] = '\0';
+		host[strcspn(host, ".")] = '\0';
+		if (!valid_pool_name(host, strlen(host))) {
+			key_error(f, "cluster", "\"cluster\": the host name "
+			    "\"%.64s\" is no instance name: set \"instance\"",
+			    host);
+			bad = 1;
+		} else if ((cc->instance = strdup(host)) == NULL)
+			fatal("%s: strdup", __func__);
+	}
+	v = json_object_get(cl, "password_file");
+	if (v != NULL) {
+		if (!json_is_string(v) || json_string_length(v) == 0) {
+			key_error(f, "cluster", "\"cluster\": \"password_file\" "
+			    "must be a path");
+			bad = 1;
+		} else {
+			cc->password_file = resolve(f->path,
+			    json_string_value(v));
+			if (access(cc->password_file, R_OK) == -1) {
+				key_error(f, "cluster", "\"cluster\": "
+				    "\"password_file\" %s: %s (the daemon "
+				    "reads Redis's password there)",
+				    cc->password_file, strerror(errno));
+				bad = 1;
+			}
+		}
+	}
+	v = json_object_get(cl, "heartbeat");
+	if (v != NULL && (!json_is_number(v) || json_number_value(v) < 0.05 ||
+	    json_number_value(v) > 60)) {
+		key_error(f, "cluster", "\"cluster\": \"heartbeat\" must be a "
+		    "number of seconds from 0.05 to 60");
+		bad = 1;
+	} else if (v != NULL)
+		cc->heartbeat = json_number_value(v);
+	v = json_object_get(cl, "claim_idle");
+	if (v != NULL && (!json_is_number(v) || json_number_value(v) < 0.1 ||
+	    json_number_value(v) > 3600)) {
+		key_error(f, "cluster", "\"cluster\": \"claim_idle\" must be a "
+		    "number of seconds from 0.1 to 3600");
+		bad = 1;
+	} else if (v != NULL)
+		cc->claim_idle = json_number_value(v);
+	if (!bad && cc->claim_idle < 2 * cc->heartbeat) {
+		key_error(f, "cluster", "\"cluster\": \"claim_idle\" (%g s) "
+		    "must be at least twice \"heartbeat\" (%g s), or live "
+		    "instances lose their jobs", cc->claim_idle,
+		    cc->heartbeat);
+		bad = 1;
+	}
+	return bad ? -1 : 0;
+}
 
 static int
 daemon_load(struct conf *c, struct cfile *f, json_t *root)
@@ -1017,6 +1232,7 @@ daemon_load(struct conf *c, struct cfile *f, json_t *root)
 	int bad = 0;
 
 	bad |= known_keys(f, root, daemon_keys);
+	bad |= get_cluster(c, f, root);
 	if (get_string(f, root, "socket", &s) == -1)
 		bad = 1;
 	else if (s != NULL) {
@@ -1201,6 +1417,7 @@ conf_free(struct conf *c)
 	free(c->spool_dir);
 	free(c->admin_group);
 	free(c->socket_group);
+	cluster_conf_free(c->cluster);
 	free(c);
 }
 
@@ -1242,7 +1459,7 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->min_item_rate == b->min_item_rate &&
 	    a->max_init_failures == b->max_init_failures &&
 	    a->start_seconds == b->start_seconds &&
-	    a->slow_stream == b->slow_stream &&
+	    a->slow_stream == b->slow_stream && a->cluster == b->cluster &&
 	    a->mode == b->mode && a->min_spare == b->min_spare &&
 	    a->max_spare == b->max_spare && a->idle_timeout == b->idle_timeout &&
 	    a->max_streams == b->max_streams &&

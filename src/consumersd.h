@@ -74,6 +74,16 @@ struct pool_conf {
 	size_t		 nallow_uids;
 	gid_t		*allow_gids;
 	size_t		 nallow_gids;
+	int		 cluster;	/* "cluster": true (not served yet) */
+};
+
+/* The daemon's "cluster" section: where the pools' Redis is. */
+struct cluster_conf {
+	char		*redis;		/* "unix:/path" or "redis://host:port/db" */
+	char		*instance;	/* this instance's name */
+	char		*password_file;	/* Redis AUTH password, or NULL */
+	double		 heartbeat;	/* seconds between job re-claims */
+	double		 claim_idle;	/* a job idle this long is claimed */
 };
 
 struct conf {
@@ -99,6 +109,7 @@ struct conf {
 	gid_t		 admin_gid;
 	char		*socket_group;	/* the socket's group, if set */
 	gid_t		 socket_gid;
+	struct cluster_conf *cluster;	/* "cluster" given, or NULL */
 	struct pool_conf *pools;
 	size_t		 npools;
 };

@@ -47,7 +47,7 @@ static const char *const daemon_keys[] = {
 	"window_bytes", "window_items", "log_level", "spool_dir",
 	"header_timeout", "idle_timeout", "max_connections_per_uid",
 	"shutdown_timeout", "admin_group", "socket_group", "root_workers",
-	"max_workers", "max_client_buffer", NULL
+	"max_workers", "max_client_buffer", "cluster", NULL
 };
 static const char *const pool_keys[] = {
 	"plugin", "workers", "stream_workers", "args", "kwargs",
@@ -55,7 +55,8 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", "min_item_rate", "slow_stream", NULL
+	"client_args", "start_seconds", "min_item_rate", "slow_stream",
+	"cluster", NULL
 };
 
 static int

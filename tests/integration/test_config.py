@@ -12,7 +12,8 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Daemon, DAEMON, PLUGIN_DIR, TOP_SRCDIR, main  # noqa
+from harness import (Daemon, DAEMON, PLUGIN_DIR, TOP_BUILDDIR,  # noqa
+                     TOP_SRCDIR, main)
 
 
 def run(*args):
@@ -187,6 +188,83 @@ class Config(unittest.TestCase):
                       err)
         self.assertIn(pool + ':4:2: "item_timeout" must be a number of '
                       'seconds from 0 to 86400, not a string', err)
+
+    def test_cluster_keys(self):
+        """The daemon's "cluster" section and a pool's "cluster" key are
+        read and range-checked; a build without hiredis names what to
+        install; a cluster pool is refused, with why, not run locally."""
+        with open(os.path.join(TOP_BUILDDIR, "config.h")) as f:
+            hiredis = "#define HAVE_HIREDIS 1" in f.read()
+        self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
+                   ' "cluster": {"redis": "unix:/tmp/r.sock",\n'
+                   ' "instance": "a1", "heartbeat": 0.5, "claim_idle": 3}}'
+                   % PLUGIN_DIR)
+        self.write("pools.d/p.json", '{"plugin": "sum"}')
+        rc, out, err = run("-t", "-c", self.conf)
+        if not hiredis:
+            self.assertEqual(rc, 1)
+            self.assertIn(self.conf + ':2:2: "cluster": this consumersd '
+                          'was built without cluster support (hiredis): '
+                          'install libhiredis-dev', err)
+            return
+        self.assertEqual(rc, 0, err)
+        # Defaults: the instance is the host name.
+        self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
+                   ' "cluster": {"redis": "redis://127.0.0.1:6379/0"}}'
+                   % PLUGIN_DIR)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
+        for bad, msg in [
+                ('"redis": "tcp://x"', '"redis" must be "unix:/path/to/'
+                 'redis.sock" or "redis://host:port/db" (db 0 to 15)'),
+                ('"redis": "redis://h:99999/0"', '"redis" must be'),
+                ('"redis": "redis://h:6379/16"', '"redis" must be'),
+                ('"instance": "a b"', '"redis" must be'),
+                ('"redis": "unix:/r", "instance": "a b"',
+                 '"instance" is 1 to 64 letters'),
+                ('"redis": "unix:/r", "heartbeat": 0',
+                 '"heartbeat" must be a number of seconds from 0.05 to 60'),
+                ('"redis": "unix:/r", "claim_idle": "3s"',
+                 '"claim_idle" must be a number of seconds from 0.1'),
+                ('"redis": "unix:/r", "heartbeat": 2, "claim_idle": 3',
+                 '"claim_idle" (3 s) must be at least twice "heartbeat"'),
+                ('"redis": "unix:/r", "password_file": "nope"',
+                 '"password_file" %s: No such file' %
+                 os.path.join(self.dir, "nope")),
+                ('"redis": "unix:/r", "colour": 1',
+                 'unknown key "colour"')]:
+            self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
+                       ' "cluster": {%s}}' % (PLUGIN_DIR, bad))
+            rc, out, err = run("-t", "-c", self.conf)
+            self.assertEqual(rc, 1, bad)
+            self.assertIn(self.conf + ':2:2: "cluster": ' + msg, err, bad)
+        self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
+                   ' "cluster": []}' % PLUGIN_DIR)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertIn(':2:2: "cluster" must be an object', err)
+        # A pool's "cluster": a boolean; true needs the daemon's section,
+        # and is refused (not served yet) rather than run locally.
+        self.write("consumersd.conf", '{"plugin_dir": "%s"}' % PLUGIN_DIR)
+        pool = self.write("pools.d/p.json",
+                          '{"plugin": "sum",\n "cluster": 1}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(pool + ':2:2: "cluster" must be true or false, not '
+                      'an integer', err)
+        self.write("pools.d/p.json", '{"plugin": "sum",\n "cluster": true}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(pool + ':2:2: "cluster": true needs a "cluster" '
+                      'section', err)
+        self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
+                   ' "cluster": {"redis": "unix:/tmp/r.sock"}}' % PLUGIN_DIR)
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 1)
+        self.assertIn(pool + ':2:2: "cluster": cluster pools are not served '
+                      'by this version yet', err)
+        self.write("pools.d/p.json", '{"plugin": "sum",\n "cluster": false}')
+        rc, out, err = run("-t", "-c", self.conf)
+        self.assertEqual(rc, 0, err)
 
     def test_access_keys(self):
         self.write("consumersd.conf", '{"plugin_dir": "%s",\n'
