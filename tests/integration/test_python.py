@@ -410,7 +410,7 @@ class Plugin(unittest.TestCase):
                              sum(i * i for i in range(500)))
             self.assertEqual(len(pool.results), 2)
             self.assertIn("stream 2: pool totals", d.log_text())
-            self.assertRegex(d.log_text(), r"pool totals: 1 items, 1 "
+            self.assertRegex(d.log_text(), r"pool totals: 1 item, 1 "
                              r"consumed")
 
     def test_config_check(self):
