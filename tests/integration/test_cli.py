@@ -1,0 +1,255 @@
+"""The consumers CLI for people (issue 13): --help, "help COMMAND" and
+--version on both programs; options anywhere on the line; -q; a summary
+instead of the final line when stdout is a terminal (--json keeps the
+line); and a progress line on a terminal's stderr during a long submit.
+Terminals are pseudo-terminals from the pty module."""
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Daemon, CLI, DAEMON, test_plugin, SLOWDOWN,  # noqa
+                     main)
+
+SUM = {"sum": {"plugin": "sum"}}
+COMMANDS = ("submit", "status", "pools", "reload", "help")
+
+
+def run(*args, input=b"", timeout=120):
+    return subprocess.run([CLI] + list(args), input=input,
+                          capture_output=True, timeout=timeout * SLOWDOWN)
+
+
+def run_tty(args, tty, input_path=None, timeout=120):
+    """Run the CLI with stdout or stderr (tty: "stdout"/"stderr") on a
+    pseudo-terminal, the other on a pipe.  Returns (status, what the
+    terminal showed, the pipe's bytes)."""
+    master, slave = pty.openpty()
+    stdin = open(input_path or os.devnull, "rb")
+    kw = {"stdout": slave, "stderr": subprocess.PIPE} if tty == "stdout" \
+        else {"stdout": subprocess.PIPE, "stderr": slave}
+    p = subprocess.Popen([CLI] + list(args), stdin=stdin, **kw)
+    os.close(slave)
+    stdin.close()
+    pipe = p.stdout if tty == "stderr" else p.stderr
+    shown, piped = b"", b""
+    fds = [master, pipe.fileno()]
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    try:
+        while fds and time.monotonic() < deadline:
+            for fd in select.select(fds, [], [], 1)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:     # EIO: the terminal's last writer left
+                    chunk = b""
+                if not chunk:
+                    fds.remove(fd)
+                elif fd == master:
+                    shown += chunk
+                else:
+                    piped += chunk
+        status = p.wait(timeout=60 * SLOWDOWN)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, 9)
+            p.wait()
+        os.close(master)
+        pipe.close()
+    return status, shown, piped
+
+
+class Help(unittest.TestCase):
+    def test_cli_help(self):
+        for args in (["--help"], ["-h"], ["help"]):
+            p = run(*args)
+            self.assertEqual(p.returncode, 0, (args, p.stderr))
+            out = p.stdout.decode()
+            self.assertIn("usage: consumers", out)
+            for c in COMMANDS:
+                self.assertRegex(out, r"\n  %s +\S" % c, args)
+            self.assertIn("--socket", out)
+
+    def test_help_of_a_command(self):
+        """help COMMAND, COMMAND --help and --help COMMAND say the same."""
+        outs = []
+        for args in (["help", "submit"], ["submit", "--help"],
+                     ["--help", "submit"], ["submit", "-h"]):
+            p = run(*args)
+            self.assertEqual(p.returncode, 0, (args, p.stderr))
+            outs.append(p.stdout)
+        self.assertEqual(len(set(outs)), 1, outs)
+        out = outs[0].decode()
+        self.assertIn("usage: consumers [-q] [-s socket] submit", out)
+        for opt in ("--workers", "--params", "--json", "--quiet"):
+            self.assertIn(opt, out)
+        for c in COMMANDS:
+            p = run("help", c)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn(" %s" % c, p.stdout.decode().splitlines()[0])
+        p = run("help", "frobnicate")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn('unknown command "frobnicate"', p.stderr.decode())
+
+    def test_version(self):
+        for args in (["--version"], ["-V"], ["status", "--version"]):
+            p = run(*args)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertRegex(p.stdout.decode(), r"^consumers \d+\.\d+")
+        for args in (["--version"], ["-V"]):
+            p = subprocess.run([DAEMON] + args, capture_output=True,
+                               timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertRegex(p.stdout.decode(),
+                             r"^consumersd \d+\.\d+.*plugin ABI")
+
+    def test_daemon_help(self):
+        for args in (["--help"], ["-h"]):
+            p = subprocess.run([DAEMON] + args, capture_output=True,
+                               timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            out = p.stdout.decode()
+            self.assertIn("usage: consumersd", out)
+            for opt in ("--config", "--socket", "--plugin-dir", "--test",
+                        "--debug", "--version"):
+                self.assertIn(opt, out)
+        p = subprocess.run([DAEMON, "--bogus"], capture_output=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("consumersd --help", p.stderr.decode())
+
+
+class OptionsAnywhere(unittest.TestCase):
+    def test_after_the_command_and_its_operands(self):
+        with Daemon(SUM) as d:
+            for args in (["submit", "sum", "-w", "1", "-s", d.socket],
+                         ["submit", "-s", d.socket, "sum", "--workers=1"],
+                         ["-s", d.socket, "submit", "sum", "-w1"],
+                         ["submit", "sum", "--socket=" + d.socket, "-p",
+                          '{"a":1}', "--json"]):
+                p = run(*args, input=b"1\n2\n3\n")
+                self.assertEqual(p.returncode, 0, (args, p.stderr))
+                self.assertEqual(json.loads(p.stdout)["completion"], 6,
+                                 args)
+            p = run("status", "--json", "-s", d.socket, "sum")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertTrue(json.loads(p.stdout)["ok"])
+            # A file operand after an option.
+            with tempfile.NamedTemporaryFile() as f:
+                f.write(b"4\n5\n")
+                f.flush()
+                p = run("submit", "sum", "-w", "1", f.name, "-s", d.socket)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(json.loads(p.stdout)["completion"], 9)
+
+    def test_bad_options_say_so(self):
+        p = run("submit", "sum", "-w", "zero", "-s", "/nonexistent")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("-w: workers must be a positive integer",
+                      p.stderr.decode())
+        p = run("submit", "sum", "-s")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("socket path is missing", p.stderr.decode())
+
+
+class Quiet(unittest.TestCase):
+    def test_quiet_prints_only_errors(self):
+        with Daemon(SUM) as d:
+            p = run("-q", "-s", d.socket, "submit", "sum", input=b"1\n2\n")
+            self.assertEqual((p.returncode, p.stdout, p.stderr), (0, b"", b""))
+            p = run("submit", "sum", "-q", "-s", d.socket,
+                    input=b"1\n{bad\n")
+            self.assertEqual(p.returncode, 1)
+            self.assertEqual(p.stdout, b"")
+            self.assertIn(b"item 2 rejected", p.stderr)
+            p = run("status", "-q", "-s", d.socket)
+            self.assertEqual((p.returncode, p.stdout), (0, b""))
+            p = run("-q", "-s", d.socket, "submit", "nosuchpool",
+                    input=b"1\n")
+            self.assertEqual((p.returncode, p.stdout), (1, b""))
+            self.assertIn(b"nosuchpool", p.stderr)
+
+
+class Terminal(unittest.TestCase):
+    def test_summary_on_a_terminal(self):
+        with Daemon(SUM) as d, tempfile.NamedTemporaryFile() as f:
+            f.write(b"1\n2\n3.5\n")
+            f.flush()
+            status, shown, err = run_tty(["-s", d.socket, "submit", "sum",
+                                          f.name], "stdout")
+            self.assertEqual(status, 0, err)
+            text = shown.decode().replace("\r\n", "\n")
+            self.assertRegex(text, r"^stream 1, pool sum: 3 items, "
+                             r"3 consumed, in \d+\.\ds\ncompletion: 6.5\n$")
+            # --json: the final line, as on a pipe.
+            status, shown, err = run_tty(["submit", "sum", "--json", "-s",
+                                          d.socket, f.name], "stdout")
+            self.assertEqual(status, 0, err)
+            final = json.loads(shown)
+            self.assertEqual((final["ok"], final["completion"]), (True, 6.5))
+            # -q: nothing at all.
+            status, shown, err = run_tty(["submit", "sum", "-q", "-s",
+                                          d.socket, f.name], "stdout")
+            self.assertEqual((status, shown, err), (0, b"", b""))
+
+    def test_summary_counts_what_went_wrong(self):
+        with Daemon(SUM) as d, tempfile.NamedTemporaryFile() as f:
+            f.write(b"1\n{bad\n2\n")
+            f.flush()
+            status, shown, err = run_tty(["-s", d.socket, "submit", "sum",
+                                          f.name], "stdout")
+            self.assertEqual(status, 1)
+            self.assertIn(b"item 2 rejected", err)
+            self.assertRegex(shown.decode(), r"^stream 1, pool sum: 3 items,"
+                             r" 2 consumed, 1 rejected, in ")
+
+    def test_progress_line(self):
+        """A long submit from a file shows items sent, items/s and a
+        percent on one line of stderr that rewrites itself, ending at
+        100%; stdout (a pipe) still gets the final line alone."""
+        pools = {"slow": {"plugin": test_plugin("slow"), "workers": 1,
+                          "kwargs": {"usec": 2000, "every": 1}}}
+        item = json.dumps({"pad": "x" * 1000}).encode() + b"\n"
+        n = 3000
+        with Daemon(pools) as d, tempfile.NamedTemporaryFile() as f:
+            f.write(item * n)
+            f.flush()
+            status, shown, out = run_tty(["-s", d.socket, "submit", "slow",
+                                          f.name], "stderr")
+            self.assertEqual(status, 0, shown)
+            self.assertEqual(json.loads(out)["consumed"], n)
+            text = shown.decode()
+            updates = re.findall(r"\r\x1b\[Kconsumers: (\d+) items sent, "
+                                 r"(\d+) items/s, (\d+)%", text)
+            self.assertGreaterEqual(len(updates), 2, text)
+            self.assertEqual(updates[-1][0], str(n))
+            self.assertEqual(updates[-1][2], "100")
+            self.assertTrue(text.endswith("100%\r\n"), text[-200:])
+            self.assertLess(int(updates[0][2]), 100, text)
+
+    def test_no_progress_for_a_short_submit(self):
+        """A submit that is over at once shows no progress line."""
+        with Daemon(SUM) as d:
+            master, slave = pty.openpty()
+            p = subprocess.run([CLI, "-s", d.socket, "submit", "sum"],
+                               input=b"1\n", stdout=subprocess.PIPE,
+                               stderr=slave, timeout=120 * SLOWDOWN)
+            os.close(slave)
+            os.set_blocking(master, False)
+            try:
+                shown = os.read(master, 65536)
+            except (BlockingIOError, OSError):
+                shown = b""
+            os.close(master)
+            self.assertEqual(p.returncode, 0)
+            self.assertEqual(shown, b"")
+
+
+if __name__ == "__main__":
+    main()
