@@ -33,9 +33,32 @@ header=$(find "$stage/root" -path '*/consumers/plugin.h')
 daemon=$(find "$stage/root" -type f -name consumersd)
 cli=$(find "$stage/root" -type f -name consumers)
 plugins=$(dirname "$(find "$stage/root" -name concat.so)")
-for page in consumersd.8 consumers.1 consumersd.conf.5 consumers-plugin.3; do
+for page in consumersd.8 consumers.1 consumersd.conf.5 consumers-plugin.3 \
+    consumers-protocol.7; do
 	find "$stage/root" -name "$page" | grep -q . || fail "man page $page missing"
 done
+# consumers-protocol(7) is made from doc/protocol.md: every op, every
+# refusal code and every key its tables name is in it, and groff reads it
+# without complaint (but for a long word in a narrow table column).
+top_srcdir=${top_srcdir:-$top_builddir/..}
+proto7=$(find "$stage/root" -path '*/man7/consumers-protocol.7')
+[ -n "$proto7" ] || fail "consumers-protocol.7 is not under man7"
+words=$(sed -n 's/^| `\([a-z_]*\)` |.*/\1/p' "$top_srcdir/doc/protocol.md")
+[ "$(echo "$words" | wc -l)" -gt 30 ] || fail "no table keys found in protocol.md"
+for w in $words; do
+	grep -q "fB$w\\\\fR" "$proto7" || fail "consumers-protocol.7 lacks $w"
+done
+for op in $(grep -o '"op":"[a-z]*"' "$top_srcdir/doc/protocol.md" | sort -u); do
+	grep -qF "$op" "$proto7" || fail "consumers-protocol.7 lacks $op"
+done
+grep -q '^\.SH "11\. QUESTIONS' "$proto7" || fail "consumers-protocol.7 lacks section 11"
+warn=$(groff -t -man -Tutf8 -z -ww -Wbreak "$proto7" 2>&1)
+[ -z "$warn" ] || fail "groff warns about consumers-protocol.7: $warn"
+# The "Writing consumers" guide, under $(docdir).
+guide=$(find "$stage/root" -path '*/share/doc/*/writing-consumers.md')
+[ -n "$guide" ] || fail "writing-consumers.md was not installed under docdir"
+cmp -s "$guide" "$top_srcdir/doc/writing-consumers.md" ||
+	fail "the installed guide differs from doc/writing-consumers.md"
 
 export PKG_CONFIG_PATH="$(dirname "$pc")"
 export PKG_CONFIG_SYSROOT_DIR="$stage/root"
