@@ -251,5 +251,55 @@ class Terminal(unittest.TestCase):
             self.assertEqual(shown, b"")
 
 
+COMPLETION = os.path.join(os.environ.get("top_srcdir", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..")),
+    "client", "bash-completion", "consumers")
+
+
+def complete(cword, *words):
+    """What bash completes for the words, the cword-th being typed."""
+    p = subprocess.run(
+        ["bash", "-c", 'source "$1"; shift; COMP_CWORD=$1; shift; '
+         'COMP_WORDS=("$@"); _consumers; printf "%s\\n" "${COMPREPLY[@]}"',
+         "sh", COMPLETION, str(cword), CLI] + list(words),
+        capture_output=True, timeout=60 * SLOWDOWN)
+    if p.returncode != 0:
+        raise AssertionError(p.stderr.decode())
+    return sorted(w for w in p.stdout.decode().split("\n") if w)
+
+
+class Completion(unittest.TestCase):
+    def test_commands_and_options(self):
+        self.assertEqual(complete(1, "sub"), ["submit"])
+        self.assertEqual(complete(1, "s"), ["status", "submit"])
+        self.assertEqual(complete(1, ""), sorted(COMMANDS))
+        self.assertEqual(complete(2, "help", "re"), ["reload"])
+        self.assertIn("--workers", complete(3, "submit", "x", "--w"))
+        self.assertIn("--watch", complete(2, "status", "--"))
+        self.assertIn("--socket", complete(1, "--s"))
+        self.assertEqual(complete(3, "submit", "-w", ""), [])
+
+    def test_pools_from_the_daemon(self):
+        pools = dict(SUM, collect={"plugin": "collect"},
+                     concat={"plugin": "concat"})
+        with Daemon(pools) as d, tempfile.TemporaryDirectory() as t:
+            self.assertEqual(complete(4, "-s", d.socket, "submit", "co"),
+                             ["collect", "concat"])
+            self.assertEqual(complete(2, "status", "s", "-s", d.socket),
+                             ["sum"])
+            self.assertEqual(complete(5, "submit", "--socket=" + d.socket,
+                                      "-w", "1", ""),
+                             ["collect", "concat", "sum"])
+            # After the pool, files.
+            open(os.path.join(t, "items.ndjson"), "w").close()
+            self.assertEqual(
+                complete(5, "-s", d.socket, "submit", "sum",
+                         os.path.join(t, "it")),
+                [os.path.join(t, "items.ndjson")])
+        # No daemon: no pools, and no error.
+        self.assertEqual(complete(4, "-s", "/nonexistent", "submit", ""),
+                         [])
+
+
 if __name__ == "__main__":
     main()

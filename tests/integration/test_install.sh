@@ -31,7 +31,7 @@ pc=$(find "$stage/root" -name consumers-plugin.pc)
 header=$(find "$stage/root" -path '*/consumers/plugin.h')
 [ -n "$header" ] || fail "consumers/plugin.h was not installed"
 daemon=$(find "$stage/root" -type f -name consumersd)
-cli=$(find "$stage/root" -type f -name consumers)
+cli=$(find "$stage/root" -type f -path '*/bin/consumers')
 plugins=$(dirname "$(find "$stage/root" -name concat.so)")
 for page in consumersd.8 consumers.1 consumersd.conf.5 consumers-plugin.3 \
     consumers-protocol.7; do
@@ -119,6 +119,22 @@ out=$(printf '"ab"\n"c"\n' | "$cli" -s "$stage/s.sock" submit upper) \
 	|| fail "submit failed: $out"
 echo "$out" | grep -q '"results":\["ABC"\]' || fail "unexpected final line: $out"
 echo "$out" | grep -q '"completion":1' || fail "no completion: $out"
+# The bash completion, under bash-completion/completions as "consumers":
+# commands, and the pools of the daemon at the line's -s.
+compl=$(find "$stage/root" -path '*/bash-completion/completions/consumers')
+[ -n "$compl" ] || fail "the bash completion was not installed"
+complete_line() {	# the index of the word to complete, then the words
+	bash -c 'source "$1"; shift; COMP_CWORD=$1; shift; COMP_WORDS=("$@");
+		_consumers; echo "${COMPREPLY[*]}"' sh "$compl" "$@"
+}
+[ "$(complete_line 1 "$cli" sub)" = submit ] ||
+	fail "completing 'consumers sub': $(complete_line 1 "$cli" sub)"
+[ "$(complete_line 4 "$cli" -s "$stage/s.sock" submit u)" = upper ] ||
+	fail "completing a pool: $(complete_line 4 "$cli" -s "$stage/s.sock" submit u)"
+make -s -C "$top_builddir" install-dist_bashcompletionDATA \
+	DESTDIR="$stage/other" bashcompletiondir=/elsewhere/completions >/dev/null
+[ -f "$stage/other/elsewhere/completions/consumers" ] ||
+	fail "bashcompletiondir does not move the bash completion"
 # The installed Python module (into $(pythondir)): its default socket is
 # the CLI's, and it streams to the installed daemon.
 pymod=$(find "$stage/root" -name consumers_client.py)
@@ -147,4 +163,4 @@ fi
 kill -TERM "$pid"
 wait "$pid" || fail "the daemon did not exit 0 on SIGTERM"
 pid=
-echo "PASS: installed header, pkg-config file, daemon, CLI and Python module work together"
+echo "PASS: installed header, pkg-config file, daemon, CLI, its bash completion, man pages, guide and Python module work together"
