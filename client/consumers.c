@@ -59,21 +59,7 @@ struct cmd {
 	const char	*summary;	/* one line */
 	const char	*help;		/* its options, one a line */
 };
-static const struct cmd	cmds[];
-
-static _Noreturn void
-usage(void)
-{
-	fprintf(stderr, "usage:");
-	for (const struct cmd *c = cmds; c->name != NULL; c++)
-		fprintf(stderr, "%s %s [-q] [-s socket] %s%s%s\n", c == cmds ?
-		    "" : "      ", prog, c->name, *c->args ? " " : "", c->args);
-	fprintf(stderr, "       %s -V | --version\n"
-	    "The socket is -s, else $CONSUMERS_SOCKET, else %s.\n"
-	    "Try \"%s help\" or \"%s help COMMAND\".\n", prog,
-	    CNS_DEFAULT_SOCKET, prog, prog);
-	exit(EXIT_LOCAL);
-}
+static _Noreturn void usage(void);
 
 static _Noreturn void
 die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -815,6 +801,20 @@ static const struct cmd cmds[] = {
 	    "Print the commands, or what COMMAND does and its options.\n" },
 	{ NULL, NULL, NULL, NULL, NULL, NULL }
 };
+
+static _Noreturn void
+usage(void)
+{
+	fprintf(stderr, "usage:");
+	for (const struct cmd *c = cmds; c->name != NULL; c++)
+		fprintf(stderr, "%s %s [-q] [-s socket] %s%s%s\n", c == cmds ?
+		    "" : "      ", prog, c->name, *c->args ? " " : "", c->args);
+	fprintf(stderr, "       %s -V | --version\n"
+	    "The socket is -s, else $CONSUMERS_SOCKET, else %s.\n"
+	    "Try \"%s help\" or \"%s help COMMAND\".\n", prog,
+	    CNS_DEFAULT_SOCKET, prog, prog);
+	exit(EXIT_LOCAL);
+}
 
 static const struct cmd *
 cmd_find(const char *name)
