@@ -11,6 +11,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -27,17 +28,28 @@ def run(*args, input=b"", timeout=120):
                           capture_output=True, timeout=timeout * SLOWDOWN)
 
 
-def run_tty(args, tty, input_path=None, timeout=120):
+def run_tty(args, tty, input_path=None, timeout=120, feed=None):
     """Run the CLI with stdout or stderr (tty: "stdout"/"stderr") on a
-    pseudo-terminal, the other on a pipe.  Returns (status, what the
-    terminal showed, the pipe's bytes)."""
+    pseudo-terminal, the other on a pipe; stdin from input_path, or a
+    pipe fed `feed`.  Returns (status, what the terminal showed, the
+    pipe's bytes)."""
     master, slave = pty.openpty()
-    stdin = open(input_path or os.devnull, "rb")
+    stdin = subprocess.PIPE if feed is not None else \
+        open(input_path or os.devnull, "rb")
     kw = {"stdout": slave, "stderr": subprocess.PIPE} if tty == "stdout" \
         else {"stdout": subprocess.PIPE, "stderr": slave}
     p = subprocess.Popen([CLI] + list(args), stdin=stdin, **kw)
     os.close(slave)
-    stdin.close()
+    if feed is not None:
+        def write():
+            try:
+                p.stdin.write(feed)
+                p.stdin.close()
+            except BrokenPipeError:
+                pass
+        threading.Thread(target=write, daemon=True).start()
+    else:
+        stdin.close()
     pipe = p.stdout if tty == "stderr" else p.stderr
     shown, piped = b"", b""
     fds = [master, pipe.fileno()]
@@ -232,6 +244,25 @@ class Terminal(unittest.TestCase):
             self.assertEqual(updates[-1][2], "100")
             self.assertTrue(text.endswith("100%\r\n"), text[-200:])
             self.assertLess(int(updates[0][2]), 100, text)
+
+    def test_progress_without_a_size(self):
+        """From a pipe the size is not known: items and items/s, no
+        percent."""
+        pools = {"slow": {"plugin": test_plugin("slow"), "workers": 1,
+                          "kwargs": {"usec": 2000, "every": 1}}}
+        n = 3000
+        feed = (json.dumps({"pad": "x" * 1000}).encode() + b"\n") * n
+        with Daemon(pools) as d:
+            status, shown, out = run_tty(["-s", d.socket, "submit", "slow"],
+                                         "stderr", feed=feed)
+            self.assertEqual(status, 0, shown)
+            self.assertEqual(json.loads(out)["consumed"], n)
+            text = shown.decode()
+            updates = re.findall(r"\r\x1b\[Kconsumers: (\d+) items sent, "
+                                 r"\d+ items/s(,)?", text)
+            self.assertGreaterEqual(len(updates), 2, text)
+            self.assertEqual(updates[-1], (str(n), ""), text)
+            self.assertNotIn("%", text)
 
     def test_no_progress_for_a_short_submit(self):
         """A submit that is over at once shows no progress line."""
