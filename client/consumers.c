@@ -1,28 +1,37 @@
 /*
  * consumers - the command-line client of consumersd.
  *
- *   consumers [-s socket] submit [-w workers] [-p params] POOL [FILE...]
+ *   consumers [-q] [-s socket] submit [-w workers] [-p params] [--json]
+ *       POOL [FILE...]
  *
  * streams NDJSON from the files (or standard input) to a pool, reports
- * rejected items on stderr, prints the daemon's final line on stdout and
+ * rejected items on stderr, prints the daemon's final line on stdout (a
+ * short summary instead when stdout is a terminal, unless --json) and
  * exits 0 only when the stream completed with nothing rejected or
  * quarantined and no consumer error.  libconsumers sends and reads at once,
- * so replies never back up.
+ * so replies never back up.  On a terminal, stderr shows one progress
+ * line while it runs.
  *
  *   consumers [-s socket] status [--json] [--watch [SECONDS]] [POOL]
  *   consumers [-s socket] pools [--json]
  *
  * ask the daemon one question each and print its answer as a table, or as
  * the JSON it sent.
+ *
+ * The commands are the table `cmds` (name, options, help), at the end.
+ * The options every command has (-s, -q, -h, -V) may come anywhere on the
+ * line; a command's own options anywhere after its name.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,37 +48,96 @@
 enum { EXIT_CLEAN = 0, EXIT_STREAM = 1, EXIT_LOCAL = 2 };
 
 static const char *prog = "consumers";
+static int quiet;		/* -q: nothing but errors */
 
-static _Noreturn void
-usage(void)
-{
-	fprintf(stderr,
-	    "usage: %s [-s socket] submit [-w workers] [-p params] POOL "
-	    "[FILE...]\n"
-	    "       %s [-s socket] status [--json] [--watch [SECONDS]] "
-	    "[POOL]\n"
-	    "       %s [-s socket] pools [--json]\n"
-	    "       %s [-s socket] reload\n"
-	    "       %s -V\n"
-	    "The socket is -s, else $CONSUMERS_SOCKET, else %s.\n",
-	    prog, prog, prog, prog, prog, CNS_DEFAULT_SOCKET);
-	exit(EXIT_LOCAL);
-}
+/* A command: its name, what runs it, and what its help says. */
+struct cmd {
+	const char	*name;
+	int		(*run)(const char *sockpath, int argc, char **argv);
+	const char	*valued;	/* its short options that take a value */
+	const char	*args;		/* its synopsis, after its name */
+	const char	*summary;	/* one line */
+	const char	*help;		/* its options, one a line */
+};
+static _Noreturn void usage(void);
 
 static _Noreturn void
 die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void	progress_clear(void);
+static long long num(json_t *, const char *);
 
 static _Noreturn void
 die(const char *fmt, ...)
 {
 	va_list ap;
 
+	progress_clear();
 	fprintf(stderr, "%s: ", prog);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
 	exit(EXIT_LOCAL);
+}
+
+/*
+ * The progress line, on stderr when it is a terminal: items sent, their
+ * rate, and how far through the input when its size is known (files).
+ * It rewrites itself in place; a message to stderr clears it first.
+ */
+static struct progress {
+	int		 on;		/* stderr is a terminal, no -q */
+	int		 shown;		/* it is on the screen now */
+	double		 start, last;	/* monotonic seconds */
+	unsigned long long items, bytes; /* handed to the stream */
+	unsigned long long total;	/* bytes of input; 0: unknown */
+} prog_line;
+
+static double
+mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void
+progress_clear(void)
+{
+	if (prog_line.shown) {
+		fputs("\r\033[K", stderr);
+		prog_line.shown = 0;
+	}
+}
+
+/* Count what was sent; redraw at most twice a second, or `now`. */
+static void
+progress(const char *buf, size_t len, int now)
+{
+	struct progress *p = &prog_line;
+	double t, took;
+	const char *nl = buf, *end = buf + len;
+
+	if (!p->on)
+		return;
+	while ((nl = memchr(nl, '\n', (size_t)(end - nl))) != NULL) {
+		p->items++;
+		nl++;
+	}
+	p->bytes += len;
+	t = mono();
+	if (!now && t - p->last < 0.5)
+		return;
+	p->last = t;
+	took = t - p->start;
+	fprintf(stderr, "\r\033[K%s: %llu items sent, %.0f items/s", prog,
+	    p->items, took > 0 ? (double)p->items / took : 0.0);
+	if (p->total > 0)
+		fprintf(stderr, ", %.0f%%", p->bytes >= p->total ? 100.0 :
+		    100.0 * (double)p->bytes / (double)p->total);
+	fflush(stderr);
+	p->shown = 1;
 }
 
 /* Rejections and quarantines, as they come: one line each on stderr. */
@@ -79,6 +147,7 @@ on_reply(const json_t *v, void *arg)
 	json_t *ev;
 
 	(void)arg;
+	progress_clear();
 	if (json_is_object(ev = json_object_get(v, "rejected"))) {
 		fprintf(stderr, "%s: item %lld rejected: %s\n", prog,
 		    (long long)json_integer_value(json_object_get(ev, "seq")),
@@ -100,6 +169,7 @@ struct source {
 	int	*fds;		/* all opened before anything is sent */
 	int	 nfiles, cur;
 	char	 last;		/* last byte read from the current file */
+	unsigned long long size; /* bytes to send; 0: not known */
 };
 
 static void
@@ -113,6 +183,18 @@ source_open_all(struct source *s)
 			s->fds[i] = STDIN_FILENO;
 		else if ((s->fds[i] = open(f, O_RDONLY | O_CLOEXEC)) == -1)
 			die("%s: %s", f, strerror(errno));
+	}
+	/* The progress line's percent: known when every input is a file. */
+	for (int i = 0; i < s->nfiles; i++) {
+		struct stat sb;
+		off_t at = lseek(s->fds[i], 0, SEEK_CUR);
+
+		if (fstat(s->fds[i], &sb) == -1 || !S_ISREG(sb.st_mode) ||
+		    at == -1 || sb.st_size < at) {
+			s->size = 0;
+			break;
+		}
+		s->size += (unsigned long long)(sb.st_size - at);
 	}
 	s->last = '\n';
 }
@@ -147,6 +229,67 @@ source_read(struct source *s, char *buf, size_t cap)
 	}
 }
 
+/* A value for a person: a real in its fewest digits, the rest as JSON,
+ * cut at a line's worth. */
+static void
+print_value(const json_t *v)
+{
+	char *s;
+
+	if (json_is_real(v)) {
+		char buf[40];
+		for (int p = 15; p <= 17; p++) {
+			snprintf(buf, sizeof buf, "%.*g", p, json_real_value(v));
+			if (strtod(buf, NULL) == json_real_value(v))
+				break;
+		}
+		printf("%s\n", buf);
+		return;
+	}
+	if ((s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY)) == NULL)
+		die("out of memory");
+	if (strlen(s) > 200)
+		printf("%.200s... (%zu bytes; --json prints it all)\n", s,
+		    strlen(s));
+	else
+		printf("%s\n", s);
+	free(s);
+}
+
+/* What a person at a terminal sees of the final line. */
+static void
+summary(const json_t *final, const char *pool, double took)
+{
+	static const char *const counts[] = { "rejected", "quarantined",
+	    "unconsumed", "crashes", NULL };
+	json_t *completion = json_object_get(final, "completion"),
+	    *results = json_object_get(final, "results");
+
+	if (!json_is_true(json_object_get(final, "ok"))) {
+		printf("pool %s: the stream failed (%s)\n", pool,
+		    json_is_string(json_object_get(final, "code")) ?
+		    json_string_value(json_object_get(final, "code")) :
+		    "see above");
+		return;
+	}
+	printf("stream %lld, pool %s: %lld item%s, %lld consumed",
+	    num((json_t *)final, "stream"), pool, num((json_t *)final,
+	    "items"), num((json_t *)final, "items") == 1 ? "" : "s",
+	    num((json_t *)final, "consumed"));
+	for (int i = 0; counts[i] != NULL; i++)
+		if (num((json_t *)final, counts[i]) != 0)
+			printf(", %lld %s", num((json_t *)final, counts[i]),
+			    counts[i]);
+	printf(", in %.1fs\n", took);
+	if (!json_is_null(completion) && completion != NULL) {
+		printf("completion: ");
+		print_value(completion);
+	} else if (json_array_size(results) > 0) {
+		printf("results: ");
+		print_value(results);
+	}
+}
+
 static int
 submit(const char *sockpath, int argc, char **argv)
 {
@@ -158,13 +301,22 @@ submit(const char *sockpath, int argc, char **argv)
 	static char *buf;
 	static cns_stream *st;
 	char err[1024], *hs;
-	time_t last_progress = 0;
-	int ch, workers = 0, status;
+	int ch, workers = 0, status, json = 0;
 	size_t n;
 
-	optind = 1;
-	while ((ch = getopt(argc, argv, "p:w:")) != -1) {
+	static const struct option longopts[] = {
+		{ "params",	required_argument,	NULL, 'p' },
+		{ "workers",	required_argument,	NULL, 'w' },
+		{ "json",	no_argument,		NULL, 'j' },
+		{ NULL,		0,			NULL, 0 }
+	};
+
+	optind = 0;	/* glibc: start again, options after operands too */
+	while ((ch = getopt_long(argc, argv, "p:w:", longopts, NULL)) != -1) {
 		switch (ch) {
+		case 'j':
+			json = 1;
+			break;
 		case 'p': {
 			json_error_t jerr;
 			json_decref(params);
@@ -204,24 +356,28 @@ submit(const char *sockpath, int argc, char **argv)
 	if (st == NULL)
 		die("%s", err);
 	cns_stream_on_reply(st, on_reply, NULL);
+	prog_line.on = !quiet && isatty(STDERR_FILENO);
+	prog_line.start = prog_line.last = mono();
+	prog_line.total = src.size;
 	/* A write that fails means the daemon ended the stream early: its
 	 * final line, read by close, says why. */
 	while ((n = source_read(&src, buf, CHUNK)) > 0) {
 		if (cns_stream_write(st, buf, n) == -1)
 			break;
-		if (isatty(STDERR_FILENO) && time(NULL) != last_progress) {
-			last_progress = time(NULL);
-			fprintf(stderr, "\r%s: %llu bytes sent", prog,
-			    (unsigned long long)cns_stream_sent(st));
-		}
+		progress(buf, n, 0);
+	}
+	if (prog_line.shown) {	/* where it ended, and it stays */
+		progress("", 0, 1);
+		fputc('\n', stderr);
+		prog_line.shown = 0;
 	}
 	final = cns_stream_close(st, err, sizeof err);
-	if (isatty(STDERR_FILENO) && last_progress != 0)
-		fprintf(stderr, "\r%s: %llu bytes sent\n", prog,
-		    (unsigned long long)cns_stream_sent(st));
 	/* The daemon's line byte for byte: re-encoding it would change its
-	 * numbers (0.1 came out as 0.10000000000000001). */
-	if (final != NULL) {
+	 * numbers (0.1 came out as 0.10000000000000001).  A person at a
+	 * terminal gets a summary instead. */
+	if (final != NULL && !json && isatty(STDOUT_FILENO))
+		summary(final, pool, mono() - prog_line.start);
+	else if (final != NULL) {
 		if (cns_stream_final_line(st) != NULL)
 			printf("%s\n", cns_stream_final_line(st));
 		else {
@@ -629,43 +785,231 @@ metrics(const char *sockpath, int argc, char **argv)
 	return rc;
 }
 
+static int	help(const char *, int, char **);
+
+/*
+ * The commands.  A new one is a row here and its function; its options
+ * are parsed by it, anywhere after its name (getopt permutes), and those
+ * that take a value are named in `valued` so that main skips the value.
+ */
+static const struct cmd cmds[] = {
+	{ "submit", submit, "wp",
+	    "[-w workers] [-p params] [--json] POOL [FILE...]",
+	    "stream NDJSON items to a pool and wait for its final line",
+	    "Stream the items (one JSON value a line) of the FILEs, or of "
+	    "standard input\n"
+	    "(also FILE -), to POOL and wait for the daemon's final line.  "
+	    "Rejected and\n"
+	    "quarantined items are reported on stderr as they come.  The exit "
+	    "status is 0\n"
+	    "only when every item was consumed and no consumer failed.\n\n"
+	    "  -w, --workers N   at most N consumers (default: the pool's "
+	    "stream_workers)\n"
+	    "  -p, --params JSON the stream's params, any JSON value\n"
+	    "  --json            print the daemon's final line as it sent "
+	    "it (the default\n"
+	    "                    when standard output is not a terminal; on "
+	    "one, a summary)\n"
+	    "  -q, --quiet       print nothing but errors (no final line, "
+	    "no progress)\n" },
+	{ "status", status, "",
+	    "[--json] [--watch [SECONDS]] [POOL]",
+	    "the daemon's pools, workers and streams, now",
+	    "Print the daemon's status: each pool's workers, streams and "
+	    "counts, and its\n"
+	    "worker processes; of one POOL if named.\n\n"
+	    "  --json            the daemon's answer as JSON, one line\n"
+	    "  --watch [SECONDS] print it again every SECONDS (default 2) "
+	    "until ^C\n" },
+	{ "pools", pools, "", "[--json]",
+	    "the configured pools",
+	    "Print the configured pools: mode, workers, stream_workers, "
+	    "plugin.\n\n"
+	    "  --json            the daemon's answer as JSON, one line\n" },
+	{ "reload", reload, "", "",
+	    "read the configuration again (SIGHUP)",
+	    "Ask the daemon to read its configuration again; prints what "
+	    "changed.\n" },
+	{ "metrics", metrics, "", "",
+	    "every pool's counters as OpenMetrics text",
+	    "Print every pool's counters as OpenMetrics text, ending in "
+	    "\"# EOF\": what a\n"
+	    "Prometheus textfile collector reads.\n" },
+	{ "help", help, "", "[COMMAND]",
+	    "this help, or a command's",
+	    "Print the commands, or what COMMAND does and its options.\n" },
+	{ NULL, NULL, NULL, NULL, NULL, NULL }
+};
+
+static _Noreturn void
+usage(void)
+{
+	fprintf(stderr, "usage:");
+	for (const struct cmd *c = cmds; c->name != NULL; c++)
+		fprintf(stderr, "%s %s [-q] [-s socket] %s%s%s\n", c == cmds ?
+		    "" : "      ", prog, c->name, *c->args ? " " : "", c->args);
+	fprintf(stderr, "       %s -V | --version\n"
+	    "The socket is -s, else $CONSUMERS_SOCKET, else %s.\n"
+	    "Try \"%s help\" or \"%s help COMMAND\".\n", prog,
+	    CNS_DEFAULT_SOCKET, prog, prog);
+	exit(EXIT_LOCAL);
+}
+
+static const struct cmd *
+cmd_find(const char *name)
+{
+	for (const struct cmd *c = cmds; c->name != NULL; c++)
+		if (strcmp(c->name, name) == 0)
+			return c;
+	return NULL;
+}
+
+static void
+help_cmd(const struct cmd *c)
+{
+	printf("usage: %s [-q] [-s socket] %s%s%s\n%s.\n\n%s", prog,
+	    c->name, *c->args ? " " : "", c->args, c->summary, c->help);
+	printf("\nThe options every command has may come anywhere; see "
+	    "\"%s help\".\n", prog);
+}
+
+static void
+help_all(void)
+{
+	printf("usage: %s [-q] [-s socket] COMMAND [ARGS...]\n"
+	    "Stream items to consumersd's pools, and ask it how they "
+	    "are doing.\n\nCommands:\n", prog);
+	for (const struct cmd *c = cmds; c->name != NULL; c++)
+		printf("  %-8s %s\n", c->name, c->summary);
+	printf("\nOptions of every command, before or after it:\n"
+	    "  -s, --socket PATH the daemon's socket (default "
+	    "$CONSUMERS_SOCKET, else\n"
+	    "                    %s)\n"
+	    "  -q, --quiet       print nothing but errors\n"
+	    "  -h, --help        print help and exit\n"
+	    "  -V, --version     print the version and exit\n\n"
+	    "\"%s help COMMAND\" says what a command does.  See "
+	    "consumers(1).\n", CNS_DEFAULT_SOCKET, prog);
+}
+
+/* consumers help [COMMAND] */
+static int
+help(const char *sockpath, int argc, char **argv)
+{
+	const struct cmd *c;
+
+	(void)sockpath;
+	if (argc > 2)
+		usage();
+	if (argc < 2) {
+		help_all();
+		return EXIT_CLEAN;
+	}
+	if ((c = cmd_find(argv[1])) == NULL)
+		die("help: unknown command \"%s\"; \"%s help\" lists them",
+		    argv[1], prog);
+	help_cmd(c);
+	return EXIT_CLEAN;
+}
+
+/*
+ * The options every command has, wherever they are on the line (up to a
+ * "--"): 1 if argv[*i] was one (*i then past its value), else 0.
+ */
+static int
+global_opt(int argc, char **argv, int *i, const char **sockpath, int *want)
+{
+	const char *a = argv[*i];
+
+	if (strcmp(a, "-s") == 0 || strcmp(a, "--socket") == 0) {
+		if (*i + 1 >= argc)
+			die("%s: the daemon's socket path is missing", a);
+		*sockpath = argv[++*i];
+	} else if (strncmp(a, "--socket=", 9) == 0)
+		*sockpath = a + 9;
+	else if (strncmp(a, "-s", 2) == 0)
+		*sockpath = a + 2;
+	else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0)
+		quiet = 1;
+	else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+		*want = 'h';
+	else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0)
+		*want = 'V';
+	else
+		return 0;
+	return 1;
+}
+
+/* -q: standard output goes nowhere; errors still reach stderr. */
+static void
+silence(void)
+{
+	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+	if (fd == -1 || dup2(fd, STDOUT_FILENO) == -1)
+		die("-q: /dev/null: %s", strerror(errno));
+	close(fd);
+}
+
 int
 main(int argc, char **argv)
 {
 	const char *sockpath = NULL;
-	int ch;
+	const struct cmd *c = NULL;
+	static char **rest;
+	int want = 0, n = 0, dashdash = 0;
 
 	/* SIGPIPE keeps its default: the daemon's socket is written with
 	 * MSG_NOSIGNAL, and a closed standard output (status --watch | head)
 	 * ends the program. */
-	while ((ch = getopt(argc, argv, "+s:V")) != -1) {
-		switch (ch) {
-		case 's':
-			sockpath = optarg;
-			break;
-		case 'V':
-			printf("consumers %s\n", PACKAGE_VERSION);
-			return 0;
-		default:
+	/* static: still reachable when a command exits */
+	if ((rest = calloc((size_t)argc + 1, sizeof *rest)) == NULL)
+		die("out of memory");
+	rest[n++] = argv[0];
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (!dashdash && global_opt(argc, argv, &i, &sockpath, &want))
+			continue;
+		if (strcmp(a, "--") == 0)
+			dashdash = 1;
+		if (c == NULL && a[0] == '-' && a[1] != '\0' && !dashdash) {
+			fprintf(stderr, "%s: unknown option \"%s\" before the "
+			    "command\n", prog, a);
 			usage();
 		}
+		if (c == NULL && !dashdash && (c = cmd_find(a)) == NULL) {
+			fprintf(stderr, "%s: unknown command \"%s\" (commands:",
+			    prog, a);
+			for (c = cmds; c->name != NULL; c++)
+				fprintf(stderr, "%s %s", c == cmds ? "" : ",",
+				    c->name);
+			fprintf(stderr, ")\n");
+			return EXIT_LOCAL;
+		}
+		rest[n++] = argv[i];
+		/* A value of the command's own option is not an option. */
+		if (!dashdash && a[0] == '-' && a[1] != '\0' && a[2] == '\0' &&
+		    c != NULL && strchr(c->valued, a[1]) != NULL &&
+		    i + 1 < argc)
+			rest[n++] = argv[++i];
 	}
-	sockpath = cns_socket_path(sockpath);
-	argc -= optind;
-	argv += optind;
-	if (argc < 1)
+	if (want == 'V') {
+		printf("consumers %s\n", PACKAGE_VERSION);
+		return EXIT_CLEAN;
+	}
+	if (want == 'h') {
+		if (c != NULL && c->run != help)
+			help_cmd(c);
+		else
+			help_all();
+		return EXIT_CLEAN;
+	}
+	if (c == NULL)
 		usage();
-	if (strcmp(argv[0], "submit") == 0)
-		return submit(sockpath, argc, argv);
-	if (strcmp(argv[0], "status") == 0)
-		return status(sockpath, argc, argv);
-	if (strcmp(argv[0], "pools") == 0)
-		return pools(sockpath, argc, argv);
-	if (strcmp(argv[0], "reload") == 0)
-		return reload(sockpath, argc, argv);
-	if (strcmp(argv[0], "metrics") == 0)
-		return metrics(sockpath, argc, argv);
-	fprintf(stderr, "%s: unknown command \"%s\" (commands: submit, "
-	    "status, pools, reload, metrics)\n", prog, argv[0]);
-	return EXIT_LOCAL;
+	if (quiet)
+		silence();
+	sockpath = cns_socket_path(sockpath);
+	/* rest[0] is the program; the command sees itself as argv[0]. */
+	return c->run(sockpath, n - 1, rest + 1);
 }

@@ -301,11 +301,10 @@ client_send_json(struct client *c, json_t *v)
 
 	if (c->gone)
 		return;
-	/* The daemon's own numbers (no stream: status and the like) are
-	 * rounded to milliseconds; 15 digits print them as 11.37, not
-	 * 11.369999999999999.  Items keep every digit they came with. */
-	if (v == NULL || (s = json_dumps(v, JSON_COMPACT | (c->stream ==
-	    NULL ? JSON_REAL_PRECISION(15) : 0))) == NULL) {
+	/* Reals in their fewest digits: the daemon's own numbers (status,
+	 * rounded to milliseconds) print as 11.37, a result of 0.1 as 0.1,
+	 * and one that needs 17 digits keeps them. */
+	if (v == NULL || (s = cns_json_dumps(v, JSON_COMPACT)) == NULL) {
 		/* Not reached with text through utf8_clean(); not fatal. */
 		log_warnx("%s: a reply could not be encoded", __func__);
 		evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n",
@@ -326,7 +325,7 @@ client_finish(struct client *c, json_t *final)
 	evtimer_del(c->timer);
 	c->reading = 0;
 	if (c->gone) {
-		char *s = final != NULL ? json_dumps(final, JSON_COMPACT) :
+		char *s = final != NULL ? cns_json_dumps(final, JSON_COMPACT) :
 		    NULL;
 		log_info("client gone; final line: %.900s", s ? s : "?");
 		free(s);

@@ -48,12 +48,33 @@ static int		 grace_over;	/* STOP_GRACE ran out */
 
 static void	maybe_exit(void);
 
+#define USAGE	"usage: consumersd [-dthV] [-c file] [-s socket] " \
+		"[-P plugin_dir]\n"
+
 static _Noreturn void
 usage(void)
 {
-	fprintf(stderr, "usage: consumersd [-dtV] [-c file] [-s socket] "
-	    "[-P plugin_dir]\n");
+	fprintf(stderr, USAGE "Try consumersd --help.\n");
 	exit(2);
+}
+
+/* --help: what each option does, on stdout; see consumersd(8). */
+static _Noreturn void
+help(void)
+{
+	printf(USAGE
+	    "Keep pools of consumer processes and stream clients' items to "
+	    "them.\n\n"
+	    "  -c, --config FILE     the configuration (default %s)\n"
+	    "  -s, --socket PATH     listen here instead of the configured "
+	    "socket\n"
+	    "  -P, --plugin-dir DIR  look for plugins here\n"
+	    "  -d, --debug           log at the debug level\n"
+	    "  -t, --test            check the configuration and exit\n"
+	    "  -V, --version         print the version and exit\n"
+	    "  -h, --help            print this help and exit\n\n"
+	    "See consumersd(8) and consumersd.conf(5).\n", CNS_CONF_FILE);
+	exit(0);
 }
 
 /* Clients are accepted once every first worker is ready or has failed,
@@ -346,8 +367,22 @@ main(int argc, char **argv)
 	json_t *errors;
 	int ch, test = 0, debug = 0, lfd;
 
-	while ((ch = getopt(argc, argv, "c:dP:s:tV")) != -1) {
+	static const struct option longopts[] = {
+		{ "config",	required_argument,	NULL, 'c' },
+		{ "debug",	no_argument,		NULL, 'd' },
+		{ "plugin-dir",	required_argument,	NULL, 'P' },
+		{ "socket",	required_argument,	NULL, 's' },
+		{ "test",	no_argument,		NULL, 't' },
+		{ "version",	no_argument,		NULL, 'V' },
+		{ "help",	no_argument,		NULL, 'h' },
+		{ NULL,		0,			NULL, 0 }
+	};
+
+	while ((ch = getopt_long(argc, argv, "c:dhP:s:tV", longopts,
+	    NULL)) != -1) {
 		switch (ch) {
+		case 'h':
+			help();
 		case 'c':
 			file = optarg;
 			break;

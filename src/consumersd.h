@@ -635,6 +635,7 @@ void		 cns_later_run(void);
 void		 cns_later_free(void);
 void		 cns_on_change(void (*fn)(void));
 void		 cns_changed(void);
+char		*cns_json_dumps(const json_t *, size_t flags);
 
 /* reload.c: SIGHUP */
 int		 cns_reload(char *why, size_t whylen);

@@ -1,7 +1,8 @@
 /*
  * util.c - helpers every room of the master uses: the monotonic clock and
- * timevals for libevent, the process title, how a process ended, and work
- * put off to the next loop turn.
+ * timevals for libevent, the process title, how a process ended, work
+ * put off to the next loop turn, and JSON with reals in their fewest
+ * digits.
  *
  * Work put off (cns_later) is how the master frees a worker or a pool that
  * went away while a call chain may still hold it (tmux frees its clients
@@ -218,4 +219,83 @@ cns_changed(void)
 		return;
 	change_queued = 1;
 	cns_later(change_cb, NULL);
+}
+
+/*
+ * d in the fewest digits (15 to 17) that read back as d, spelled the way
+ * jansson spells reals (always a '.' or an 'e'); its length, 0 if none
+ * fits in len.
+ */
+static size_t
+real_shortest(double d, char *buf, size_t len)
+{
+	json_t	*r = json_real(d);
+	size_t	 n = 0;
+	int	 p;
+
+	for (p = 15; r != NULL && p <= 17; p++) {
+		n = json_dumpb(r, buf, len - 1, JSON_ENCODE_ANY |
+		    JSON_REAL_PRECISION(p));
+		if (n == 0 || n >= len - 1) {
+			n = 0;
+			break;
+		}
+		buf[n] = '\0';
+		if (strtod(buf, NULL) == d)
+			break;
+	}
+	json_decref(r);
+	return n;
+}
+
+/*
+ * json_dumps, but each real in the fewest digits that read back as the
+ * same double: 0.1, not 0.10000000000000001.  jansson takes one precision
+ * for a whole dump, and 15 digits lose what a value with 17 holds; so this
+ * dumps at 17 (flags without JSON_REAL_PRECISION) and shortens each real
+ * in place (never longer).  NULL when json_dumps fails.
+ */
+char *
+cns_json_dumps(const json_t *v, size_t flags)
+{
+	char	*s = json_dumps(v, flags);
+	char	 tok[40];
+	size_t	 r = 0, w = 0, n, m;
+	int	 quoted = 0;
+
+	if (s == NULL)
+		return NULL;
+	while (s[r] != '\0') {
+		char c = s[r];
+
+		if (quoted || c == '"') {
+			s[w++] = s[r++];
+			if (quoted && c == '\\' && s[r] != '\0')
+				s[w++] = s[r++];
+			else if (c == '"')
+				quoted = !quoted;
+			continue;
+		}
+		if (c != '-' && (c < '0' || c > '9')) {
+			s[w++] = s[r++];
+			continue;
+		}
+		n = strspn(s + r, "-+.0123456789eE");
+		m = 0;
+		if (n < sizeof tok) {
+			memcpy(tok, s + r, n);
+			tok[n] = '\0';
+			if (strpbrk(tok, ".eE") != NULL)	/* a real */
+				m = real_shortest(strtod(tok, NULL), tok,
+				    sizeof tok);
+		}
+		if (m > 0 && m <= n)
+			memcpy(s + w, tok, m);
+		else
+			memmove(s + w, s + r, m = n);
+		w += m;
+		r += n;
+	}
+	s[w] = '\0';
+	return s;
 }

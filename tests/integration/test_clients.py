@@ -536,6 +536,9 @@ class TestCliFinalLine(unittest.TestCase):
             self.assertEqual(p.returncode, 0, p.stderr)
             out = p.stdout.decode()
             self.assertEqual(json.loads(out)["completion"], 0.1)
+            # The daemon writes a real in its fewest digits, not the
+            # 0.10000000000000001 of 17 digits always.
+            self.assertIn(b'"completion":0.1,', p.stdout)
             # The same bytes a plain socket client gets as its last line.
             s = d.connect()
             s.settimeout(60)
@@ -552,6 +555,38 @@ class TestCliFinalLine(unittest.TestCase):
             # The second stream of this daemon: only its id differs.
             last = last.replace(b'"stream":2,', b'"stream":1,', 1)
             self.assertEqual(p.stdout, last + b"\n")
+
+    def test_real_keeps_the_digits_it_needs(self):
+        """A real that needs 17 digits to read back keeps them all; one
+        that needs fewer gets no more."""
+        from harness import CLI
+        with Daemon(SUM) as d:
+            for items, want in ((b"0.1\n0.2\n", b"0.30000000000000004"),
+                                (b"1e300\n", b"1e300"),
+                                (b"-2.5\n", b"-2.5"),
+                                (b"123456.789\n", b"123456.789")):
+                p = subprocess.run([CLI, "-s", d.socket, "submit", "sum"],
+                                   input=items, capture_output=True,
+                                   timeout=120)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertIn(b'"completion":' + want + b",", p.stdout)
+                self.assertEqual(json.loads(p.stdout)["completion"],
+                                 float(want))
+
+    def test_strings_and_integers_untouched(self):
+        """Only reals are shortened: digits inside strings (escaped quotes
+        too) and integers come back as they went in."""
+        from harness import CLI
+        items = [r'"a\"0.10000000000000001"', "12345678901234567",
+                 "-0.0", '{"k\\"1.50":[1.5e-7,2]}']
+        with Daemon({"c": {"plugin": "collect", "workers": 1}}) as d:
+            p = subprocess.run([CLI, "-s", d.socket, "submit", "c"],
+                               input="\n".join(items).encode() + b"\n",
+                               capture_output=True, timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn(b'"results":[[' + ",".join(
+                [items[0], items[1], "-0.0", '{"k\\"1.50":[1.5e-7,2]}']
+            ).encode() + b"]", p.stdout)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,36 @@ pc=$(find "$stage/root" -name consumers-plugin.pc)
 header=$(find "$stage/root" -path '*/consumers/plugin.h')
 [ -n "$header" ] || fail "consumers/plugin.h was not installed"
 daemon=$(find "$stage/root" -type f -name consumersd)
-cli=$(find "$stage/root" -type f -name consumers)
+cli=$(find "$stage/root" -type f -path '*/bin/consumers')
 plugins=$(dirname "$(find "$stage/root" -name concat.so)")
-for page in consumersd.8 consumers.1 consumersd.conf.5 consumers-plugin.3; do
+for page in consumersd.8 consumers.1 consumersd.conf.5 consumers-plugin.3 \
+    consumers-protocol.7; do
 	find "$stage/root" -name "$page" | grep -q . || fail "man page $page missing"
 done
+# consumers-protocol(7) is made from doc/protocol.md: every op, every
+# refusal code and every key its tables name is in it, and groff reads it
+# without complaint (but for a long word in a narrow table column).
+top_srcdir=${top_srcdir:-$top_builddir/..}
+proto7=$(find "$stage/root" -path '*/man7/consumers-protocol.7')
+[ -n "$proto7" ] || fail "consumers-protocol.7 is not under man7"
+words=$(sed -n 's/^| `\([a-z_]*\)` |.*/\1/p' "$top_srcdir/doc/protocol.md")
+[ "$(echo "$words" | wc -l)" -gt 30 ] || fail "no table keys found in protocol.md"
+for w in $words; do
+	grep -q "fB$w\\\\fR" "$proto7" || fail "consumers-protocol.7 lacks $w"
+done
+for op in $(grep -o '"op":"[a-z]*"' "$top_srcdir/doc/protocol.md" | sort -u); do
+	grep -qF "$op" "$proto7" || fail "consumers-protocol.7 lacks $op"
+done
+grep -q '^\.SH "11\. QUESTIONS' "$proto7" || fail "consumers-protocol.7 lacks section 11"
+if command -v groff >/dev/null; then	# groff-base, with man-db
+	warn=$(groff -t -man -Tutf8 -z -ww -Wbreak "$proto7" 2>&1)
+	[ -z "$warn" ] || fail "groff warns about consumers-protocol.7: $warn"
+fi
+# The "Writing consumers" guide, under $(docdir).
+guide=$(find "$stage/root" -path '*/share/doc/*/writing-consumers.md')
+[ -n "$guide" ] || fail "writing-consumers.md was not installed under docdir"
+cmp -s "$guide" "$top_srcdir/doc/writing-consumers.md" ||
+	fail "the installed guide differs from doc/writing-consumers.md"
 
 export PKG_CONFIG_PATH="$(dirname "$pc")"
 export PKG_CONFIG_SYSROOT_DIR="$stage/root"
@@ -96,6 +121,22 @@ out=$(printf '"ab"\n"c"\n' | "$cli" -s "$stage/s.sock" submit upper) \
 	|| fail "submit failed: $out"
 echo "$out" | grep -q '"results":\["ABC"\]' || fail "unexpected final line: $out"
 echo "$out" | grep -q '"completion":1' || fail "no completion: $out"
+# The bash completion, under bash-completion/completions as "consumers":
+# commands, and the pools of the daemon at the line's -s.
+compl=$(find "$stage/root" -path '*/bash-completion/completions/consumers')
+[ -n "$compl" ] || fail "the bash completion was not installed"
+complete_line() {	# the index of the word to complete, then the words
+	bash -c 'source "$1"; shift; COMP_CWORD=$1; shift; COMP_WORDS=("$@");
+		_consumers; echo "${COMPREPLY[*]}"' sh "$compl" "$@"
+}
+[ "$(complete_line 1 "$cli" sub)" = submit ] ||
+	fail "completing 'consumers sub': $(complete_line 1 "$cli" sub)"
+[ "$(complete_line 4 "$cli" -s "$stage/s.sock" submit u)" = upper ] ||
+	fail "completing a pool: $(complete_line 4 "$cli" -s "$stage/s.sock" submit u)"
+make -s -C "$top_builddir" install-dist_bashcompletionDATA \
+	DESTDIR="$stage/other" bashcompletiondir=/elsewhere/completions >/dev/null
+[ -f "$stage/other/elsewhere/completions/consumers" ] ||
+	fail "bashcompletiondir does not move the bash completion"
 # The installed Python module (into $(pythondir)): its default socket is
 # the CLI's, and it streams to the installed daemon.
 pymod=$(find "$stage/root" -name consumers_client.py)
@@ -124,4 +165,4 @@ fi
 kill -TERM "$pid"
 wait "$pid" || fail "the daemon did not exit 0 on SIGTERM"
 pid=
-echo "PASS: installed header, pkg-config file, daemon, CLI and Python module work together"
+echo "PASS: installed header, pkg-config file, daemon, CLI, its bash completion, man pages, guide and Python module work together"
