@@ -277,6 +277,25 @@ worker_kill_descendants(pid_t pgid)
 }
 
 /*
+ * What a dead worker wrote and the loop has not read yet (its INITFAIL,
+ * its last RESULT), into its input.  A bufferevent keeps its input's end
+ * frozen but while it reads itself, and evbuffer_read fails on a frozen
+ * buffer: unfrozen here, else the frames would be dropped with the
+ * socket whenever SIGCHLD is heard before the socket's read event.
+ */
+static void
+worker_read_rest(struct worker *w)
+{
+	struct evbuffer *in = bufferevent_get_input(w->bev);
+	int fd = bufferevent_getfd(w->bev);
+
+	evbuffer_unfreeze(in, 0);
+	while (evbuffer_read(in, fd, 256u << 10) > 0)
+		;
+	evbuffer_freeze(in, 0);
+}
+
+/*
  * SIGCHLD: reap every child.  A dead worker's last frames may still sit in
  * its socket, so they are read before it is declared gone.
  */
@@ -303,10 +322,7 @@ worker_reap(void)
 			    "%u descendant%s", w->pool->pc->name, w->slot,
 			    (long)pid, n, n == 1 ? "" : "s");
 		if (w->bev != NULL) {
-			struct evbuffer *in = bufferevent_get_input(w->bev);
-			int fd = bufferevent_getfd(w->bev);
-			while (evbuffer_read(in, fd, 256u << 10) > 0)
-				;
+			worker_read_rest(w);
 			worker_readcb(w->bev, w);
 			if (w->gone)
 				continue;	/* already dropped */
