@@ -296,19 +296,43 @@ worker_read_rest(struct worker *w)
 }
 
 /*
- * SIGCHLD: reap every child.  A dead worker's last frames may still sit in
- * its socket, so they are read before it is declared gone.
+ * SIGCHLD: reap every child.  A dead worker's descendants are killed
+ * while it is still a zombie: until it is reaped its pid, the number of
+ * its process group, cannot be given to a new process, which
+ * worker_kill_descendants would otherwise kill.  Its last frames may
+ * still sit in its socket, so they are read before it is declared gone.
  */
 void
 worker_reap(void)
 {
 	struct worker *w;
+	siginfo_t si;
 	unsigned n;
 	int status;
-	pid_t pid;
+	pid_t pid, r;
 
-	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		if ((w = worker_find(pid)) == NULL) {
+	for (;;) {
+		memset(&si, 0, sizeof si);
+		if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) == -1) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if ((pid = si.si_pid) == 0)
+			break;
+		if ((w = worker_find(pid)) != NULL &&
+		    (n = worker_kill_descendants(pid)) > 0)
+			log_warnx("pool %s: worker %u (pid %ld) is gone; killed "
+			    "%u descendant%s", w->pool->pc->name, w->slot,
+			    (long)pid, n, n == 1 ? "" : "s");
+		while ((r = waitpid(pid, &status, WNOHANG)) == -1 &&
+		    errno == EINTR)
+			;
+		if (r != pid) {
+			log_warn("waitpid %ld", (long)pid);
+			break;		/* cannot happen; never spin */
+		}
+		if (w == NULL) {
 			/* An orphan of a worker, reparented to the master. */
 			worker_strangers++;
 			log_debug("reaped pid %ld, left by a worker (%lu so "
@@ -317,10 +341,6 @@ worker_reap(void)
 		}
 		w->status = status;
 		w->reaped = 1;
-		if ((n = worker_kill_descendants(pid)) > 0)
-			log_warnx("pool %s: worker %u (pid %ld) is gone; killed "
-			    "%u descendant%s", w->pool->pc->name, w->slot,
-			    (long)pid, n, n == 1 ? "" : "s");
 		if (w->bev != NULL) {
 			worker_read_rest(w);
 			worker_readcb(w->bev, w);
