@@ -863,6 +863,7 @@ pool_load(struct conf *c, const char *path, const char *name,
 	pc->max_attempts = 3;
 	pc->max_init_failures = 5;
 	pc->start_seconds = 1;
+	pc->nice = NICE_INHERITED;
 	if (cfile_read(&f, &root) == -1) {
 		cfile_done(&f);
 		return -1;

@@ -66,7 +66,9 @@ struct pool_conf {
 	gid_t		 gid;
 	uint64_t	 rlimit_nofile;	/* 0: inherited */
 	uint64_t	 rlimit_as;	/* bytes; 0: inherited */
-	int		 nice;		/* added to the daemon's */
+	int		 nice;		/* absolute, as systemd's Nice=;
+					 * NICE_INHERITED: the daemon's */
+#define NICE_INHERITED	100	/* outside -20..19: "nice" not given */
 	json_t		*env;		/* object: variables workers get */
 	json_t		*env_keep;	/* array: names kept from the daemon's */
 	int		 allow;		/* "allow" given: only these submit */

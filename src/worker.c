@@ -277,19 +277,62 @@ worker_kill_descendants(pid_t pgid)
 }
 
 /*
- * SIGCHLD: reap every child.  A dead worker's last frames may still sit in
- * its socket, so they are read before it is declared gone.
+ * What a dead worker wrote and the loop has not read yet (its INITFAIL,
+ * its last RESULT), into its input.  A bufferevent keeps its input's end
+ * frozen but while it reads itself, and evbuffer_read fails on a frozen
+ * buffer: unfrozen here, else the frames would be dropped with the
+ * socket whenever SIGCHLD is heard before the socket's read event.
+ */
+static void
+worker_read_rest(struct worker *w)
+{
+	struct evbuffer *in = bufferevent_get_input(w->bev);
+	int fd = bufferevent_getfd(w->bev);
+
+	evbuffer_unfreeze(in, 0);
+	while (evbuffer_read(in, fd, 256u << 10) > 0)
+		;
+	evbuffer_freeze(in, 0);
+}
+
+/*
+ * SIGCHLD: reap every child.  A dead worker's descendants are killed
+ * while it is still a zombie: until it is reaped its pid, the number of
+ * its process group, cannot be given to a new process, which
+ * worker_kill_descendants would otherwise kill.  Its last frames may
+ * still sit in its socket, so they are read before it is declared gone.
  */
 void
 worker_reap(void)
 {
 	struct worker *w;
+	siginfo_t si;
 	unsigned n;
 	int status;
-	pid_t pid;
+	pid_t pid, r;
 
-	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		if ((w = worker_find(pid)) == NULL) {
+	for (;;) {
+		memset(&si, 0, sizeof si);
+		if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) == -1) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if ((pid = si.si_pid) == 0)
+			break;
+		if ((w = worker_find(pid)) != NULL &&
+		    (n = worker_kill_descendants(pid)) > 0)
+			log_warnx("pool %s: worker %u (pid %ld) is gone; killed "
+			    "%u descendant%s", w->pool->pc->name, w->slot,
+			    (long)pid, n, n == 1 ? "" : "s");
+		while ((r = waitpid(pid, &status, WNOHANG)) == -1 &&
+		    errno == EINTR)
+			;
+		if (r != pid) {
+			log_warn("waitpid %ld", (long)pid);
+			break;		/* cannot happen; never spin */
+		}
+		if (w == NULL) {
 			/* An orphan of a worker, reparented to the master. */
 			worker_strangers++;
 			log_debug("reaped pid %ld, left by a worker (%lu so "
@@ -298,15 +341,8 @@ worker_reap(void)
 		}
 		w->status = status;
 		w->reaped = 1;
-		if ((n = worker_kill_descendants(pid)) > 0)
-			log_warnx("pool %s: worker %u (pid %ld) is gone; killed "
-			    "%u descendant%s", w->pool->pc->name, w->slot,
-			    (long)pid, n, n == 1 ? "" : "s");
 		if (w->bev != NULL) {
-			struct evbuffer *in = bufferevent_get_input(w->bev);
-			int fd = bufferevent_getfd(w->bev);
-			while (evbuffer_read(in, fd, 256u << 10) > 0)
-				;
+			worker_read_rest(w);
 			worker_readcb(w->bev, w);
 			if (w->gone)
 				continue;	/* already dropped */

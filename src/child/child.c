@@ -642,6 +642,34 @@ plugin_open(const char *path, const struct cns_plugin **out, char *why,
 }
 
 /*
+ * "nice" is absolute, as systemd's Nice=, not added to the daemon's own:
+ * a worker of a daemon started under nice(1) gets what the pool says.
+ * Going below the daemon's niceness needs CAP_SYS_NICE (or RLIMIT_NICE);
+ * without it the start fails and says so, like a user that cannot be.
+ */
+static void
+child_nice(struct child *ch, int value)
+{
+	int cur, e;
+
+	errno = 0;
+	cur = getpriority(PRIO_PROCESS, 0);
+	if (cur == -1 && errno != 0)
+		cur = 0;
+	if (setpriority(PRIO_PROCESS, 0, value) == 0)
+		return;
+	e = errno;
+	if ((e == EACCES || e == EPERM) && value < cur)
+		child_initfail(ch, "nice %d: cannot set the workers' niceness "
+		    "(%s): going below consumersd's own niceness (%d) needs "
+		    "CAP_SYS_NICE or a large enough RLIMIT_NICE; set \"nice\" "
+		    "to %d or more, or start consumersd with that privilege",
+		    value, strerror(e), cur, cur);
+	child_initfail(ch, "nice %d: cannot set the workers' niceness: %s",
+	    value, strerror(e));
+}
+
+/*
  * Before any plugin code runs: limits, priority, a clean environment, and
  * the pool's user and group.  Failing here is a failed start.
  */
@@ -667,12 +695,8 @@ child_identity(struct child *ch, pid_t master)
 			child_initfail(ch, "rlimit_as %llu: %s",
 			    (unsigned long long)pc->rlimit_as, strerror(errno));
 	}
-	if (pc->nice != 0) {
-		errno = 0;
-		if (nice(pc->nice) == -1 && errno != 0)
-			child_initfail(ch, "nice %d: %s", pc->nice,
-			    strerror(errno));
-	}
+	if (pc->nice != NICE_INHERITED)
+		child_nice(ch, pc->nice);
 	/* The environment: cleared, but for PATH, CONSUMERS_SOCKET (our own
 	 * socket, so a plugin can stream into another pool), env_keep and
 	 * env; the last two may override it. */

@@ -186,7 +186,8 @@ class Daemon:
     env: variables added to the daemon's environment.
     """
 
-    def __init__(self, pools, settings=None, wait_ready=True, env=None):
+    def __init__(self, pools, settings=None, wait_ready=True, env=None,
+                 wrapper=None):
         self.dir = tempfile.mkdtemp(prefix="cnsd-test-")
         self.socket = os.path.join(self.dir, "consumersd.sock")
         self.conf = os.path.join(self.dir, "consumersd.conf")
@@ -213,12 +214,14 @@ class Daemon:
         self.checked = False
         self.wait_ready = wait_ready
         self.env = dict(os.environ, **env) if env else None
+        # A command the daemon runs under (nice, setpriv...).
+        self.wrapper = list(wrapper or [])
 
     def start(self):
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            VALGRIND + [DAEMON, "-d", "-c", self.conf, "-s", self.socket,
-                        "-P", PLUGIN_DIR],
+            self.wrapper + VALGRIND + [DAEMON, "-d", "-c", self.conf,
+                                       "-s", self.socket, "-P", PLUGIN_DIR],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 10 * SLOWDOWN
         while time.monotonic() < deadline:

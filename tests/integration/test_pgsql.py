@@ -344,9 +344,9 @@ class InitFailures(unittest.TestCase):
 
     def refused(self, d, name):
         rc, final, err = d.cli("submit", name, input=b"{}\n")
-        self.assertEqual(rc, 1, err)
+        self.assertEqual(rc, 1, err + d.log_text())
         self.assertIn("pool %s cannot start its workers: init failed: " %
-                      name, final["error"])
+                      name, final["error"], d.log_text())
         return final["error"]
 
     def test_server_unreachable(self):

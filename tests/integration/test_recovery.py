@@ -400,6 +400,34 @@ class BrokenPools(unittest.TestCase):
                 assert_invariant(self, final)
 
 
+    def test_every_failed_start_says_why(self):
+        # Workers whose init fails send INITFAIL and exit at once.  When
+        # several die together the master may hear SIGCHLD before it has
+        # read their sockets; it must still read what they said before
+        # calling them gone, or the pool is refused with "its workers
+        # keep dying while they start" instead of its init error (the
+        # flaky test_pgsql.py InitFailures.test_bad_kwargs).  Many
+        # workers failing at once make that order likely.
+        names = ["p%d" % i for i in range(12)]
+        pools = {n: {"plugin": test_plugin("failinit"), "workers": 4,
+                     "max_init_failures": 8} for n in names}
+        with Daemon(pools) as d:
+            for n in names:
+                wait_for(lambda: "pool %s failed:" % n in d.log_text(),
+                         timeout=60, what="pool %s to be marked failed" % n)
+            log = d.log_text()
+            silent = re.findall(r"pool \S+: worker \d+ \(pid \d+\) exited "
+                                r"with status \d+", log)
+            self.assertEqual(silent, [], "workers whose INITFAIL the "
+                             "master did not read:\n" + log)
+            for n in names:
+                rc, final, err = d.cli("submit", n, input=b"1\n")
+                self.assertEqual(rc, 1, err)
+                self.assertEqual(final["error"], "pool %s cannot start its "
+                                 "workers: init failed: cannot reach the "
+                                 "test database (pool %s)" % (n, n), log)
+
+
 class CompleteFailure(unittest.TestCase):
 
     def check(self, how, text):

@@ -517,7 +517,10 @@ class Identity(unittest.TestCase):
         os.environ["CNS_TEST_DROP"] = "dropped"
         self.addCleanup(os.environ.pop, "CNS_TEST_KEEP")
         self.addCleanup(os.environ.pop, "CNS_TEST_DROP")
-        d = Daemon({"p": pool}, {"root_workers": False})
+        # "nice" is absolute (systemd's Nice=): the workers get 5 whatever
+        # the daemon's own niceness, here 3 above the runner's.
+        d = Daemon({"p": pool}, {"root_workers": False},
+                   wrapper=["nice", "-n", "3"])
         # nobody must be able to read the plugin: the build tree may be
         # where it cannot (a clone under /root).
         shutil.copy(test_plugin("whoami"), os.path.join(d.dir, "pools.d"))
@@ -548,6 +551,45 @@ class Identity(unittest.TestCase):
             with open("/proc/%d/stat" % w) as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
             self.assertEqual(int(fields[16]), 5)       # nice
+
+    def test_nice_below_the_daemons_needs_privilege(self):
+        # Without CAP_SYS_NICE a worker may raise its niceness but not go
+        # below the daemon's: that start fails and says why; "nice": 0 is
+        # a value (0), not "unchanged".
+        if os.geteuid() != 0 or shutil.which("setpriv") is None:
+            self.skipTest("needs root and setpriv to drop CAP_SYS_NICE")
+        pools = {"low": {"plugin": "sum", "nice": 0,
+                         "max_init_failures": 1},
+                 "high": {"plugin": "sum", "nice": 19}}
+        with Daemon(pools, wrapper=["nice", "-n", "5", "setpriv",
+                                    "--bounding-set=-sys_nice"]) as d:
+            with open("/proc/%d/stat" % d.pid()) as fh:
+                own = int(fh.read().rsplit(")", 1)[1].split()[16])
+            self.assertGreater(own, 0)
+            rc, f, err = d.cli("submit", "low", input=b"1\n")
+            self.assertEqual(rc, 1, err + d.log_text())
+            self.assertEqual(
+                f["error"], "pool low cannot start its workers: nice 0: "
+                "cannot set the workers' niceness (Permission denied): "
+                "going below consumersd's own niceness (%d) needs "
+                "CAP_SYS_NICE or a large enough RLIMIT_NICE; set \"nice\" "
+                "to %d or more, or start consumersd with that privilege" %
+                (own, own), d.log_text())
+            rc, f, err = d.cli("submit", "high", input=b"1\n2\n")
+            self.assertEqual(rc, 0, err + d.log_text())
+            self.assertEqual(f["completion"], 3)
+            high = []
+            for w in d.worker_pids():
+                try:
+                    with open("/proc/%d/cmdline" % w) as fh:
+                        if "pool high" not in fh.read():
+                            continue    # a retry of "low"
+                    with open("/proc/%d/stat" % w) as fh:
+                        high.append(int(fh.read().rsplit(")", 1)[1]
+                                        .split()[16]))
+                except FileNotFoundError:
+                    continue
+            self.assertEqual(high, [19])
 
     def test_root_needs_user(self):
         if os.geteuid() != 0:
