@@ -201,6 +201,15 @@ TAILQ_HEAD(streamq, stream);
 struct lane;
 TAILQ_HEAD(laneq, lane);
 
+/* Items per second, one count per second for the last RATE_SECONDS: a
+ * stream's (min_item_rate, status) and a pool's (status).  Added to as
+ * items go out (crash.c), read by the pure decision crash_too_slow(). */
+#define RATE_SECONDS	10
+struct item_rate {
+	int64_t		 sec;		/* the second n[sec % RATE_SECONDS] */
+	uint32_t	 n[RATE_SECONDS];
+};
+
 struct pool {
 	struct pool_conf *pc;
 	struct conf	*conf;		/* holds pc; a reference */
@@ -230,6 +239,8 @@ struct pool {
 	 * up); status adds the streams still held by a client. */
 	uint64_t	 done_in, done_consumed, done_rejected,
 			 done_quarantined;
+	struct item_rate rate;		/* items sent to its workers */
+	double		 since;		/* created, monotonic seconds */
 	TAILQ_ENTRY(pool) entry;
 };
 TAILQ_HEAD(poolq, pool);
@@ -384,15 +395,6 @@ struct lane {
 };
 
 struct attempt { uint64_t seq; unsigned n; };
-
-/* A stream's items per second, one count per second for the last
- * RATE_SECONDS (min_item_rate): added to as items go out (crash.c), read
- * by the pure decision crash_too_slow(). */
-#define RATE_SECONDS	10
-struct item_rate {
-	int64_t		 sec;		/* the second n[sec % RATE_SECONDS] */
-	uint32_t	 n[RATE_SECONDS];
-};
 
 struct stream {
 	uint64_t	 id;

@@ -76,6 +76,7 @@ pool_new(struct pool_conf *pc)
 	if (cns_base != NULL)
 		p->respawn_ev = evtimer_new(cns_base, pool_respawn, p);
 	p->spawn_rate = 1;
+	p->since = cns_now();
 	if (cns_base != NULL && pc->mode != MODE_STATIC) {
 		/* A tick of a second; ondemand's idle limit may ask less. */
 		double every = pc->mode == MODE_ONDEMAND &&

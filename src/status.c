@@ -91,6 +91,85 @@ status_worker(struct worker *w)
 	return v;
 }
 
+/*
+ * Items per second over the last RATE_SECONDS, or since `since` if that
+ * is later; over a second at least, so a first burst is not taken for a
+ * rate.
+ */
+static double
+recent_rate(const struct item_rate *r, double since)
+{
+	double now = cns_now(), from, span;
+
+	from = (double)(int64_t)now - (RATE_SECONDS - 1);
+	if (since > from)
+		from = since;
+	if ((span = now - from) < 1)
+		span = 1;
+	return rate_avg(r, (int64_t)now) * RATE_SECONDS / span;
+}
+
+static const char *
+stream_state_name(enum stream_state st)
+{
+	switch (st) {
+	case S_QUEUED:		return "queued";
+	case S_RUNNING:		return "running";
+	case S_COMPLETING:	return "completing";
+	case S_DONE:		return "done";
+	}
+	return "?";
+}
+
+/*
+ * Items the stream's workers have finished: those its returned consume
+ * calls consumed, and those the running ones have moved past (each
+ * worker's page says how many; trusted no further than its lane's items).
+ */
+static uint64_t
+stream_done(const struct stream *s)
+{
+	uint64_t done = s->consumed;
+
+	for (unsigned i = 0; i < s->nw; i++) {
+		const struct lane *l = &s->lanes[i];
+		const struct worker *w = s->w[i];
+		uint64_t n = l->acked;
+
+		if (l->state != L_LIVE)
+			continue;
+		if (w != NULL && w->stream == s && w->shm != NULL)
+			n += shm_load(&w->shm->ndone);
+		done += n < l->items ? n : l->items;
+	}
+	return done < s->seq ? done : s->seq;
+}
+
+/* An open stream: who sent it, to which pool, how far it is. */
+static json_t *
+status_stream(struct stream *s)
+{
+	struct peer *peer = s->src.ops->peer != NULL ?
+	    s->src.ops->peer(s->src.arg) : NULL;
+	json_t *v;
+
+	v = json_pack("{s:I,s:s,s:s,s:o,s:o,s:i,s:{s:I,s:I},s:o}",
+	    "id", (json_int_t)s->id,
+	    "pool", s->pool->pc->name,
+	    "state", stream_state_name(s->state),
+	    "client", peer != NULL ? json_pack("{s:i,s:I}", "pid",
+		(int)peer->pid, "uid", (json_int_t)peer->uid) : json_null(),
+	    "age", seconds(cns_now() - s->since),
+	    "workers", (int)s->nlive,
+	    "items", "in", (json_int_t)s->seq,
+		"done", (json_int_t)stream_done(s),
+	    "rate", seconds(s->state == S_QUEUED ? 0 :
+		recent_rate(&s->rate, s->leased_at)));
+	if (v == NULL)
+		fatalx("%s: json_pack", __func__);
+	return v;
+}
+
 struct pool_tally {
 	unsigned	 open, queued;
 	double		 wait;		/* the oldest queued stream's */
@@ -147,7 +226,7 @@ status_pool(struct pool *p)
 	    "s:{s:i,s:i,s:i,s:i,s:i},"
 	    "s:{s:i,s:i,s:I},"
 	    "s:{s:I,s:I,s:I,s:I},"
-	    "s:I,s:I,s:b,s:s?,s:o,s:o}",
+	    "s:I,s:I,s:b,s:s?,s:o,s:o,s:o}",
 	    "name", p->pc->name,
 	    "plugin", p->pc->plugin,
 	    "mode", conf_mode(p->pc->mode),
@@ -169,6 +248,7 @@ status_pool(struct pool *p)
 	    "failed", p->failed,
 	    "last_error", p->last_error,
 	    "queue_wait", seconds(t.wait),
+	    "items_per_second", seconds(recent_rate(&p->rate, p->since)),
 	    "processes", procs);
 	if (v == NULL)
 		fatalx("%s: json_pack", __func__);
@@ -184,16 +264,22 @@ status_reply(struct pool *only)
 	struct stream *s = NULL;
 	struct pool *p;
 	unsigned open = 0;
-	json_t *pools, *v;
+	json_t *pools, *streams, *v;
 
-	if ((pools = json_array()) == NULL)
+	if ((pools = json_array()) == NULL || (streams = json_array()) == NULL)
 		fatalx("%s: json_array", __func__);
 	TAILQ_FOREACH(p, pool_all(), entry)
 		if (only == NULL || p == only)
 			json_array_append_new(pools, status_pool(p));
-	while ((s = stream_next(s)) != NULL)
-		open += s->state != S_DONE;
-	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i,s:I},s:o}",
+	while ((s = stream_next(s)) != NULL) {
+		if (s->state == S_DONE)
+			continue;
+		open++;
+		if (only == NULL || strcmp(s->pool->pc->name,
+		    only->pc->name) == 0)
+			json_array_append_new(streams, status_stream(s));
+	}
+	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i,s:I},s:o,s:o}",
 	    "ok", 1,
 	    "daemon",
 		"pid", (int)getpid(),
@@ -203,7 +289,8 @@ status_reply(struct pool *only)
 		"streams_open", (int)open,
 		"workers", (int)worker_count(),
 		"client_output", (json_int_t)cns_client_out,
-	    "pools", pools);
+	    "pools", pools,
+	    "streams", streams);
 	if (v == NULL)
 		fatalx("%s: json_pack", __func__);
 	return v;

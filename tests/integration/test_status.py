@@ -142,6 +142,63 @@ class Status(unittest.TestCase):
             self.assertEqual(read_lines(c)[-1]["consumed"], 1)
             c.close()
 
+    def test_open_streams_and_rates(self):
+        """status lists each open stream: its id, the client's pid and
+        uid, its pool, its age, items in and done, its rate; and each pool
+        says its items per second."""
+        with Daemon(pools()) as d:
+            st = SlowStream(d, 100)
+            self.assertTrue(st.lease["ok"], st.lease)
+            held = d.connect()
+            held.settimeout(30 * SLOWDOWN)
+            held.sendall(b'{"op":"submit","pool":"sum"}\n' +
+                         b"".join(b"%d\n" % i for i in range(1, 11)))
+            lease = json.loads(held.makefile("rb").readline())
+            self.assertTrue(lease["ok"], lease)
+
+            def streams():
+                v = ask(d, {"op": "status"})
+                return {s["id"]: s for s in v["streams"]}, v
+
+            # The held sum stream: its 10 items are done while it is open;
+            # the slow one has all 100 in and some done (polled).
+            got, v = wait_for(lambda: (lambda g: g if g[0][lease["stream"]]
+                                       ["items"] == {"in": 10, "done": 10}
+                                       and g[0][st.lease["stream"]]["items"]
+                                       ["in"] == 100 and
+                                       g[0][st.lease["stream"]]["items"]
+                                       ["done"] > 0 else None)(streams()),
+                              what="10 items done and 100 in")
+            self.assertEqual(sorted(got), sorted([st.lease["stream"],
+                                                  lease["stream"]]))
+            slow, summ = got[st.lease["stream"]], got[lease["stream"]]
+            self.assertEqual((slow["pool"], summ["pool"]), ("slow", "sum"))
+            for s in (slow, summ):
+                self.assertEqual(s["client"], {"pid": os.getpid(),
+                                               "uid": os.getuid()})
+                self.assertEqual(s["state"], "running")
+                self.assertEqual(s["workers"], 1)
+                self.assertGreaterEqual(s["age"], 0)
+                self.assertLessEqual(s["items"]["done"], s["items"]["in"])
+                # Items went out within the last seconds: a rate above 0.
+                self.assertGreater(s["rate"], 0)
+            self.assertLessEqual(slow["items"]["done"], 100)
+            self.assertGreater(pool_of(v, "slow")["items_per_second"], 0)
+            self.assertGreater(pool_of(v, "sum")["items_per_second"], 0)
+            # The age goes on (polled).
+            wait_for(lambda: streams()[0][lease["stream"]]["age"] >
+                     summ["age"], what="the age to grow")
+            # One pool: its streams only.
+            one = ask(d, {"op": "status", "pool": "sum"})
+            self.assertEqual([s["id"] for s in one["streams"]],
+                             [lease["stream"]])
+            self.assertEqual(st.end()["consumed"], 100)
+            held.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_lines(held)[-1]["completion"], 55)
+            held.close()
+            wait_for(lambda: ask(d, {"op": "status"})["streams"] == [],
+                     what="no open stream left")
+
     def test_pools(self):
         with Daemon(pools()) as d:
             v = ask(d, {"op": "pools"})
