@@ -255,6 +255,18 @@ class Cli(unittest.TestCase):
                      ["workers"]["busy"] == 1, what="a busy worker")
             out = self.run_cli(d, "status")
             self.assertRegex(out, r"^consumersd \S+, pid %d, up " % d.pid())
+            self.assertRegex(out, r"(?m)^POOL +MODE +WORKERS +BUSY +IDLE "
+                                  r"+OPEN +QUEUED +ITEMS/S +CONSUMED "
+                                  r"+CRASHES$")
+            self.assertRegex(out, r"(?m)^slow +static +2/2 +1 +1 +1 +0 ")
+            self.assertRegex(out, r"(?m)^sum +static +1/1 ")
+            self.assertRegex(out, r"(?m)^  worker 1 +pid \d+ +(busy|idle) ")
+            self.assertRegex(out, r"(?m)^  worker \d +pid \d+ +busy +stream "
+                                  r"%d +items 50 " % st.lease["stream"])
+            self.assertRegex(out, r"(?m)^%d +slow +running +%d +%d +\S+ +50 "
+                             % (st.lease["stream"], os.getpid(),
+                                os.getuid()))
+            out = self.run_cli(d, "status", "--wide")
             self.assertRegex(out, r"(?m)^POOL +MODE +WORKERS +BUSY")
             self.assertRegex(out, r"(?m)^slow +static +2/2 +1 +1 +0 +1 +0 "
                                   r"+0 +50 ")
@@ -267,6 +279,50 @@ class Cli(unittest.TestCase):
             v = json.loads(self.run_cli(d, "status", "--json", "sum"))
             self.assertEqual([p["name"] for p in v["pools"]], ["sum"])
             st.end()
+
+    def test_narrow_fits_80_columns_and_wide_has_all(self):
+        """The default table fits 80 columns, with a long pool name, a
+        failed pool's long message and an open stream; --wide has every
+        column and the names in full."""
+        name = "a-pool-with-a-name-far-too-long-for-its-column"
+        # Its workers' message names it: longer than a line.
+        bad = "bad-pool-whose-name-makes-its-failure-message-long"
+        with Daemon({name: {"plugin": "sum", "workers": 3},
+                     bad: {"plugin": test_plugin("failinit"),
+                           "max_init_failures": 1}}) as d:
+            held = d.connect()
+            held.settimeout(30 * SLOWDOWN)
+            held.sendall(b'{"op":"submit","pool":"%s"}\n1\n2\n'
+                         % name.encode())
+            lease = json.loads(held.makefile("rb").readline())
+            self.assertTrue(lease["ok"], lease)
+            wait_for(lambda: pool_of(ask(d, {"op": "status"}), bad)
+                     ["failed"], what="the bad pool failed")
+            wait_for(lambda: ask(d, {"op": "status"})["streams"][0]
+                     ["items"]["done"] == 2, what="2 items done")
+            out = self.run_cli(d, "status")
+            for line in out.splitlines():
+                self.assertLessEqual(len(line), 80, "%r in\n%s"
+                                     % (line, out))
+            self.assertNotIn(name, out)
+            self.assertRegex(out, r"(?m)^a-pool-with-a~ +static +3/3 +3 +0 "
+                                  r"+1 +0 ")
+            self.assertRegex(out, r"(?m)^  FAILED: .*\.\.\.$")
+            self.assertRegex(out, r"(?m)^STREAM +POOL +STATE +PID +UID +AGE "
+                                  r"+IN +DONE +ITEMS/S$")
+            self.assertRegex(out, r"(?m)^%d +a-pool-with-a~ +running +%d +%d "
+                                  r"+\S+ +2 +2 +[0-9.]+$"
+                             % (lease["stream"], os.getpid(), os.getuid()))
+            wide = self.run_cli(d, "status", "--wide")
+            self.assertRegex(wide, r"(?m)^%s +static +3/3 " % name)
+            self.assertRegex(wide, r"(?m)^POOL +MODE .* QUARANTINED +CRASHES "
+                                   r"+RESPAWNS +WAIT +ITEMS/S$")
+            self.assertRegex(wide, r"(?m)^%d +%s +running .* 3$"
+                             % (lease["stream"], name))
+            self.assertGreater(max(len(l) for l in wide.splitlines()), 80)
+            held.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_lines(held)[-1]["completion"], 3)
+            held.close()
 
     def test_watch_until_sigint(self):
         with Daemon(pools()) as d:
