@@ -250,6 +250,7 @@ void		 pool_free(struct pool *);
 struct pool	*pool_find(const char *name);
 void		 pool_add(struct pool *);
 struct poolq	*pool_all(void);
+struct poolq	*pool_retired(void);
 void		 pool_start(struct pool *);
 unsigned	 pool_lease(struct pool *, unsigned want, struct worker **out);
 void		 pool_idle(struct pool *, struct worker *);

@@ -79,7 +79,7 @@ class Status(unittest.TestCase):
             self.assertEqual(p["capacity"], 2)
             self.assertEqual(p["workers"], {"total": 2, "idle": 1,
                                             "busy": 1, "starting": 0,
-                                            "exiting": 0})
+                                            "exiting": 0, "retiring": 0})
             self.assertEqual(p["streams"], {"open": 1, "queued": 0,
                                             "completed": 0})
             self.assertEqual((p["crashes"], p["failed"], p["last_error"]),
@@ -198,6 +198,80 @@ class Status(unittest.TestCase):
             held.close()
             wait_for(lambda: ask(d, {"op": "status"})["streams"] == [],
                      what="no open stream left")
+
+    def test_counters_survive_a_reload_and_old_workers_retire(self):
+        """A reload that changes a pool keeps its counters (they belong to
+        its name), and the old workers that finish its open stream are
+        shown as retiring, in status, the CLI and the metrics."""
+        with Daemon(pools()) as d:
+            rc, f, err = d.cli("submit", "slow", input=b"".join(
+                b"%d\n" % i for i in range(1, 11)))
+            self.assertEqual((rc, f["consumed"]), (0, 10), err)
+            st = SlowStream(d, 100)
+            sid = st.lease["stream"]
+            v = wait_for(lambda: (lambda v: v if pool_of(v, "slow")
+                                  ["items"]["in"] == 110 else None)(
+                ask(d, {"op": "status"})), what="100 items in")
+            old = sorted(w["pid"] for w in pool_of(v, "slow")["processes"])
+            busy = [w["pid"] for w in pool_of(v, "slow")["processes"]
+                    if w["stream"] == sid]
+            self.assertEqual(len(busy), 1, v)
+            # Change the pool: new workers start; the open stream goes on
+            # on its old one.
+            with open(os.path.join(d.dir, "pools.d", "slow.json"),
+                      "w") as f:
+                json.dump(dict(pools()["slow"], kwargs={"usec": 20001}), f)
+            r = ask(d, {"op": "reload"})
+            self.assertTrue(r["ok"], r)
+            self.assertIn("1 changed", r["reloaded"])
+            p = pool_of(ask(d, {"op": "status"}), "slow")
+            self.assertEqual(p["streams"], {"open": 1, "queued": 0,
+                                            "completed": 1})
+            self.assertEqual(p["items"]["in"], 110)
+            self.assertGreaterEqual(p["items"]["consumed"], 10)
+            self.assertEqual(p["crashes"], 0)
+            retiring = [w for w in p["processes"]
+                        if w["state"] == "retiring"]
+            self.assertIn(busy[0], [w["pid"] for w in retiring], p)
+            self.assertEqual(p["workers"]["retiring"], len(retiring))
+            self.assertTrue({w["pid"] for w in retiring} <= set(old), p)
+            self.assertEqual([w["stream"] for w in retiring
+                              if w["pid"] == busy[0]], [sid])
+            v = ask(d, {"op": "status"})
+            self.assertEqual([(s["id"], s["pool"]) for s in v["streams"]],
+                             [(sid, "slow")])
+            out = subprocess.run(VALGRIND + [CLI, "-s", d.socket, "status"],
+                                 capture_output=True, text=True,
+                                 timeout=30 * SLOWDOWN).stdout
+            self.assertRegex(out, r"(?m)^  worker \d+ +pid %d +retiring "
+                                  r"+stream %d " % (busy[0], sid))
+            fams = parse_openmetrics(ask(d, {"op": "metrics"})["metrics"])
+            self.assertGreaterEqual(om_value(fams, "consumersd_workers",
+                                             "consumersd_workers",
+                                             pool="slow", state="retiring"),
+                                    1)
+            # The stream ends; the old workers go; the counts stay, the
+            # stream's added: no respawn for the stopped old workers.
+            self.assertEqual(st.end()["consumed"], 100)
+
+            def settled():
+                p = pool_of(ask(d, {"op": "status"}), "slow")
+                return p if (p["workers"]["retiring"] == 0 and
+                             p["streams"]["completed"] == 2 and not
+                             set(old) & set(d.worker_pids())) else None
+            p = wait_for(settled, what="the old workers gone")
+            self.assertEqual(p["items"], {"in": 110, "consumed": 110,
+                                          "rejected": 0, "quarantined": 0})
+            self.assertEqual((p["crashes"], p["respawns"]), (0, 0))
+            self.assertNotIn("retiring", [w["state"]
+                                          for w in p["processes"]])
+            fams = parse_openmetrics(ask(d, {"op": "metrics"})["metrics"])
+            self.assertEqual(om_value(fams, "consumersd_items",
+                                      "consumersd_items_total", pool="slow",
+                                      outcome="consumed"), 110)
+            self.assertEqual(om_value(
+                fams, "consumersd_streams_completed",
+                "consumersd_streams_completed_total", pool="slow"), 2)
 
     def test_pools(self):
         with Daemon(pools()) as d:
