@@ -12,7 +12,8 @@
  * so replies never back up.  On a terminal, stderr shows one progress
  * line while it runs.
  *
- *   consumers [-s socket] status [--json] [--watch [SECONDS]] [POOL]
+ *   consumers [-s socket] status [--json] [--wide] [--watch [SECONDS]]
+ *             [POOL]
  *   consumers [-s socket] pools [--json]
  *
  * ask the daemon one question each and print its answer as a table, or as
@@ -510,13 +511,62 @@ num2(json_t *obj, const char *key, const char *sub)
 	return num(json_object_get(obj, key), sub);
 }
 
+/*
+ * A count in at most `width` characters: as it is when it fits, else
+ * scaled (12.3k, 4.5M, 678G), so the narrow table keeps its columns.
+ */
+static const char *
+count(long long n, int width, char *buf, size_t len)
+{
+	static const char units[] = "kMGTPE";
+	double d = (double)n;
+
+	if (snprintf(buf, len, "%lld", n) <= width)
+		return buf;
+	for (int i = 0; units[i] != '\0'; i++) {
+		d /= 1000;
+		if (snprintf(buf, len, "%.1f%c", d, units[i]) <= width ||
+		    snprintf(buf, len, "%.0f%c", d, units[i]) <= width)
+			break;
+	}
+	return buf;
+}
+
+/* Items per second in at most `width` characters: one decimal, or a
+ * scaled count. */
+static const char *
+rate(json_t *v, int width, char *buf, size_t len)
+{
+	double r = json_number_value(v);
+
+	if (snprintf(buf, len, "%.1f", r) <= width)
+		return buf;
+	return count((long long)r, width, buf, len);
+}
+
+/* A pool name in at most `width` characters: a longer one ends in "~". */
+static const char *
+clip(const char *s, int width, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s", s != NULL ? s : "?");
+	if ((int)strlen(buf) > width && width > 1 && (size_t)width < len) {
+		buf[width - 1] = '~';
+		buf[width] = '\0';
+	}
+	return buf;
+}
+
+/* Columns of the narrow view: a pool name is cut at NAME_MAX_NARROW, so
+ * every line fits 80 columns. */
+#define NAME_MAX_NARROW	14
+
 static void
-print_worker(json_t *w, long long now)
+print_worker(json_t *w, long long now, int wide)
 {
 	json_t *stream = json_object_get(w, "stream"),
 	    *rss = json_object_get(w, "rss_kib"),
 	    *start = json_object_get(w, "start");
-	char sid[32] = "-", mem[32] = "-", up[32];
+	char sid[32] = "-", mem[32] = "-", up[32], items[32];
 	json_t *upv = NULL;
 
 	if (json_is_integer(stream))
@@ -527,18 +577,86 @@ print_worker(json_t *w, long long now)
 		    (long long)json_integer_value(rss));
 	if (json_is_integer(start))
 		upv = json_integer(now - json_integer_value(start));
-	printf("  worker %-3lld pid %-7lld %-8s stream %-6s items %-9lld "
-	    "served %-6lld rss %-12s up %s\n", num(w, "slot"), num(w, "pid"),
-	    json_string_value(json_object_get(w, "state")), sid,
-	    num(w, "items"), num(w, "streams_served"), mem,
-	    age(upv, up, sizeof up));
+	if (wide)
+		printf("  worker %-3lld pid %-7lld %-8s stream %-6s items "
+		    "%-9lld served %-6lld rss %-12s up %s\n", num(w, "slot"),
+		    num(w, "pid"), json_string_value(json_object_get(w,
+		    "state")), sid, num(w, "items"), num(w, "streams_served"),
+		    mem, age(upv, up, sizeof up));
+	else
+		printf("  worker %-3lld pid %-7lld %-8s stream %-8s items %-8s "
+		    "up %s\n", num(w, "slot"), num(w, "pid"),
+		    json_string_value(json_object_get(w, "state")), sid,
+		    count(num(w, "items"), 8, items, sizeof items),
+		    age(upv, up, sizeof up));
 	json_decref(upv);
 }
 
+/* The open streams: who sent each, where, how far, how fast. */
 static void
-print_status(json_t *v)
+print_streams(json_t *streams, int width, int wide)
 {
-	json_t *d = json_object_get(v, "daemon"), *pools, *p, *w;
+	json_t *s, *c;
+	size_t i;
+	char name[80], pid[32], uid[32], up[32], in[32], done[32], per[32];
+
+	if (json_array_size(streams) == 0)
+		return;
+	printf("%-7s %-*s %-10s %7s %6s %6s %7s %7s %7s%s\n", "STREAM", width,
+	    "POOL", "STATE", "PID", "UID", "AGE", "IN", "DONE", "ITEMS/S",
+	    wide ? " WORKERS" : "");
+	json_array_foreach(streams, i, s) {
+		const char *pool = json_string_value(json_object_get(s,
+		    "pool"));
+
+		c = json_object_get(s, "client");
+		snprintf(pid, sizeof pid, "-");
+		snprintf(uid, sizeof uid, "-");
+		if (json_is_object(c)) {
+			snprintf(pid, sizeof pid, "%lld", num(c, "pid"));
+			snprintf(uid, sizeof uid, "%lld", num(c, "uid"));
+		}
+		printf("%-7lld %-*s %-10s %7s %6s %6s %7s %7s %7s",
+		    num(s, "id"), width, wide ? pool : clip(pool, width, name,
+		    sizeof name),
+		    json_string_value(json_object_get(s, "state")), pid, uid,
+		    age(json_object_get(s, "age"), up, sizeof up),
+		    count(num2(s, "items", "in"), wide ? 20 : 7, in, sizeof in),
+		    count(num2(s, "items", "done"), wide ? 20 : 7, done,
+		    sizeof done), rate(json_object_get(s, "rate"),
+		    wide ? 20 : 7, per, sizeof per));
+		if (wide)
+			printf(" %7lld", num(s, "workers"));
+		putchar('\n');
+	}
+}
+
+/* At most `max` bytes of s, cut at a character, "..." where cut. */
+static const char *
+fit(const char *s, size_t max, char *buf, size_t len)
+{
+	size_t n = strlen(s);
+
+	if (n <= max || max < 4 || max + 1 > len) {
+		snprintf(buf, len, "%s", s);
+		return buf;
+	}
+	n = max - 3;
+	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	snprintf(buf, len, "%.*s...", (int)n, s);
+	return buf;
+}
+
+/*
+ * The daemon, its pools with their workers, and its open streams.  The
+ * narrow view fits 80 columns (long names cut, large counts scaled);
+ * `wide` has every column in full.
+ */
+static void
+print_status(json_t *v, int wide)
+{
+	json_t *d = json_object_get(v, "daemon"), *pools, *p, *w, *s;
 	long long now = (long long)time(NULL);
 	int width = 4;
 	size_t i, j;
@@ -551,40 +669,83 @@ print_status(json_t *v)
 	    num(d, "workers"), num(d, "workers") == 1 ? "" : "s");
 	pools = json_object_get(v, "pools");
 	json_array_foreach(pools, i, p) {
-		int n = (int)strlen(json_string_value(json_object_get(p,
-		    "name")));
+		const char *name = json_string_value(json_object_get(p,
+		    "name"));
+		int n = name != NULL ? (int)strlen(name) : 1;
 		if (n > width)
 			width = n;
 	}
-	printf("%-*s  %-8s %7s %5s %5s %5s %5s %6s %9s %10s %10s %8s %11s "
-	    "%7s %8s %7s\n", width, "POOL", "MODE", "WORKERS", "BUSY", "IDLE",
-	    "START", "OPEN", "QUEUED", "COMPLETED", "ITEMS_IN", "CONSUMED",
-	    "REJECTED", "QUARANTINED", "CRASHES", "RESPAWNS", "WAIT");
+	json_array_foreach(json_object_get(v, "streams"), i, s) {
+		const char *name = json_string_value(json_object_get(s,
+		    "pool"));
+		int n = name != NULL ? (int)strlen(name) : 1;
+		if (n > width)
+			width = n;
+	}
+	if (!wide && width > NAME_MAX_NARROW)
+		width = NAME_MAX_NARROW;
+	if (wide)
+		printf("%-*s  %-8s %7s %5s %5s %5s %5s %6s %9s %10s %10s %8s "
+		    "%11s %7s %8s %7s %8s\n", width, "POOL", "MODE", "WORKERS",
+		    "BUSY", "IDLE", "START", "OPEN", "QUEUED", "COMPLETED",
+		    "ITEMS_IN", "CONSUMED", "REJECTED", "QUARANTINED",
+		    "CRASHES", "RESPAWNS", "WAIT", "ITEMS/S");
+	else
+		printf("%-*s %-8s %7s %4s %4s %4s %6s %7s %8s %7s\n", width,
+		    "POOL", "MODE", "WORKERS", "BUSY", "IDLE", "OPEN", "QUEUED",
+		    "ITEMS/S", "CONSUMED", "CRASHES");
 	json_array_foreach(pools, i, p) {
-		char cap[32], wait[32];
+		char cap[64], wait[32], name[80], b[6][32], per[32], msg[1200];
 		json_t *err = json_object_get(p, "last_error");
 		snprintf(cap, sizeof cap, "%lld/%lld",
 		    num2(p, "workers", "total"), num(p, "capacity"));
 		snprintf(wait, sizeof wait, "%.1fs",
 		    json_number_value(json_object_get(p, "queue_wait")));
-		printf("%-*s  %-8s %7s %5lld %5lld %5lld %5lld %6lld %9lld "
-		    "%10lld %10lld %8lld %11lld %7lld %8lld %7s\n", width,
-		    json_string_value(json_object_get(p, "name")),
-		    json_string_value(json_object_get(p, "mode")), cap,
-		    num2(p, "workers", "busy"), num2(p, "workers", "idle"),
-		    num2(p, "workers", "starting"), num2(p, "streams", "open"),
-		    num2(p, "streams", "queued"),
-		    num2(p, "streams", "completed"), num2(p, "items", "in"),
-		    num2(p, "items", "consumed"), num2(p, "items", "rejected"),
-		    num2(p, "items", "quarantined"), num(p, "crashes"),
-		    num(p, "respawns"), wait);
+		if (wide)
+			printf("%-*s  %-8s %7s %5lld %5lld %5lld %5lld %6lld "
+			    "%9lld %10lld %10lld %8lld %11lld %7lld %8lld %7s "
+			    "%8s\n", width,
+			    json_string_value(json_object_get(p, "name")),
+			    json_string_value(json_object_get(p, "mode")), cap,
+			    num2(p, "workers", "busy"),
+			    num2(p, "workers", "idle"),
+			    num2(p, "workers", "starting"),
+			    num2(p, "streams", "open"),
+			    num2(p, "streams", "queued"),
+			    num2(p, "streams", "completed"),
+			    num2(p, "items", "in"),
+			    num2(p, "items", "consumed"),
+			    num2(p, "items", "rejected"),
+			    num2(p, "items", "quarantined"), num(p, "crashes"),
+			    num(p, "respawns"), wait,
+			    rate(json_object_get(p, "items_per_second"), 20,
+			    per, sizeof per));
+		else {
+			if (strlen(cap) > 7)
+				count(num2(p, "workers", "total"), 7, cap,
+				    sizeof cap);
+			printf("%-*s %-8s %7s %4s %4s %4s %6s %7s %8s %7s\n",
+			    width, clip(json_string_value(json_object_get(p,
+			    "name")), width, name, sizeof name),
+			    json_string_value(json_object_get(p, "mode")), cap,
+			    count(num2(p, "workers", "busy"), 4, b[0], 32),
+			    count(num2(p, "workers", "idle"), 4, b[1], 32),
+			    count(num2(p, "streams", "open"), 4, b[2], 32),
+			    count(num2(p, "streams", "queued"), 6, b[3], 32),
+			    rate(json_object_get(p, "items_per_second"), 7, per,
+			    sizeof per),
+			    count(num2(p, "items", "consumed"), 8, b[4], 32),
+			    count(num(p, "crashes"), 7, b[5], 32));
+		}
 		if (json_is_true(json_object_get(p, "failed")))
-			printf("  FAILED: %s\n", json_is_string(err) ?
+			printf("  FAILED: %s\n", fit(json_is_string(err) ?
 			    json_string_value(err) : "its workers keep dying "
-			    "while they start");
+			    "while they start", wide ? sizeof msg - 1 : 70, msg,
+			    sizeof msg));
 		json_array_foreach(json_object_get(p, "processes"), j, w)
-			print_worker(w, now);
+			print_worker(w, now, wide);
 	}
+	print_streams(json_object_get(v, "streams"), width, wide);
 }
 
 static void
@@ -631,12 +792,14 @@ status(const char *sockpath, int argc, char **argv)
 	struct sigaction sa;
 	const char *pool = NULL;
 	double every = 0;
-	int json = 0, tty = isatty(STDOUT_FILENO), first = 1, rc;
+	int json = 0, wide = 0, tty = isatty(STDOUT_FILENO), first = 1, rc;
 	json_t *header, *v;
 
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--json") == 0)
 			json = 1;
+		else if (strcmp(argv[i], "--wide") == 0)
+			wide = 1;
 		else if (strcmp(argv[i], "--watch") == 0) {
 			every = 2;
 			/* A number after --watch is its interval. */
@@ -683,7 +846,7 @@ status(const char *sockpath, int argc, char **argv)
 		if (json)
 			print_json(v);
 		else
-			print_status(v);
+			print_status(v, wide);
 		json_decref(v);
 		/* A reader that went away (SIGPIPE ignored by whoever started
 		 * us) or a full disk ends a watch instead of looping. */
@@ -775,7 +938,8 @@ metrics(const char *sockpath, int argc, char **argv)
 	if (v == NULL)
 		die("metrics: no answer from the daemon");
 	if ((rc = refused(v)) == 0) {
-		const char *m = json_string_value(json_object_get(v, "metrics"));
+		const char *m = json_string_value(json_object_get(v,
+		    "metrics"));
 
 		if (m == NULL)
 			die("metrics: the daemon's answer has no \"metrics\"");
@@ -813,12 +977,13 @@ static const struct cmd cmds[] = {
 	    "  -q, --quiet       print nothing but errors (no final line, "
 	    "no progress)\n" },
 	{ "status", status, "",
-	    "[--json] [--watch [SECONDS]] [POOL]",
+	    "[--json] [--wide] [--watch [SECONDS]] [POOL]",
 	    "the daemon's pools, workers and streams, now",
 	    "Print the daemon's status: each pool's workers, streams and "
 	    "counts, and its\n"
 	    "worker processes; of one POOL if named.\n\n"
 	    "  --json            the daemon's answer as JSON, one line\n"
+	    "  --wide            every column (the default fits 80 columns)\n"
 	    "  --watch [SECONDS] print it again every SECONDS (default 2) "
 	    "until ^C\n" },
 	{ "pools", pools, "", "[--json]",

@@ -214,6 +214,15 @@ TAILQ_HEAD(streamq, stream);
 struct lane;
 TAILQ_HEAD(laneq, lane);
 
+/* Items per second, one count per second for the last RATE_SECONDS: a
+ * stream's (min_item_rate, status) and a pool's (status).  Added to as
+ * items go out (crash.c), read by the pure decision crash_too_slow(). */
+#define RATE_SECONDS	10
+struct item_rate {
+	int64_t		 sec;		/* the second n[sec % RATE_SECONDS] */
+	uint32_t	 n[RATE_SECONDS];
+};
+
 struct pool {
 	struct pool_conf *pc;
 	struct conf	*conf;		/* holds pc; a reference */
@@ -243,6 +252,8 @@ struct pool {
 	 * up); status adds the streams still held by a client. */
 	uint64_t	 done_in, done_consumed, done_rejected,
 			 done_quarantined;
+	struct item_rate rate;		/* items sent to its workers */
+	double		 since;		/* created, monotonic seconds */
 	TAILQ_ENTRY(pool) entry;
 };
 TAILQ_HEAD(poolq, pool);
@@ -252,6 +263,7 @@ void		 pool_free(struct pool *);
 struct pool	*pool_find(const char *name);
 void		 pool_add(struct pool *);
 struct poolq	*pool_all(void);
+struct poolq	*pool_retired(void);
 void		 pool_start(struct pool *);
 unsigned	 pool_lease(struct pool *, unsigned want, struct worker **out);
 void		 pool_idle(struct pool *, struct worker *);
@@ -397,15 +409,6 @@ struct lane {
 };
 
 struct attempt { uint64_t seq; unsigned n; };
-
-/* A stream's items per second, one count per second for the last
- * RATE_SECONDS (min_item_rate): added to as items go out (crash.c), read
- * by the pure decision crash_too_slow(). */
-#define RATE_SECONDS	10
-struct item_rate {
-	int64_t		 sec;		/* the second n[sec % RATE_SECONDS] */
-	uint32_t	 n[RATE_SECONDS];
-};
 
 struct stream {
 	uint64_t	 id;

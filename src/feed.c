@@ -216,6 +216,7 @@ feed_batch(struct stream *s, struct worker *w, struct evbuffer *in,
 	s->seq += cut->n;
 	cns_items_in += cut->n;		/* for the items/s in STATUS= */
 	rate_add(&s->rate, (int64_t)cns_now(), cut->n);	/* min_item_rate */
+	rate_add(&s->pool->rate, (int64_t)cns_now(), cut->n);	/* status */
 }
 
 static int

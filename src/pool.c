@@ -24,6 +24,13 @@ pool_all(void)
 	return &pools;
 }
 
+/* Pools a reload replaced or removed, while their streams finish. */
+struct poolq *
+pool_retired(void)
+{
+	return &retired;
+}
+
 struct pool *
 pool_find(const char *name)
 {
@@ -76,6 +83,7 @@ pool_new(struct pool_conf *pc)
 	if (cns_base != NULL)
 		p->respawn_ev = evtimer_new(cns_base, pool_respawn, p);
 	p->spawn_rate = 1;
+	p->since = cns_now();
 	if (cns_base != NULL && pc->mode != MODE_STATIC) {
 		/* A tick of a second; ondemand's idle limit may ask less. */
 		double every = pc->mode == MODE_ONDEMAND &&
@@ -173,6 +181,28 @@ pool_free_cb(void *arg)
 	pool_free(arg);
 }
 
+/*
+ * A pool's counters belong to its name: what a retired pool counted goes
+ * to the pool of its name, if there is one, when it goes (status adds
+ * them up until then).
+ */
+static void
+pool_fold(struct pool *into, const struct pool *from)
+{
+	into->respawns += from->respawns;
+	into->streams_done += from->streams_done;
+	into->crashes += from->crashes;
+	into->done_in += from->done_in;
+	into->done_consumed += from->done_consumed;
+	into->done_rejected += from->done_rejected;
+	into->done_quarantined += from->done_quarantined;
+	for (int64_t t = from->rate.sec - RATE_SECONDS + 1;
+	    t <= from->rate.sec; t++)
+		if (t >= 0 && from->rate.n[t % RATE_SECONDS] > 0)
+			rate_add(&into->rate, t,
+			    from->rate.n[t % RATE_SECONDS]);
+}
+
 /* A retiring pool: stop its workers once its streams are done; free it
  * once nothing points to it. */
 void
@@ -189,9 +219,13 @@ pool_retire_check(struct pool *p)
 				worker_stop(w);
 		}
 	if (p->nworkers == 0 && p->nstreams == 0 && !p->freeing) {
+		struct pool *heir = pool_find(p->pc->name);
+
 		log_info("pool %s: the configuration it ran under is retired",
 		    p->pc->name);
 		TAILQ_REMOVE(&retired, p, entry);
+		if (heir != NULL)
+			pool_fold(heir, p);
 		/* Callers up the stack may still hold it: freed later. */
 		p->freeing = 1;
 		cns_later(pool_free_cb, p);
@@ -529,7 +563,9 @@ pool_worker_gone(struct pool *p, struct worker *w, enum start_verdict v)
 
 	if (pools_stopping)
 		return;
-	p->respawns++;
+	/* A worker a retiring pool stopped is not replaced. */
+	if (!p->retiring || w == NULL || w->state != W_EXITING)
+		p->respawns++;
 	if (v == START_STARTED)
 		p->init_failures = 0;
 	if (v == START_FAILED) {

@@ -3,7 +3,9 @@
  * pool, and each worker process, built from the tables as they are.  A
  * worker's memory comes from /proc, with bounded reads that cannot
  * block (procfs files answer at once); what /proc cannot say is null.
- * Start times are the ones the master recorded when it forked.
+ * Start times are the ones the master recorded when it forked.  A pool
+ * is shown by name: the pools of that name a reload retired add their
+ * counts and their workers (as "retiring") while their streams finish.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -70,8 +72,10 @@ seconds(double s)
 	    1000);
 }
 
+/* A worker; `retiring`: of a pool a reload replaced, finishing its
+ * streams. */
 static json_t *
-status_worker(struct worker *w)
+status_worker(struct worker *w, int retiring)
 {
 	long long rss = proc_rss_kib(w->pid);
 	json_t *v;
@@ -79,7 +83,7 @@ status_worker(struct worker *w)
 	v = json_pack("{s:i,s:i,s:s,s:o,s:I,s:I,s:o,s:o}",
 	    "pid", (int)w->pid,
 	    "slot", (int)w->slot,
-	    "state", worker_state_name(w->state),
+	    "state", retiring ? "retiring" : worker_state_name(w->state),
 	    "stream", w->stream != NULL ? json_integer(
 		(json_int_t)w->stream->id) : json_null(),
 	    "items", (json_int_t)(w->stream != NULL ? w->sent : 0),
@@ -91,24 +95,133 @@ status_worker(struct worker *w)
 	return v;
 }
 
+/*
+ * Items per second over the last RATE_SECONDS, or since `since` if that
+ * is later; over a second at least, so a first burst is not taken for a
+ * rate.
+ */
+static double
+recent_rate(const struct item_rate *r, double since)
+{
+	double now = cns_now(), from, span;
+
+	from = (double)(int64_t)now - (RATE_SECONDS - 1);
+	if (since > from)
+		from = since;
+	if ((span = now - from) < 1)
+		span = 1;
+	return rate_avg(r, (int64_t)now) * RATE_SECONDS / span;
+}
+
+static const char *
+stream_state_name(enum stream_state st)
+{
+	switch (st) {
+	case S_QUEUED:		return "queued";
+	case S_RUNNING:		return "running";
+	case S_COMPLETING:	return "completing";
+	case S_DONE:		return "done";
+	}
+	return "?";
+}
+
+/*
+ * Items the stream's workers have finished: those its returned consume
+ * calls consumed, and those the running ones have moved past (each
+ * worker's page says how many; trusted no further than its lane's items).
+ */
+static uint64_t
+stream_done(const struct stream *s)
+{
+	uint64_t done = s->consumed;
+
+	for (unsigned i = 0; i < s->nw; i++) {
+		const struct lane *l = &s->lanes[i];
+		const struct worker *w = s->w[i];
+		uint64_t n = l->acked;
+
+		if (l->state != L_LIVE)
+			continue;
+		if (w != NULL && w->stream == s && w->shm != NULL)
+			n += shm_load(&w->shm->ndone);
+		done += n < l->items ? n : l->items;
+	}
+	return done < s->seq ? done : s->seq;
+}
+
+/* An open stream: who sent it, to which pool, how far it is. */
+static json_t *
+status_stream(struct stream *s)
+{
+	struct peer *peer = s->src.ops->peer != NULL ?
+	    s->src.ops->peer(s->src.arg) : NULL;
+	json_t *v;
+
+	v = json_pack("{s:I,s:s,s:s,s:o,s:o,s:i,s:{s:I,s:I},s:o}",
+	    "id", (json_int_t)s->id,
+	    "pool", s->pool->pc->name,
+	    "state", stream_state_name(s->state),
+	    "client", peer != NULL ? json_pack("{s:i,s:I}", "pid",
+		(int)peer->pid, "uid", (json_int_t)peer->uid) : json_null(),
+	    "age", seconds(cns_now() - s->since),
+	    "workers", (int)s->nlive,
+	    "items", "in", (json_int_t)s->seq,
+		"done", (json_int_t)stream_done(s),
+	    "rate", seconds(s->state == S_QUEUED ? 0 :
+		recent_rate(&s->rate, s->leased_at)));
+	if (v == NULL)
+		fatalx("%s: json_pack", __func__);
+	return v;
+}
+
 struct pool_tally {
 	unsigned	 open, queued;
 	double		 wait;		/* the oldest queued stream's */
+	double		 rate;		/* items/s */
 	uint64_t	 in, consumed, rejected, quarantined;
+	uint64_t	 completed, crashes, respawns;
 };
+
+/*
+ * A pool's counts belong to its name: those of the pools of that name a
+ * reload retired (their streams finish on their own workers) are added,
+ * until they go (pool_retire_check adds them to the pool then).
+ */
+static int
+same_name(const struct pool *a, const struct pool *b)
+{
+	return a == b || strcmp(a->pc->name, b->pc->name) == 0;
+}
 
 static void
 status_tally(struct pool *p, struct pool_tally *t)
 {
 	struct stream *s = NULL;
+	struct pool *q;
 
 	memset(t, 0, sizeof *t);
+	t->rate = recent_rate(&p->rate, p->since);
 	t->in = p->done_in;
 	t->consumed = p->done_consumed;
 	t->rejected = p->done_rejected;
 	t->quarantined = p->done_quarantined;
+	t->completed = p->streams_done;
+	t->crashes = p->crashes;
+	t->respawns = p->respawns;
+	TAILQ_FOREACH(q, pool_retired(), entry) {
+		if (!same_name(q, p))
+			continue;
+		t->rate += recent_rate(&q->rate, q->since);
+		t->in += q->done_in;
+		t->consumed += q->done_consumed;
+		t->rejected += q->done_rejected;
+		t->quarantined += q->done_quarantined;
+		t->completed += q->streams_done;
+		t->crashes += q->crashes;
+		t->respawns += q->respawns;
+	}
 	while ((s = stream_next(s)) != NULL) {
-		if (s->pool != p)
+		if (!same_name(s->pool, p))
 			continue;
 		if (s->state == S_QUEUED) {
 			double waited = stream_waited(s);
@@ -131,7 +244,8 @@ status_pool(struct pool *p)
 {
 	struct pool_tally t;
 	struct worker *w;
-	unsigned busy = 0, starting = 0, exiting = 0;
+	unsigned busy = 0, starting = 0, exiting = 0, retiring = 0;
+	struct pool *q;
 	json_t *v, *procs;
 
 	if ((procs = json_array()) == NULL)
@@ -140,14 +254,21 @@ status_pool(struct pool *p)
 		busy += w->state == W_LEASED;
 		starting += w->state == W_STARTING;
 		exiting += w->state == W_EXITING;
-		json_array_append_new(procs, status_worker(w));
+		json_array_append_new(procs, status_worker(w, 0));
 	}
+	TAILQ_FOREACH(q, pool_retired(), entry)
+		if (same_name(q, p))
+			TAILQ_FOREACH(w, &q->workers, entry) {
+				retiring++;
+				json_array_append_new(procs,
+				    status_worker(w, 1));
+			}
 	status_tally(p, &t);
 	v = json_pack("{s:s,s:s,s:s,s:i,s:i,"
-	    "s:{s:i,s:i,s:i,s:i,s:i},"
+	    "s:{s:i,s:i,s:i,s:i,s:i,s:i},"
 	    "s:{s:i,s:i,s:I},"
 	    "s:{s:I,s:I,s:I,s:I},"
-	    "s:I,s:I,s:b,s:s?,s:o,s:o}",
+	    "s:I,s:I,s:b,s:s?,s:o,s:o,s:o}",
 	    "name", p->pc->name,
 	    "plugin", p->pc->plugin,
 	    "mode", conf_mode(p->pc->mode),
@@ -156,19 +277,20 @@ status_pool(struct pool *p)
 	    "workers",
 		"total", (int)p->nworkers, "idle", (int)p->nidle,
 		"busy", (int)busy, "starting", (int)starting,
-		"exiting", (int)exiting,
+		"exiting", (int)exiting, "retiring", (int)retiring,
 	    "streams",
 		"open", (int)t.open, "queued", (int)t.queued,
-		"completed", (json_int_t)p->streams_done,
+		"completed", (json_int_t)t.completed,
 	    "items",
 		"in", (json_int_t)t.in, "consumed", (json_int_t)t.consumed,
 		"rejected", (json_int_t)t.rejected,
 		"quarantined", (json_int_t)t.quarantined,
-	    "crashes", (json_int_t)p->crashes,
-	    "respawns", (json_int_t)p->respawns,
+	    "crashes", (json_int_t)t.crashes,
+	    "respawns", (json_int_t)t.respawns,
 	    "failed", p->failed,
 	    "last_error", p->last_error,
 	    "queue_wait", seconds(t.wait),
+	    "items_per_second", seconds(t.rate),
 	    "processes", procs);
 	if (v == NULL)
 		fatalx("%s: json_pack", __func__);
@@ -184,16 +306,22 @@ status_reply(struct pool *only)
 	struct stream *s = NULL;
 	struct pool *p;
 	unsigned open = 0;
-	json_t *pools, *v;
+	json_t *pools, *streams, *v;
 
-	if ((pools = json_array()) == NULL)
+	if ((pools = json_array()) == NULL || (streams = json_array()) == NULL)
 		fatalx("%s: json_array", __func__);
 	TAILQ_FOREACH(p, pool_all(), entry)
 		if (only == NULL || p == only)
 			json_array_append_new(pools, status_pool(p));
-	while ((s = stream_next(s)) != NULL)
-		open += s->state != S_DONE;
-	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i,s:I},s:o}",
+	while ((s = stream_next(s)) != NULL) {
+		if (s->state == S_DONE)
+			continue;
+		open++;
+		if (only == NULL || strcmp(s->pool->pc->name,
+		    only->pc->name) == 0)
+			json_array_append_new(streams, status_stream(s));
+	}
+	v = json_pack("{s:b,s:{s:i,s:s,s:o,s:o,s:i,s:i,s:I},s:o,s:o}",
 	    "ok", 1,
 	    "daemon",
 		"pid", (int)getpid(),
@@ -203,7 +331,8 @@ status_reply(struct pool *only)
 		"streams_open", (int)open,
 		"workers", (int)worker_count(),
 		"client_output", (json_int_t)cns_client_out,
-	    "pools", pools);
+	    "pools", pools,
+	    "streams", streams);
 	if (v == NULL)
 		fatalx("%s: json_pack", __func__);
 	return v;
@@ -297,9 +426,9 @@ json_t *
 status_metrics(void)
 {
 	static const char *const wstates[] = { "idle", "busy", "starting",
-	    "exiting", NULL };
+	    "exiting", "retiring", NULL };
 	static const char *const wpaths[] = { "workers/idle", "workers/busy",
-	    "workers/starting", "workers/exiting", NULL };
+	    "workers/starting", "workers/exiting", "workers/retiring", NULL };
 	static const char *const sstates[] = { "open", "queued", NULL };
 	static const char *const spaths[] = { "streams/open",
 	    "streams/queued", NULL };

@@ -79,7 +79,7 @@ class Status(unittest.TestCase):
             self.assertEqual(p["capacity"], 2)
             self.assertEqual(p["workers"], {"total": 2, "idle": 1,
                                             "busy": 1, "starting": 0,
-                                            "exiting": 0})
+                                            "exiting": 0, "retiring": 0})
             self.assertEqual(p["streams"], {"open": 1, "queued": 0,
                                             "completed": 0})
             self.assertEqual((p["crashes"], p["failed"], p["last_error"]),
@@ -142,6 +142,137 @@ class Status(unittest.TestCase):
             self.assertEqual(read_lines(c)[-1]["consumed"], 1)
             c.close()
 
+    def test_open_streams_and_rates(self):
+        """status lists each open stream: its id, the client's pid and
+        uid, its pool, its age, items in and done, its rate; and each pool
+        says its items per second."""
+        with Daemon(pools()) as d:
+            st = SlowStream(d, 100)
+            self.assertTrue(st.lease["ok"], st.lease)
+            held = d.connect()
+            held.settimeout(30 * SLOWDOWN)
+            held.sendall(b'{"op":"submit","pool":"sum"}\n' +
+                         b"".join(b"%d\n" % i for i in range(1, 11)))
+            lease = json.loads(held.makefile("rb").readline())
+            self.assertTrue(lease["ok"], lease)
+
+            def streams():
+                v = ask(d, {"op": "status"})
+                return {s["id"]: s for s in v["streams"]}, v
+
+            # The held sum stream: its 10 items are done while it is open;
+            # the slow one has all 100 in and some done (polled).
+            got, v = wait_for(lambda: (lambda g: g if g[0][lease["stream"]]
+                                       ["items"] == {"in": 10, "done": 10}
+                                       and g[0][st.lease["stream"]]["items"]
+                                       ["in"] == 100 and
+                                       g[0][st.lease["stream"]]["items"]
+                                       ["done"] > 0 else None)(streams()),
+                              what="10 items done and 100 in")
+            self.assertEqual(sorted(got), sorted([st.lease["stream"],
+                                                  lease["stream"]]))
+            slow, summ = got[st.lease["stream"]], got[lease["stream"]]
+            self.assertEqual((slow["pool"], summ["pool"]), ("slow", "sum"))
+            for s in (slow, summ):
+                self.assertEqual(s["client"], {"pid": os.getpid(),
+                                               "uid": os.getuid()})
+                self.assertEqual(s["state"], "running")
+                self.assertEqual(s["workers"], 1)
+                self.assertGreaterEqual(s["age"], 0)
+                self.assertLessEqual(s["items"]["done"], s["items"]["in"])
+                # Items went out within the last seconds: a rate above 0.
+                self.assertGreater(s["rate"], 0)
+            self.assertLessEqual(slow["items"]["done"], 100)
+            self.assertGreater(pool_of(v, "slow")["items_per_second"], 0)
+            self.assertGreater(pool_of(v, "sum")["items_per_second"], 0)
+            # The age goes on (polled).
+            wait_for(lambda: streams()[0][lease["stream"]]["age"] >
+                     summ["age"], what="the age to grow")
+            # One pool: its streams only.
+            one = ask(d, {"op": "status", "pool": "sum"})
+            self.assertEqual([s["id"] for s in one["streams"]],
+                             [lease["stream"]])
+            self.assertEqual(st.end()["consumed"], 100)
+            held.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_lines(held)[-1]["completion"], 55)
+            held.close()
+            wait_for(lambda: ask(d, {"op": "status"})["streams"] == [],
+                     what="no open stream left")
+
+    def test_counters_survive_a_reload_and_old_workers_retire(self):
+        """A reload that changes a pool keeps its counters (they belong to
+        its name), and the old workers that finish its open stream are
+        shown as retiring, in status, the CLI and the metrics."""
+        with Daemon(pools()) as d:
+            rc, f, err = d.cli("submit", "slow", input=b"".join(
+                b"%d\n" % i for i in range(1, 11)))
+            self.assertEqual((rc, f["consumed"]), (0, 10), err)
+            st = SlowStream(d, 100)
+            sid = st.lease["stream"]
+            v = wait_for(lambda: (lambda v: v if pool_of(v, "slow")
+                                  ["items"]["in"] == 110 else None)(
+                ask(d, {"op": "status"})), what="100 items in")
+            old = sorted(w["pid"] for w in pool_of(v, "slow")["processes"])
+            busy = [w["pid"] for w in pool_of(v, "slow")["processes"]
+                    if w["stream"] == sid]
+            self.assertEqual(len(busy), 1, v)
+            # Change the pool: new workers start; the open stream goes on
+            # on its old one.
+            with open(os.path.join(d.dir, "pools.d", "slow.json"),
+                      "w") as f:
+                json.dump(dict(pools()["slow"], kwargs={"usec": 20001}), f)
+            r = ask(d, {"op": "reload"})
+            self.assertTrue(r["ok"], r)
+            self.assertIn("1 changed", r["reloaded"])
+            p = pool_of(ask(d, {"op": "status"}), "slow")
+            self.assertEqual(p["streams"], {"open": 1, "queued": 0,
+                                            "completed": 1})
+            self.assertEqual(p["items"]["in"], 110)
+            self.assertGreaterEqual(p["items"]["consumed"], 10)
+            self.assertEqual(p["crashes"], 0)
+            retiring = [w for w in p["processes"]
+                        if w["state"] == "retiring"]
+            self.assertIn(busy[0], [w["pid"] for w in retiring], p)
+            self.assertEqual(p["workers"]["retiring"], len(retiring))
+            self.assertTrue({w["pid"] for w in retiring} <= set(old), p)
+            self.assertEqual([w["stream"] for w in retiring
+                              if w["pid"] == busy[0]], [sid])
+            v = ask(d, {"op": "status"})
+            self.assertEqual([(s["id"], s["pool"]) for s in v["streams"]],
+                             [(sid, "slow")])
+            out = subprocess.run(VALGRIND + [CLI, "-s", d.socket, "status"],
+                                 capture_output=True, text=True,
+                                 timeout=30 * SLOWDOWN).stdout
+            self.assertRegex(out, r"(?m)^  worker \d+ +pid %d +retiring "
+                                  r"+stream %d " % (busy[0], sid))
+            fams = parse_openmetrics(ask(d, {"op": "metrics"})["metrics"])
+            self.assertGreaterEqual(om_value(fams, "consumersd_workers",
+                                             "consumersd_workers",
+                                             pool="slow", state="retiring"),
+                                    1)
+            # The stream ends; the old workers go; the counts stay, the
+            # stream's added: no respawn for the stopped old workers.
+            self.assertEqual(st.end()["consumed"], 100)
+
+            def settled():
+                p = pool_of(ask(d, {"op": "status"}), "slow")
+                return p if (p["workers"]["retiring"] == 0 and
+                             p["streams"]["completed"] == 2 and not
+                             set(old) & set(d.worker_pids())) else None
+            p = wait_for(settled, what="the old workers gone")
+            self.assertEqual(p["items"], {"in": 110, "consumed": 110,
+                                          "rejected": 0, "quarantined": 0})
+            self.assertEqual((p["crashes"], p["respawns"]), (0, 0))
+            self.assertNotIn("retiring", [w["state"]
+                                          for w in p["processes"]])
+            fams = parse_openmetrics(ask(d, {"op": "metrics"})["metrics"])
+            self.assertEqual(om_value(fams, "consumersd_items",
+                                      "consumersd_items_total", pool="slow",
+                                      outcome="consumed"), 110)
+            self.assertEqual(om_value(
+                fams, "consumersd_streams_completed",
+                "consumersd_streams_completed_total", pool="slow"), 2)
+
     def test_pools(self):
         with Daemon(pools()) as d:
             v = ask(d, {"op": "pools"})
@@ -198,6 +329,18 @@ class Cli(unittest.TestCase):
                      ["workers"]["busy"] == 1, what="a busy worker")
             out = self.run_cli(d, "status")
             self.assertRegex(out, r"^consumersd \S+, pid %d, up " % d.pid())
+            self.assertRegex(out, r"(?m)^POOL +MODE +WORKERS +BUSY +IDLE "
+                                  r"+OPEN +QUEUED +ITEMS/S +CONSUMED "
+                                  r"+CRASHES$")
+            self.assertRegex(out, r"(?m)^slow +static +2/2 +1 +1 +1 +0 ")
+            self.assertRegex(out, r"(?m)^sum +static +1/1 ")
+            self.assertRegex(out, r"(?m)^  worker 1 +pid \d+ +(busy|idle) ")
+            self.assertRegex(out, r"(?m)^  worker \d +pid \d+ +busy +stream "
+                                  r"%d +items 50 " % st.lease["stream"])
+            self.assertRegex(out, r"(?m)^%d +slow +running +%d +%d +\S+ +50 "
+                             % (st.lease["stream"], os.getpid(),
+                                os.getuid()))
+            out = self.run_cli(d, "status", "--wide")
             self.assertRegex(out, r"(?m)^POOL +MODE +WORKERS +BUSY")
             self.assertRegex(out, r"(?m)^slow +static +2/2 +1 +1 +0 +1 +0 "
                                   r"+0 +50 ")
@@ -210,6 +353,50 @@ class Cli(unittest.TestCase):
             v = json.loads(self.run_cli(d, "status", "--json", "sum"))
             self.assertEqual([p["name"] for p in v["pools"]], ["sum"])
             st.end()
+
+    def test_narrow_fits_80_columns_and_wide_has_all(self):
+        """The default table fits 80 columns, with a long pool name, a
+        failed pool's long message and an open stream; --wide has every
+        column and the names in full."""
+        name = "a-pool-with-a-name-far-too-long-for-its-column"
+        # Its workers' message names it: longer than a line.
+        bad = "bad-pool-whose-name-makes-its-failure-message-long"
+        with Daemon({name: {"plugin": "sum", "workers": 3},
+                     bad: {"plugin": test_plugin("failinit"),
+                           "max_init_failures": 1}}) as d:
+            held = d.connect()
+            held.settimeout(30 * SLOWDOWN)
+            held.sendall(b'{"op":"submit","pool":"%s"}\n1\n2\n'
+                         % name.encode())
+            lease = json.loads(held.makefile("rb").readline())
+            self.assertTrue(lease["ok"], lease)
+            wait_for(lambda: pool_of(ask(d, {"op": "status"}), bad)
+                     ["failed"], what="the bad pool failed")
+            wait_for(lambda: ask(d, {"op": "status"})["streams"][0]
+                     ["items"]["done"] == 2, what="2 items done")
+            out = self.run_cli(d, "status")
+            for line in out.splitlines():
+                self.assertLessEqual(len(line), 80, "%r in\n%s"
+                                     % (line, out))
+            self.assertNotIn(name, out)
+            self.assertRegex(out, r"(?m)^a-pool-with-a~ +static +3/3 +3 +0 "
+                                  r"+1 +0 ")
+            self.assertRegex(out, r"(?m)^  FAILED: .*\.\.\.$")
+            self.assertRegex(out, r"(?m)^STREAM +POOL +STATE +PID +UID +AGE "
+                                  r"+IN +DONE +ITEMS/S$")
+            self.assertRegex(out, r"(?m)^%d +a-pool-with-a~ +running +%d +%d "
+                                  r"+\S+ +2 +2 +[0-9.]+$"
+                             % (lease["stream"], os.getpid(), os.getuid()))
+            wide = self.run_cli(d, "status", "--wide")
+            self.assertRegex(wide, r"(?m)^%s +static +3/3 " % name)
+            self.assertRegex(wide, r"(?m)^POOL +MODE .* QUARANTINED +CRASHES "
+                                   r"+RESPAWNS +WAIT +ITEMS/S$")
+            self.assertRegex(wide, r"(?m)^%d +%s +running .* 3$"
+                             % (lease["stream"], name))
+            self.assertGreater(max(len(l) for l in wide.splitlines()), 80)
+            held.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_lines(held)[-1]["completion"], 3)
+            held.close()
 
     def test_watch_until_sigint(self):
         with Daemon(pools()) as d:
