@@ -214,6 +214,25 @@ crash_describe(uint64_t timed_out, double item_timeout, int status)
 }
 
 /*
+ * spool_full: a lane's spool file could not be written (a full file
+ * system, say).  "continue" sends on without a copy, so a crash of that
+ * lane loses what it took (the client is warned); "pause" stops reading
+ * the source and retries the write, so nothing goes to a worker without
+ * its copy, and ends the stream once it has waited spool_wait.  `paused`:
+ * seconds since the stream stopped reading for it (0 at the first
+ * failure).
+ */
+enum spool_verdict
+crash_spool_full(int mode, double paused, double wait)
+{
+	if (mode == SPOOL_FULL_CONTINUE)
+		return SPOOL_UNPROTECTED;
+	if (paused >= wait)
+		return SPOOL_END;
+	return SPOOL_PAUSE;
+}
+
+/*
  * min_item_rate: a stream's items per second over the last RATE_SECONDS.
  * rate_add() counts n items sent in second `sec` (seconds only go
  * forward; the slots of seconds skipped are cleared).

@@ -55,7 +55,8 @@ static const char *const pool_keys[] = {
 	"max_init_failures", "allow", "user", "group", "rlimit_nofile",
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
-	"client_args", "start_seconds", "min_item_rate", "slow_stream", NULL
+	"client_args", "start_seconds", "min_item_rate", "slow_stream",
+	"spool_full", "spool_wait", NULL
 };
 
 static int

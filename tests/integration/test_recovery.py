@@ -185,7 +185,12 @@ class Replay(unittest.TestCase):
                                           lines([1, 2, "segv", 4]))
             self.assertEqual(final["crashes"], 1)
             self.assertEqual(final["unconsumed"], 4)
-            e = final["errors"][0]
+            # The client is warned of the spool first, then of the loss.
+            w, e = final["errors"]
+            self.assertEqual((w["stage"], w["lane"]), ("spool", 1), w)
+            self.assertIn("cannot create a spool file in %s: No such file "
+                          "or directory" % spool, w["error"])
+            self.assertIn(w, [r.get("warning") for r in replies])
             self.assertIn("killed by signal 11", e["error"])
             self.assertIn("its items could not be spooled, so they cannot "
                           "be sent again", e["error"])
