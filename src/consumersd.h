@@ -492,6 +492,8 @@ struct crash_facts {
 	uint64_t	 sent, rejected; /* lines it was sent, and rejected */
 	uint64_t	 resend_from;	/* the lane's: seqs before are done */
 	int		 spool_ok;	/* its lines can be sent again */
+	int		 spool_pending;	/* not yet: they wait in memory for
+					   room (spool_full "pause") */
 	unsigned	 stream_crashes; /* workers the stream lost, this one
 					   included */
 	unsigned	 attempts;	/* crashes on blame before this one */

@@ -119,7 +119,8 @@ feed_spool_warn(struct stream *s, struct lane *l, const char *what, int err)
 	if (l->spool_warned)
 		return;
 	l->spool_warned = 1;
-	if (s->w[l->index] == NULL)	/* its worker died: lane_crashed */
+	if (s->w[l->index] == NULL && pc->spool_full == SPOOL_FULL_CONTINUE)
+		/* its worker died (lane_crashed): the lane is lost */
 		snprintf(msg, sizeof msg, "%s %s: %s (make room there, or "
 		    "set spool_dir to a writable directory with more)", what,
 		    dir, strerror(err));
@@ -401,8 +402,10 @@ feed_resend(struct stream *s, char *why, size_t whylen)
 {
 	for (unsigned i = 0; i < s->nw; i++) {
 		struct lane *l = &s->lanes[i];
+		/* A paused lane's spool is not all written yet: its
+		 * resend waits (stream.c retries the write). */
 		if (l->state == L_LIVE && l->resend_off < l->resend_end &&
-		    lane_resend(s, l, why, whylen) == -1)
+		    !l->spool_paused && lane_resend(s, l, why, whylen) == -1)
 			return l;
 	}
 	return NULL;

@@ -337,22 +337,44 @@ stream_spool_arm(struct stream *s)
 	evtimer_add(s->spool_timer, &tv);
 }
 
-/* What the client sent after the items read is dropped, and it is told. */
+/*
+ * A lane whose worker died while its spool waited for room: its lines
+ * wait in memory, to be sent again once written.
+ */
+static int
+lane_spool_waits(const struct lane *l)
+{
+	return l->spool_paused && (l->state == L_WAITING ||
+	    l->resend_off < l->resend_end);
+}
+
+/*
+ * spool_wait is over: what the client sent after the items read is
+ * dropped, a lane that waited to run again is lost, and the client is
+ * told.
+ */
 static void
 stream_spool_end(struct stream *s, double paused, const char *why)
 {
 	char msg[512];
 
 	snprintf(msg, sizeof msg, "the replay spool in %s could not be "
-	    "written for %.1f s (spool_wait %g s): %s; the stream was ended "
-	    "after item %" PRIu64 ", and what the client sent after it was "
-	    "not read", cns_conf->spool_dir, paused, s->pool->pc->spool_wait,
-	    why, s->seq);
+	    "written for %.1f s (spool_wait %g s): %s; %s %" PRIu64 "%s",
+	    cns_conf->spool_dir, paused, s->pool->pc->spool_wait, why,
+	    s->ended ? "the stream's input had ended, at item" :
+	    "the stream was ended after item", s->seq, s->ended ? "" :
+	    ", and what the client sent after it was not read");
 	utf8_clean(msg);
 	stream_error(s, "spool", NULL, msg);
+	for (unsigned i = 0; i < s->nw; i++)
+		if (lane_spool_waits(&s->lanes[i]))
+			lane_fail(s, &s->lanes[i], "its items could not be "
+			    "written to the replay spool within spool_wait");
 	s->spool_cut = 1;
-	s->src.ops->reading(s->src.arg, 0);
-	s->eof = 1;
+	if (!s->eof) {
+		s->src.ops->reading(s->src.arg, 0);
+		s->eof = 1;
+	}
 	stream_input(s);
 }
 
@@ -363,6 +385,7 @@ stream_spool_retry(evutil_socket_t fd, short ev, void *arg)
 	const struct pool_conf *pc = s->pool->pc;
 	double paused = cns_now() - s->spool_paused_at;
 	char why[200];
+	int waits;
 
 	(void)fd;
 	(void)ev;
@@ -377,8 +400,12 @@ stream_spool_retry(evutil_socket_t fd, short ev, void *arg)
 		return;
 	}
 	/* Once all input is out, there is nothing left to hold back: the
-	 * writes are retried (a crash needs them) but the stream runs. */
-	if (!s->ended && crash_spool_full(pc->spool_full, paused,
+	 * writes are retried (a crash needs them) but the stream runs,
+	 * unless a lane waits for them to run again. */
+	waits = 0;
+	for (unsigned i = 0; i < s->nw; i++)
+		waits |= lane_spool_waits(&s->lanes[i]);
+	if ((!s->ended || waits) && crash_spool_full(pc->spool_full, paused,
 	    pc->spool_wait) == SPOOL_END) {
 		stream_spool_end(s, paused, why);
 		return;
@@ -827,6 +854,7 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 	f.rejected = w->rejected;
 	/* The spool is written now: a replay reads it back. */
 	f.spool_ok = !crash_spools(f.policy) || feed_spool_flush(s, l) == 0;
+	f.spool_pending = !f.spool_ok && l->spool_paused;
 	f.stream_crashes = s->crashes;
 	f.end_crashes = l->end_crashes;
 	f.fruitless = l->fruitless;

@@ -453,6 +453,96 @@ class SpoolFull(unittest.TestCase):
                              r"again; reading goes on after [0-9.]+ s "
                              r"paused")
 
+    def test_crash_while_paused_runs_again_once_written(self):
+        # The worker dies while its lane's last lines wait in memory for
+        # room in the spool: the lane waits for them to be written, then
+        # runs again over all of its items.  (Before, it was lost.)
+        spool = tmpfs(self, "1m")
+        filler = os.path.join(spool, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"x" * (600 << 10))
+        n = 8000
+        pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_wait": 60}}
+        with Daemon(pools, {"spool_dir": spool}) as d:
+            s = d.connect()
+            s.settimeout(60 * SLOWDOWN)
+            s.sendall(b'{"op":"submit","pool":"c"}\n')
+            self.assertTrue(read_reply(s)["ok"])
+            sender = threading.Thread(target=s.sendall, args=(
+                lines(["%0100d" % i for i in range(n)]),))
+            sender.start()
+            warning = read_reply(s, timeout=60)
+            self.assertEqual(warning["warning"]["stage"], "spool", warning)
+            [pid] = d.worker_pids()
+            os.kill(pid, signal.SIGKILL)
+            # Its successor takes the lane over, and waits for the spool.
+            wait_for(lambda: "worker 1 takes over lane 1" in d.log_text(),
+                     timeout=30, what="a new worker for the lane")
+            os.unlink(filler)
+            sender.join(60 * SLOWDOWN)
+            self.assertFalse(sender.is_alive())
+            s.shutdown(socket.SHUT_WR)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            self.assertEqual(final["crashes"], 1, final)
+            self.assertEqual((final["items"], final["consumed"],
+                              final["unconsumed"]), (n, n, 0), final)
+            self.assertEqual(final["results"], [n])
+            self.assertEqual(final["errors"], [warning["warning"]])
+
+    def test_crash_while_paused_is_lost_after_spool_wait(self):
+        # As above, but no room comes: after spool_wait the stream ends
+        # and the lane that waited is reported lost, every item counted.
+        spool = tmpfs(self, "1m")
+        with open(os.path.join(spool, "filler"), "wb") as f:
+            f.write(b"x" * (600 << 10))
+        pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_wait": 4}}
+        with Daemon(pools, {"spool_dir": spool}) as d:
+            s = d.connect()
+            s.settimeout(60 * SLOWDOWN)
+            s.sendall(b'{"op":"submit","pool":"c"}\n')
+            self.assertTrue(read_reply(s)["ok"])
+
+            def send():
+                try:
+                    s.sendall(lines(["%0100d" % i for i in range(8000)]))
+                except OSError:
+                    pass        # the daemon ended the stream first
+            sender = threading.Thread(target=send)
+            sender.start()
+            warning = read_reply(s, timeout=60)
+            self.assertEqual(warning["warning"]["stage"], "spool", warning)
+            [pid] = d.worker_pids()
+            os.kill(pid, signal.SIGKILL)
+            buf = b""
+            while True:
+                try:
+                    chunk = s.recv(1 << 16)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+            sender.join(60 * SLOWDOWN)
+            s.close()
+            final = final_of([json.loads(l) for l in buf.split(b"\n")
+                              if l.strip()])
+            self.assertEqual(final["crashes"], 1, final)
+            self.assertEqual(final["consumed"], 0, final)
+            self.assertEqual(final["unconsumed"], final["items"], final)
+            assert_invariant(self, final)
+            stages = [e["stage"] for e in final["errors"]]
+            self.assertEqual(stages, ["spool", "spool", "consume"], final)
+            self.assertIn("the stream was ended after item %d" %
+                          final["items"], final["errors"][1]["error"])
+            self.assertIn("its items could not be written to the replay "
+                          "spool within spool_wait",
+                          final["errors"][2]["error"])
+            self.assertEqual(final["errors"][2]["seqs"][0][0], 1)
+
 
 def alive(pid):
     """Whether pid is a process that has not ended (a zombie has)."""

@@ -174,8 +174,10 @@ class Replay(unittest.TestCase):
     def test_spool_that_cannot_be_written(self):
         # The spool directory goes away under the daemon: a crash then
         # cannot be replayed, and the lane's items are reported lost with
-        # the reason, not dropped.
-        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1}}
+        # the reason, not dropped.  (Under the default spool_full "pause"
+        # the lane would wait spool_wait for the directory first.)
+        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_full": "continue"}}
         d = Daemon(pools, {"spool_dir": "spool"})
         spool = os.path.join(d.dir, "spool")
         os.mkdir(spool)
