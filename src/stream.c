@@ -317,6 +317,8 @@ stream_input(struct stream *s)
 		case FEED_OK:
 			if (feed_spool_paused(s))
 				stream_spool_pause(s);
+			else	/* the paused lanes returned or were lost */
+				s->spool_paused_at = 0;
 			return;
 		}
 	}
@@ -389,7 +391,7 @@ stream_spool_retry(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
-	if (s->state != S_RUNNING || s->spool_cut)
+	if (s->state != S_RUNNING || s->spool_cut || s->spool_paused_at == 0)
 		return;
 	if (feed_spool_retry(s, why, sizeof why) == 0) {
 		log_info("stream %" PRIu64 ": pool %s: the spool is written "
