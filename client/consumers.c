@@ -5,12 +5,12 @@
  *       POOL [FILE...]
  *
  * streams NDJSON from the files (or standard input) to a pool, reports
- * rejected items on stderr, prints the daemon's final line on stdout (a
- * short summary instead when stdout is a terminal, unless --json) and
- * exits 0 only when the stream completed with nothing rejected or
- * quarantined and no consumer error.  libconsumers sends and reads at once,
- * so replies never back up.  On a terminal, stderr shows one progress
- * line while it runs.
+ * rejected items and warnings on stderr, prints the daemon's final line on
+ * stdout (a short summary instead when stdout is a terminal, unless --json)
+ * and exits 0 only when the stream completed with nothing rejected or
+ * quarantined, no warning and no consumer error.  libconsumers sends and
+ * reads at once, so replies never back up.  On a terminal, stderr shows one
+ * progress line while it runs.
  *
  *   consumers [-s socket] status [--json] [--wide] [--watch [SECONDS]]
  *             [POOL]
@@ -141,7 +141,11 @@ progress(const char *buf, size_t len, int now)
 	p->shown = 1;
 }
 
-/* Rejections and quarantines, as they come: one line each on stderr. */
+/* A warning came (a full spool, say): the exit status is 1. */
+static int warned;
+
+/* Rejections, quarantines and warnings, as they come: one line each on
+ * stderr. */
 static void
 on_reply(const json_t *v, void *arg)
 {
@@ -149,7 +153,17 @@ on_reply(const json_t *v, void *arg)
 
 	(void)arg;
 	progress_clear();
-	if (json_is_object(ev = json_object_get(v, "rejected"))) {
+	if (json_is_object(ev = json_object_get(v, "warning"))) {
+		json_t *lane = json_object_get(ev, "lane");
+		warned = 1;
+		fprintf(stderr, "%s: warning: %s", prog, json_string_value(
+		    json_object_get(ev, "stage")));
+		if (json_is_integer(lane))
+			fprintf(stderr, " (lane %lld)",
+			    (long long)json_integer_value(lane));
+		fprintf(stderr, ": %s\n", json_string_value(
+		    json_object_get(ev, "error")));
+	} else if (json_is_object(ev = json_object_get(v, "rejected"))) {
 		fprintf(stderr, "%s: item %lld rejected: %s\n", prog,
 		    (long long)json_integer_value(json_object_get(ev, "seq")),
 		    json_string_value(json_object_get(ev, "error")));
@@ -403,7 +417,7 @@ submit(const char *sockpath, int argc, char **argv)
 		status = EXIT_STREAM;
 	} else if (json_integer_value(rejected) != 0 ||
 	    json_integer_value(json_object_get(final, "quarantined")) != 0 ||
-	    json_array_size(errors) != 0)
+	    json_array_size(errors) != 0 || warned)
 		status = EXIT_STREAM;
 	else
 		status = EXIT_CLEAN;

@@ -167,7 +167,8 @@ reply_line(cns_stream *s, const char *line, size_t len)
 		    "object");
 	}
 	if (json_is_object(ev = json_object_get(v, "rejected")) ||
-	    json_is_object(ev = json_object_get(v, "quarantined"))) {
+	    json_is_object(ev = json_object_get(v, "quarantined")) ||
+	    json_is_object(ev = json_object_get(v, "warning"))) {
 		if (s->fn != NULL)
 			s->fn(v, s->arg);
 	} else if (json_is_false(json_object_get(v, "ok")) ||

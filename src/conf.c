@@ -495,7 +495,7 @@ static const char *const pool_keys[] = {
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
 	"client_args", "start_seconds", "min_item_rate", "slow_stream",
-	"cluster", NULL
+	"cluster", "spool_full", "spool_wait", NULL
 };
 
 static int	get_seconds(struct cfile *, json_t *, const char *, double,
@@ -842,6 +842,30 @@ get_pool_cluster(struct conf *c, struct cfile *f, json_t *root,
 	return -1;
 }
 
+static const char *const spool_fulls[] = {
+	[SPOOL_FULL_PAUSE] = "pause", [SPOOL_FULL_CONTINUE] = "continue"
+};
+
+/* spool_full: "pause" or "continue". */
+static int
+get_spool_full(struct cfile *f, json_t *root, int *out)
+{
+	json_t *v = json_object_get(root, "spool_full");
+
+	if (v == NULL)
+		return 0;
+	for (int i = 0; i < SPOOL_FULL_NMODES; i++)
+		if (json_is_string(v) && strcmp(json_string_value(v),
+		    spool_fulls[i]) == 0) {
+			*out = i;
+			return 0;
+		}
+	key_error(f, "spool_full", "\"spool_full\" must be \"pause\" (stop "
+	    "reading the client until the spool can be written) or "
+	    "\"continue\" (send on without a copy, warned)");
+	return -1;
+}
+
 static int
 pool_load(struct conf *c, const char *path, const char *name,
     struct pool_conf *pc, json_t *errors)
@@ -861,6 +885,8 @@ pool_load(struct conf *c, const char *path, const char *name,
 	pc->queue_timeout = 30;
 	pc->on_crash = CRASH_REPLAY;
 	pc->max_attempts = 3;
+	pc->spool_full = SPOOL_FULL_PAUSE;
+	pc->spool_wait = 30;
 	pc->max_init_failures = 5;
 	pc->start_seconds = 1;
 	pc->nice = NICE_INHERITED;
@@ -922,6 +948,8 @@ pool_load(struct conf *c, const char *path, const char *name,
 	bad |= get_seconds(&f, root, "start_seconds", 3600,
 	    &pc->start_seconds);
 	bad |= get_seconds(&f, root, "slow_stream", 86400, &pc->slow_stream);
+	bad |= get_seconds(&f, root, "spool_wait", 86400, &pc->spool_wait);
+	bad |= get_spool_full(&f, root, &pc->spool_full);
 	u = pc->max_attempts;
 	bad |= get_uint(&f, root, "max_attempts", 1, 100, &u);
 	pc->max_attempts = (unsigned)u;
@@ -1456,6 +1484,7 @@ conf_pool_same(const struct pool_conf *a, const struct pool_conf *b)
 	    a->client_args == b->client_args &&
 	    a->queue_timeout == b->queue_timeout &&
 	    a->on_crash == b->on_crash && a->max_attempts == b->max_attempts &&
+	    a->spool_full == b->spool_full && a->spool_wait == b->spool_wait &&
 	    a->item_timeout == b->item_timeout &&
 	    a->min_item_rate == b->min_item_rate &&
 	    a->max_init_failures == b->max_init_failures &&

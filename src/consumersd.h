@@ -30,6 +30,8 @@ struct bufferevent;
 /* conf.c: the configuration, parsed into a fresh structure and swapped whole */
 enum { CRASH_REPLAY, CRASH_REDELIVER, CRASH_FAIL, CRASH_NPOLICIES };
 enum { MODE_STATIC, MODE_DYNAMIC, MODE_ONDEMAND, MODE_NMODES };
+/* spool_full: what a stream does when its spool cannot be written */
+enum { SPOOL_FULL_PAUSE, SPOOL_FULL_CONTINUE, SPOOL_FULL_NMODES };
 
 struct pool_conf {
 	char		*name;		/* the pool file's stem */
@@ -50,6 +52,8 @@ struct pool_conf {
 	double		 min_item_rate;	/* items/s a stream keeps while
 					   others wait; 0: off */
 	int		 on_crash;	/* CRASH_* */
+	int		 spool_full;	/* SPOOL_FULL_* */
+	double		 spool_wait;	/* pause: seconds before the end */
 	unsigned	 max_attempts;	/* crashes on one item: poison */
 	double		 item_timeout;	/* seconds on one item, 0: none */
 	unsigned	 max_init_failures; /* in a row: the pool fails */
@@ -388,6 +392,8 @@ struct lane {
 	enum lane_state	 state;
 	int		 spool;		/* fd of the spool file, -1: none */
 	int		 spool_broken;	/* a write failed: no resend */
+	int		 spool_paused;	/* a write failed: wait for room */
+	int		 spool_warned;	/* the client was told */
 	struct evbuffer	*spool_stage;	/* records not yet written */
 	uint64_t	 spool_len;	/* bytes written and staged */
 	uint64_t	 resend_off;	/* next spool record to resend */
@@ -440,6 +446,9 @@ struct stream {
 	double		 leased_at;	/* monotonic seconds, once leased */
 	struct item_rate rate;		/* items sent, for min_item_rate */
 	struct event	*slow_timer;	/* slow_stream, or NULL */
+	struct event	*spool_timer;	/* spool_full pause: retry, or NULL */
+	double		 spool_paused_at; /* monotonic seconds; 0: reading */
+	int		 spool_cut;	/* ended by spool_wait: drop the rest */
 	TAILQ_ENTRY(stream) qentry;	/* pool->queue while queued */
 	TAILQ_ENTRY(stream) entry;	/* every stream not yet freed */
 };
@@ -475,6 +484,8 @@ enum feed_result feed_pump(struct stream *, struct lane **lost, char *why,
 void		 feed_reject(struct stream *, uint64_t seq, const char *why);
 int		 feed_holds(const struct lane *, uint64_t seq);
 int		 feed_spool_flush(struct stream *, struct lane *);
+int		 feed_spool_paused(const struct stream *);
+int		 feed_spool_retry(struct stream *, char *why, size_t whylen);
 void		 feed_spool_close(struct lane *);
 char		*feed_spool_line(struct stream *, struct lane *, uint64_t seq);
 
@@ -497,6 +508,8 @@ struct crash_facts {
 	uint64_t	 sent, rejected; /* lines it was sent, and rejected */
 	uint64_t	 resend_from;	/* the lane's: seqs before are done */
 	int		 spool_ok;	/* its lines can be sent again */
+	int		 spool_pending;	/* not yet: they wait in memory for
+					   room (spool_full "pause") */
 	unsigned	 stream_crashes; /* workers the stream lost, this one
 					   included */
 	unsigned	 attempts;	/* crashes on blame before this one */
@@ -535,6 +548,12 @@ struct start_facts {
 	int		 exiting;	/* told to exit */
 };
 enum watch_verdict { WATCH_NONE, WATCH_MOVED, WATCH_WAIT, WATCH_KILL };
+/* crash_spool_full(): a lane's spool could not be written */
+enum spool_verdict {
+	SPOOL_UNPROTECTED,	/* send on without a copy (warned) */
+	SPOOL_PAUSE,		/* stop reading the source, retry the write */
+	SPOOL_END		/* paused spool_wait: end the stream */
+};
 
 int		 crash_spools(int policy);
 uint64_t	 crash_blame(uint64_t cur, uint64_t last_done,
@@ -550,6 +569,7 @@ enum watch_verdict crash_watch(uint64_t cur, uint64_t started,
 		    double now, double timeout);
 char		*crash_describe(uint64_t timed_out, double item_timeout,
 		    int status);
+enum spool_verdict crash_spool_full(int mode, double paused, double wait);
 
 /* min_item_rate: struct item_rate, above struct stream */
 void		 rate_add(struct item_rate *, int64_t sec, unsigned n);

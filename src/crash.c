@@ -12,9 +12,10 @@
  * dead worker had not finished.  An item a consumer died on max_attempts
  * times is poison: quarantined (reported and skipped).  A call that dies
  * max_attempts times after its items ended, or before it took any, is
- * lost.  A worker that dies in init, or within start_seconds of it, is
- * a failed start; failed starts back off exponentially and mark the pool
- * failed.
+ * lost, and so is one whose items could not be spooled (unless, under
+ * spool_full "pause", they wait in memory for room).  A worker that dies
+ * in init, or within start_seconds of it, is a failed start; failed
+ * starts back off exponentially and mark the pool failed.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -70,7 +71,9 @@ crash_lane(const struct crash_facts *f, struct crash_verdict *v)
 		lost(v, NULL, 0);
 		return;
 	}
-	if (!f->spool_ok) {
+	/* Lines that wait in memory for room in the spool go again once
+	 * they are written (or the lane is lost after spool_wait). */
+	if (!f->spool_ok && !f->spool_pending) {
 		lost(v, " (its items could not be spooled, so they cannot be "
 		    "sent again)", 0);
 		return;
@@ -211,6 +214,25 @@ crash_describe(uint64_t timed_out, double item_timeout, int status)
 	if (r == -1)
 		fatal("%s: asprintf", __func__);
 	return how;
+}
+
+/*
+ * spool_full: a lane's spool file could not be written (a full file
+ * system, say).  "continue" sends on without a copy, so a crash of that
+ * lane loses what it took (the client is warned); "pause" stops reading
+ * the source and retries the write, so nothing goes to a worker without
+ * its copy, and ends the stream once it has waited spool_wait.  `paused`:
+ * seconds since the stream stopped reading for it (0 at the first
+ * failure).
+ */
+enum spool_verdict
+crash_spool_full(int mode, double paused, double wait)
+{
+	if (mode == SPOOL_FULL_CONTINUE)
+		return SPOOL_UNPROTECTED;
+	if (paused >= wait)
+		return SPOOL_END;
+	return SPOOL_PAUSE;
 }
 
 /*

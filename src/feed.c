@@ -104,35 +104,117 @@ feed_holds(const struct lane *l, uint64_t seq)
 	return 0;
 }
 
-/* Write the lane's staged records to its file; -1 if that failed. */
+/*
+ * A lane's items cannot be spooled: the source hears it at once, as a
+ * warning line, and the final line's errors say it again.  Once per lane.
+ */
+static void
+feed_spool_warn(struct stream *s, struct lane *l, const char *what, int err)
+{
+	const struct pool_conf *pc = s->pool->pc;
+	const char *dir = cns_conf->spool_dir;
+	char msg[768];
+	json_t *e, *v;
+
+	if (l->spool_warned)
+		return;
+	l->spool_warned = 1;
+	if (s->w[l->index] == NULL && pc->spool_full == SPOOL_FULL_CONTINUE)
+		/* its worker died (lane_crashed): the lane is lost */
+		snprintf(msg, sizeof msg, "%s %s: %s (make room there, or "
+		    "set spool_dir to a writable directory with more)", what,
+		    dir, strerror(err));
+	else if (pc->spool_full == SPOOL_FULL_CONTINUE)
+		snprintf(msg, sizeof msg, "%s %s: %s; the lane's items go on "
+		    "without a copy (spool_full \"continue\"), so if its "
+		    "worker dies the items it took are lost (make room there, "
+		    "or set spool_dir to a writable directory with more)",
+		    what, dir, strerror(err));
+	else
+		snprintf(msg, sizeof msg, "%s %s: %s; reading the stream is "
+		    "paused until the spool can be written (spool_full "
+		    "\"pause\"), for at most spool_wait (%g s) (make room "
+		    "there, or set spool_dir to a writable directory with "
+		    "more)", what, dir, strerror(err), pc->spool_wait);
+	utf8_clean(msg);
+	log_warnx("stream %" PRIu64 ": pool %s: lane %u: %s", s->id, pc->name,
+	    l->index + 1, msg);
+	e = json_pack("{s:s,s:i,s:s}", "stage", "spool", "lane",
+	    (int)l->index + 1, "error", msg);
+	v = json_pack("{s:O}", "warning", e);
+	s->src.ops->event(s->src.arg, v);
+	json_decref(v);
+	json_array_append_new(s->errors, e);
+}
+
+/*
+ * Write the lane's staged records to its file; -1 with errno if that
+ * failed.  Then, as crash_spool_full says, the lane goes on without a
+ * copy (spool_broken) or waits for room (spool_paused: the pump sends
+ * nothing new, and stream.c retries the write).
+ */
 int
 feed_spool_flush(struct stream *s, struct lane *l)
 {
+	const struct pool_conf *pc = s->pool->pc;
+	const char *what = NULL;
+	int err;
+
 	if (l->spool_stage == NULL || l->spool_broken)
 		return l->spool_broken ? -1 : 0;
 	/* The file is made on the first write: a stream whose lanes stay
 	 * within the stage (most short ones) costs no file at all. */
 	if (l->spool == -1 &&
-	    (l->spool = spool_open(cns_conf->spool_dir)) == -1) {
-		log_warn("stream %" PRIu64 ": cannot create a spool file in "
-		    "%s; a crash of its lane %u will lose its items", s->id,
-		    cns_conf->spool_dir, l->index + 1);
-		l->spool_broken = 1;
-		return -1;
+	    (l->spool = spool_open(cns_conf->spool_dir)) == -1)
+		what = "cannot create a spool file in";
+	else if (spool_flush(l->spool, l->spool_stage) == -1)
+		what = "cannot write the spool file in";
+	if (what == NULL) {
+		l->spool_paused = 0;
+		return 0;
 	}
-	if (spool_flush(l->spool, l->spool_stage) == -1) {
-		log_warn("stream %" PRIu64 ": writing the spool file in %s; "
-		    "a crash of its lane %u will lose its items", s->id,
-		    cns_conf->spool_dir, l->index + 1);
+	err = errno;
+	feed_spool_warn(s, l, what, err);
+	if (crash_spool_full(pc->spool_full, 0, pc->spool_wait) ==
+	    SPOOL_UNPROTECTED)
 		l->spool_broken = 1;
-		return -1;
-	}
+	else
+		l->spool_paused = 1;
+	errno = err;
+	return -1;
+}
+
+/* Whether a lane waits for room in the spool: nothing new goes out. */
+int
+feed_spool_paused(const struct stream *s)
+{
+	for (unsigned i = 0; i < s->nw; i++)
+		if (s->lanes[i].spool_paused)
+			return 1;
 	return 0;
+}
+
+/* Try the paused lanes' writes again; -1 with why if one still fails. */
+int
+feed_spool_retry(struct stream *s, char *why, size_t whylen)
+{
+	int rc = 0;
+
+	for (unsigned i = 0; i < s->nw; i++) {
+		struct lane *l = &s->lanes[i];
+		if (l->spool_paused && feed_spool_flush(s, l) == -1) {
+			snprintf(why, whylen, "lane %u: %s", i + 1,
+			    strerror(errno));
+			rc = -1;
+		}
+	}
+	return rc;
 }
 
 void
 feed_spool_close(struct lane *l)
 {
+	l->spool_paused = 0;
 	if (l->spool != -1) {
 		close(l->spool);
 		l->spool = -1;
@@ -321,8 +403,10 @@ feed_resend(struct stream *s, char *why, size_t whylen)
 {
 	for (unsigned i = 0; i < s->nw; i++) {
 		struct lane *l = &s->lanes[i];
+		/* A paused lane's spool is not all written yet: its
+		 * resend waits (stream.c retries the write). */
 		if (l->state == L_LIVE && l->resend_off < l->resend_end &&
-		    lane_resend(s, l, why, whylen) == -1)
+		    !l->spool_paused && lane_resend(s, l, why, whylen) == -1)
 			return l;
 	}
 	return NULL;
@@ -355,6 +439,11 @@ feed_pump(struct stream *s, struct lane **lost, char *why, size_t whylen)
 		unsigned tried = 0;
 		size_t share;
 
+		if (s->spool_cut) {
+			/* spool_wait ended the stream: the rest is not read. */
+			evbuffer_drain(in, evbuffer_get_length(in));
+			break;
+		}
 		if (s->skipping) {
 			struct evbuffer_ptr e = evbuffer_search(in, "\n", 1,
 			    NULL);
@@ -367,6 +456,12 @@ feed_pump(struct stream *s, struct lane **lost, char *why, size_t whylen)
 		}
 		if (evbuffer_get_length(in) == 0)
 			break;
+		if (feed_spool_paused(s)) {
+			/* A lane's spool is full: no line goes to a worker
+			 * without its copy; stream.c retries the write. */
+			src->ops->reading(src->arg, 0);
+			return FEED_OK;
+		}
 		if (src->ops->full(src->arg)) {
 			src->ops->reading(src->arg, 0);
 			return FEED_OK;
@@ -446,6 +541,6 @@ feed_pump(struct stream *s, struct lane **lost, char *why, size_t whylen)
 			return FEED_ORPHANED;
 		feed_end_lanes(s);
 	} else
-		src->ops->reading(src->arg, 1);
+		src->ops->reading(src->arg, !feed_spool_paused(s));
 	return FEED_OK;
 }

@@ -52,6 +52,7 @@ static json_t	*stream_error(struct stream *, const char *, struct worker *,
 static void	stream_orphaned(struct stream *);
 static void	stream_consumed(struct stream *);
 static void	lane_fail(struct stream *, struct lane *, const char *);
+static void	stream_spool_pause(struct stream *);
 
 static void
 stream_timeout(evutil_socket_t fd, short ev, void *arg)
@@ -159,6 +160,8 @@ stream_free(struct stream *s)
 		event_free(s->timer);
 	if (s->slow_timer != NULL)
 		event_free(s->slow_timer);
+	if (s->spool_timer != NULL)
+		event_free(s->spool_timer);
 	for (unsigned i = 0; i < s->nw; i++) {
 		struct lane *l = &s->lanes[i];
 		if (l->state == L_WAITING)
@@ -313,9 +316,118 @@ stream_input(struct stream *s)
 			stream_orphaned(s);
 			return;
 		case FEED_OK:
+			if (feed_spool_paused(s))
+				stream_spool_pause(s);
+			else	/* the paused lanes returned or were lost */
+				s->spool_paused_at = 0;
 			return;
 		}
 	}
+}
+
+/*
+ * spool_full "pause": a lane's spool could not be written, so the stream
+ * stopped reading its source (feed.c); retry the write every second (or
+ * sooner, at spool_wait).
+ */
+static void
+stream_spool_arm(struct stream *s)
+{
+	double left = s->pool->pc->spool_wait - (cns_now() -
+	    s->spool_paused_at);
+	struct timeval tv = cns_tv(left < 0 ? 0 : left > 1 ? 1 : left);
+
+	evtimer_add(s->spool_timer, &tv);
+}
+
+/*
+ * A lane whose worker died while its spool waited for room: its lines
+ * wait in memory, to be sent again once written.
+ */
+static int
+lane_spool_waits(const struct lane *l)
+{
+	return l->spool_paused && (l->state == L_WAITING ||
+	    l->resend_off < l->resend_end);
+}
+
+/*
+ * spool_wait is over: what the client sent after the items read is
+ * dropped, a lane that waited to run again is lost, and the client is
+ * told.
+ */
+static void
+stream_spool_end(struct stream *s, double paused, const char *why)
+{
+	char msg[512];
+
+	snprintf(msg, sizeof msg, "the replay spool in %s could not be "
+	    "written for %.1f s (spool_wait %g s): %s; %s %" PRIu64 "%s",
+	    cns_conf->spool_dir, paused, s->pool->pc->spool_wait, why,
+	    s->ended ? "the stream's input had ended, at item" :
+	    "the stream was ended after item", s->seq, s->ended ? "" :
+	    ", and what the client sent after it was not read");
+	utf8_clean(msg);
+	stream_error(s, "spool", NULL, msg);
+	for (unsigned i = 0; i < s->nw; i++)
+		if (lane_spool_waits(&s->lanes[i]))
+			lane_fail(s, &s->lanes[i], "its items could not be "
+			    "written to the replay spool within spool_wait");
+	s->spool_cut = 1;
+	if (!s->eof) {
+		s->src.ops->reading(s->src.arg, 0);
+		s->eof = 1;
+	}
+	stream_input(s);
+}
+
+static void
+stream_spool_retry(evutil_socket_t fd, short ev, void *arg)
+{
+	struct stream *s = arg;
+	const struct pool_conf *pc = s->pool->pc;
+	double paused = cns_now() - s->spool_paused_at;
+	char why[200];
+	int waits;
+
+	(void)fd;
+	(void)ev;
+	if (s->state != S_RUNNING || s->spool_cut || s->spool_paused_at == 0)
+		return;
+	if (feed_spool_retry(s, why, sizeof why) == 0) {
+		log_info("stream %" PRIu64 ": pool %s: the spool is written "
+		    "again; reading goes on after %.1f s paused", s->id,
+		    pc->name, paused);
+		s->spool_paused_at = 0;
+		stream_input(s);
+		return;
+	}
+	/* Once all input is out, there is nothing left to hold back: the
+	 * writes are retried (a crash needs them) but the stream runs,
+	 * unless a lane waits for them to run again. */
+	waits = 0;
+	for (unsigned i = 0; i < s->nw; i++)
+		waits |= lane_spool_waits(&s->lanes[i]);
+	if ((!s->ended || waits) && crash_spool_full(pc->spool_full, paused,
+	    pc->spool_wait) == SPOOL_END) {
+		stream_spool_end(s, paused, why);
+		return;
+	}
+	stream_spool_arm(s);
+}
+
+static void
+stream_spool_pause(struct stream *s)
+{
+	if (s->spool_cut)
+		return;
+	if (s->spool_paused_at == 0)
+		s->spool_paused_at = cns_now();
+	if (s->spool_timer == NULL && (s->spool_timer = evtimer_new(cns_base,
+	    stream_spool_retry, s)) == NULL)
+		fatalx("%s: evtimer_new", __func__);
+	if (!evtimer_pending(s->spool_timer, NULL))
+		stream_spool_arm(s);
 }
 
 /* The source ended: no more items. */
@@ -745,6 +857,7 @@ lane_crashed(struct stream *s, struct lane *l, struct worker *w,
 	f.rejected = w->rejected;
 	/* The spool is written now: a replay reads it back. */
 	f.spool_ok = !crash_spools(f.policy) || feed_spool_flush(s, l) == 0;
+	f.spool_pending = !f.spool_ok && l->spool_paused;
 	f.stream_crashes = s->crashes;
 	f.end_crashes = l->end_crashes;
 	f.fruitless = l->fruitless;
@@ -889,6 +1002,8 @@ stream_finish(struct stream *s)
 	json_t *final;
 
 	s->state = S_DONE;
+	if (s->spool_timer != NULL)
+		evtimer_del(s->spool_timer);
 	/* Off the pool's queue before any worker goes back to the pool,
 	 * or pool_idle would hand one to a lane of this very stream. */
 	for (unsigned i = 0; i < s->nw; i++) {

@@ -56,7 +56,7 @@ static const char *const pool_keys[] = {
 	"rlimit_as", "nice", "env", "env_keep", "mode", "min_spare",
 	"max_spare", "worker_idle_timeout", "max_streams", "plugin_options",
 	"client_args", "start_seconds", "min_item_rate", "slow_stream",
-	"cluster", NULL
+	"cluster", "spool_full", "spool_wait", NULL
 };
 
 static int

@@ -7,6 +7,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import tempfile
+import threading
 import time
 import unittest
 
@@ -301,6 +304,244 @@ class Trickle(unittest.TestCase):
             b.close()
             self.assertTrue(final["ok"], final)
             self.assertEqual(final["results"], [[7]])
+
+
+def tmpfs(tc, size):
+    """A tmpfs of `size` (mount's size=) mounted on a new temporary
+    directory, unmounted and removed in the test's cleanup (also when it
+    fails); the test is skipped when it cannot mount (not root)."""
+    where = tempfile.mkdtemp(prefix="cnsd-spool-")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" %
+                        size, "tmpfs", where], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        os.rmdir(where)
+        tc.skipTest("cannot mount a %s tmpfs for the spool (%s); CI runs "
+                    "this test as root" % (size, r.stderr.strip() or
+                                           "mount failed"))
+
+    def unmount():
+        if subprocess.run(["umount", where]).returncode != 0:
+            subprocess.run(["umount", "-l", where])
+        os.rmdir(where)
+    tc.addCleanup(unmount)
+    return where
+
+
+def spool_warnings(replies):
+    return [r["warning"] for r in replies if isinstance(r.get("warning"),
+                                                        dict)]
+
+
+class SpoolFull(unittest.TestCase):
+    """Item 3: a full spool is never silent.  The spool is a 1 MiB tmpfs;
+    the client is told the moment a lane's items cannot be spooled, and
+    nothing is lost uncounted: "pause" (the default) stops reading the
+    client until the spool can be written, "continue" sends on, warned."""
+
+    # 20 MB of items, 103 bytes a line
+    N = 200000
+    BODY = lines(["%0100d" % i for i in range(N)])
+
+    def test_continue_is_warned_and_counted(self):
+        spool = tmpfs(self, "1m")
+        pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_full": "continue"}}
+        with Daemon(pools, {"spool_dir": spool}) as d:
+            # Before: the final line said ok:true and nothing else.
+            rc, final, err = d.cli("submit", "c", input=self.BODY)
+            self.assertEqual(rc, 1, err)
+            self.assertIn("consumers: warning: spool (lane 1): cannot write "
+                          "the spool file in %s: No space left on device; "
+                          "the lane's items go on without a copy "
+                          '(spool_full "continue")' % spool, err)
+            self.assertFalse(final["ok"], final)
+            self.assertEqual(final["errors"][0]["stage"], "spool")
+            self.assertEqual(final["errors"][0]["lane"], 1)
+            self.assertEqual((final["items"], final["consumed"],
+                              final["unconsumed"]), (self.N, self.N, 0))
+            self.assertEqual(final["results"], [self.N])
+            # A crash after the spool filled: the lane cannot run again,
+            # and every item it took is reported, with its seqs.
+            body = self.BODY + lines(["segv"] + list(range(1000)))
+            rc, final, err = d.cli("submit", "c", input=body)
+            self.assertEqual(rc, 1, err)
+            self.assertIn("consumers: warning: spool (lane 1)", err)
+            self.assertEqual(final["items"], self.N + 1001, final)
+            self.assertEqual(final["crashes"], 1, final)
+            self.assertEqual(final["consumed"], 0, final)
+            self.assertEqual(final["unconsumed"], self.N + 1001, final)
+            assert_invariant(self, final)
+            stages = [e["stage"] for e in final["errors"]]
+            self.assertEqual(stages[0], "spool", final["errors"])
+            lost = [e for e in final["errors"] if e["stage"] == "consume"]
+            self.assertIn("its items could not be spooled", lost[0]["error"])
+            # (the items after "segv" it had not taken are reported too)
+            self.assertEqual(lost[0]["seqs"][0][0], 1)
+            self.assertGreaterEqual(lost[0]["seqs"][-1][1], self.N + 1)
+
+    def test_pause_ends_after_spool_wait(self):
+        spool = tmpfs(self, "1m")
+        pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_wait": 2}}
+        with Daemon(pools, {"spool_dir": spool}) as d:
+            rc, final, err = d.cli("submit", "c", input=self.BODY)
+            self.assertEqual(rc, 1, err)
+            self.assertIn("consumers: warning: spool (lane 1): cannot write "
+                          "the spool file in %s: No space left on device; "
+                          "reading the stream is paused" % spool, err)
+            self.assertFalse(final["ok"], final)
+            self.assertEqual([e["stage"] for e in final["errors"]],
+                             ["spool", "spool"], final["errors"])
+            end = final["errors"][1]["error"]
+            self.assertIn("the replay spool in %s could not be written for "
+                          % spool, end)
+            self.assertIn("(spool_wait 2 s): lane 1: No space left on "
+                          "device; the stream was ended after item %d, "
+                          "and what the client sent after it was not read"
+                          % final["items"], end)
+            # Read up to the pause, every item read is consumed: none
+            # went out without its copy, none is lost.
+            self.assertLess(final["items"], self.N)
+            self.assertGreater(final["items"], 0)
+            self.assertEqual(final["consumed"], final["items"], final)
+            self.assertEqual(final["results"], [final["items"]])
+            assert_invariant(self, final)
+            # The pool serves the next stream.
+            rc, final, err = d.cli("submit", "c", input=lines(range(10)))
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(final["results"], [10])
+
+    def test_pause_goes_on_when_space_is_freed(self):
+        spool = tmpfs(self, "1m")
+        filler = os.path.join(spool, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"x" * (600 << 10))
+        n = 8000            # 824 KB: fits once the filler is gone
+        pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_wait": 60}}
+        with Daemon(pools, {"spool_dir": spool}) as d:
+            s = d.connect()
+            s.settimeout(60 * SLOWDOWN)
+            s.sendall(b'{"op":"submit","pool":"c"}\n')
+            self.assertTrue(read_reply(s)["ok"])
+            sender = threading.Thread(target=s.sendall, args=(
+                lines(["%0100d" % i for i in range(n)]),))
+            sender.start()
+            warning = read_reply(s, timeout=60)
+            self.assertEqual(sorted(warning), ["warning"], warning)
+            self.assertEqual((warning["warning"]["stage"],
+                              warning["warning"]["lane"]), ("spool", 1))
+            self.assertIn("No space left on device; reading the stream is "
+                          "paused until the spool can be written "
+                          '(spool_full "pause"), for at most spool_wait '
+                          "(60 s)", warning["warning"]["error"])
+            os.unlink(filler)
+            sender.join(60 * SLOWDOWN)
+            self.assertFalse(sender.is_alive())
+            s.shutdown(socket.SHUT_WR)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            self.assertEqual(spool_warnings(replies), [])   # told once
+            # Nothing was lost: the stream completes exactly.
+            self.assertEqual((final["items"], final["consumed"],
+                              final["unconsumed"]), (n, n, 0))
+            self.assertEqual(final["results"], [n])
+            self.assertEqual(final["errors"], [warning["warning"]])
+            self.assertRegex(d.log_text(), r"pool c: the spool is written "
+                             r"again; reading goes on after [0-9.]+ s "
+                             r"paused")
+
+    def test_crash_while_paused_runs_again_once_written(self):
+        # The worker dies while its lane's last lines wait in memory for
+        # room in the spool: the lane waits for them to be written, then
+        # runs again over all of its items.  (Before, it was lost.)
+        spool = tmpfs(self, "1m")
+        filler = os.path.join(spool, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"x" * (600 << 10))
+        n = 8000
+        pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_wait": 60}}
+        with Daemon(pools, {"spool_dir": spool}) as d:
+            s = d.connect()
+            s.settimeout(60 * SLOWDOWN)
+            s.sendall(b'{"op":"submit","pool":"c"}\n')
+            self.assertTrue(read_reply(s)["ok"])
+            sender = threading.Thread(target=s.sendall, args=(
+                lines(["%0100d" % i for i in range(n)]),))
+            sender.start()
+            warning = read_reply(s, timeout=60)
+            self.assertEqual(warning["warning"]["stage"], "spool", warning)
+            [pid] = d.worker_pids()
+            os.kill(pid, signal.SIGKILL)
+            # Its successor takes the lane over, and waits for the spool.
+            wait_for(lambda: "worker 1 takes over lane 1" in d.log_text(),
+                     timeout=30, what="a new worker for the lane")
+            os.unlink(filler)
+            sender.join(60 * SLOWDOWN)
+            self.assertFalse(sender.is_alive())
+            s.shutdown(socket.SHUT_WR)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            self.assertEqual(final["crashes"], 1, final)
+            self.assertEqual((final["items"], final["consumed"],
+                              final["unconsumed"]), (n, n, 0), final)
+            self.assertEqual(final["results"], [n])
+            self.assertEqual(final["errors"], [warning["warning"]])
+
+    def test_crash_while_paused_is_lost_after_spool_wait(self):
+        # As above, but no room comes: after spool_wait the stream ends
+        # and the lane that waited is reported lost, every item counted.
+        spool = tmpfs(self, "1m")
+        with open(os.path.join(spool, "filler"), "wb") as f:
+            f.write(b"x" * (600 << 10))
+        pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_wait": 4}}
+        with Daemon(pools, {"spool_dir": spool}) as d:
+            s = d.connect()
+            s.settimeout(60 * SLOWDOWN)
+            s.sendall(b'{"op":"submit","pool":"c"}\n')
+            self.assertTrue(read_reply(s)["ok"])
+
+            def send():
+                try:
+                    s.sendall(lines(["%0100d" % i for i in range(8000)]))
+                except OSError:
+                    pass        # the daemon ended the stream first
+            sender = threading.Thread(target=send)
+            sender.start()
+            warning = read_reply(s, timeout=60)
+            self.assertEqual(warning["warning"]["stage"], "spool", warning)
+            [pid] = d.worker_pids()
+            os.kill(pid, signal.SIGKILL)
+            buf = b""
+            while True:
+                try:
+                    chunk = s.recv(1 << 16)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+            sender.join(60 * SLOWDOWN)
+            s.close()
+            final = final_of([json.loads(l) for l in buf.split(b"\n")
+                              if l.strip()])
+            self.assertEqual(final["crashes"], 1, final)
+            self.assertEqual(final["consumed"], 0, final)
+            self.assertEqual(final["unconsumed"], final["items"], final)
+            assert_invariant(self, final)
+            stages = [e["stage"] for e in final["errors"]]
+            self.assertEqual(stages, ["spool", "spool", "consume"], final)
+            self.assertIn("the stream was ended after item %d" %
+                          final["items"], final["errors"][1]["error"])
+            self.assertIn("its items could not be written to the replay "
+                          "spool within spool_wait",
+                          final["errors"][2]["error"])
+            self.assertEqual(final["errors"][2]["seqs"][0][0], 1)
 
 
 def alive(pid):

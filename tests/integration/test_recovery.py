@@ -174,8 +174,10 @@ class Replay(unittest.TestCase):
     def test_spool_that_cannot_be_written(self):
         # The spool directory goes away under the daemon: a crash then
         # cannot be replayed, and the lane's items are reported lost with
-        # the reason, not dropped.
-        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1}}
+        # the reason, not dropped.  (Under the default spool_full "pause"
+        # the lane would wait spool_wait for the directory first.)
+        pools = {"p": {"plugin": test_plugin("crash"), "workers": 1,
+                       "spool_full": "continue"}}
         d = Daemon(pools, {"spool_dir": "spool"})
         spool = os.path.join(d.dir, "spool")
         os.mkdir(spool)
@@ -185,7 +187,12 @@ class Replay(unittest.TestCase):
                                           lines([1, 2, "segv", 4]))
             self.assertEqual(final["crashes"], 1)
             self.assertEqual(final["unconsumed"], 4)
-            e = final["errors"][0]
+            # The client is warned of the spool first, then of the loss.
+            w, e = final["errors"]
+            self.assertEqual((w["stage"], w["lane"]), ("spool", 1), w)
+            self.assertIn("cannot create a spool file in %s: No such file "
+                          "or directory" % spool, w["error"])
+            self.assertIn(w, [r.get("warning") for r in replies])
             self.assertIn("killed by signal 11", e["error"])
             self.assertIn("its items could not be spooled, so they cannot "
                           "be sent again", e["error"])

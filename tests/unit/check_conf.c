@@ -272,6 +272,8 @@ START_TEST(test_defaults)
 	ck_assert(json_is_object(pc->kwargs));
 	ck_assert_uint_eq(json_object_size(pc->kwargs), 0);
 	ck_assert(pc->queue_timeout == 30.0);
+	ck_assert_int_eq(pc->spool_full, SPOOL_FULL_PAUSE);
+	ck_assert(pc->spool_wait == 30.0);
 	ck_assert_ptr_eq(conf_pool(c, "p"), pc);
 	ck_assert_ptr_null(conf_pool(c, "q"));
 	conf_free(c);
@@ -320,7 +322,9 @@ START_TEST(test_all_keys)
 	    "  \"stream_workers\": 2,\n"
 	    "  \"args\": [1, \"a\"],\n"
 	    "  \"kwargs\": {\"k\": true, \"n\": {\"deep\": [null]}},\n"
-	    "  \"queue_timeout\": 2.5\n"
+	    "  \"queue_timeout\": 2.5,\n"
+	    "  \"spool_full\": \"continue\",\n"
+	    "  \"spool_wait\": 0.5\n"
 	    "}\n");
 	c = load(NULL);
 	assert_no_errors(c);
@@ -347,6 +351,8 @@ START_TEST(test_all_keys)
 	ck_assert(json_equal(pc->kwargs, want));
 	json_decref(want);
 	ck_assert(pc->queue_timeout == 2.5);
+	ck_assert_int_eq(pc->spool_full, SPOOL_FULL_CONTINUE);
+	ck_assert(pc->spool_wait == 0.5);
 	conf_free(c);
 }
 END_TEST
@@ -591,6 +597,14 @@ START_TEST(test_out_of_range)
 	    "\"queue_timeout\"");
 	check_bad_pool("{\"plugin\": \"good\", @\"queue_timeout\": 86401}",
 	    "\"queue_timeout\"");
+	check_bad_pool("{\"plugin\": \"good\", @\"spool_wait\": -1}",
+	    "\"spool_wait\"");
+	check_bad_pool("{\"plugin\": \"good\", @\"spool_wait\": 86401}",
+	    "\"spool_wait\"");
+	check_bad_pool("{\"plugin\": \"good\", @\"spool_full\": \"drop\"}",
+	    "\"spool_full\"");
+	check_bad_pool("{\"plugin\": \"good\", @\"spool_full\": true}",
+	    "\"spool_full\"");
 	check_bad_daemon("{\n  @\"max_item_bytes\": 15\n}", "\"max_item_bytes\"");
 	check_bad_daemon("{\n  @\"max_item_bytes\": 67108865\n}",
 	    "\"max_item_bytes\"");

@@ -175,6 +175,32 @@ START_TEST(test_lane_no_spool)
 }
 END_TEST
 
+/* spool_full "pause": the lines wait in memory for room, so the call
+ * runs again (lost only if spool_wait passes first, in stream.c). */
+START_TEST(test_lane_spool_pending)
+{
+	struct crash_facts f = facts(CRASH_REPLAY);
+	struct crash_verdict v;
+
+	f.spool_ok = 0;
+	f.spool_pending = 1;
+	f.blame = 4;
+	f.blame_held = 1;
+	v = lane(&f);
+	ck_assert_int_eq(v.action, CRASH_RERUN);
+	ck_assert_uint_eq(v.blame, 4);
+	ck_assert_uint_eq(v.attempts, 1);
+	ck_assert_uint_eq(v.resend_from, 1);
+
+	/* Under fail nothing is spooled: pending changes nothing. */
+	f = facts(CRASH_FAIL);
+	f.spool_ok = 0;
+	f.spool_pending = 1;
+	v = lane(&f);
+	check_lost(&f, &v, "");
+}
+END_TEST
+
 START_TEST(test_lane_stream_crashes)
 {
 	struct crash_facts f = facts(CRASH_REPLAY);
@@ -929,6 +955,34 @@ START_TEST(test_too_slow)
 }
 END_TEST
 
+/* ---- crash_spool_full ---- */
+
+static const struct {
+	int		 mode;
+	double		 paused, wait;
+	enum spool_verdict want;
+} spool_fulls[] = {
+	/* continue: always on, without a copy, however long */
+	{ SPOOL_FULL_CONTINUE, 0, 30, SPOOL_UNPROTECTED },
+	{ SPOOL_FULL_CONTINUE, 100, 30, SPOOL_UNPROTECTED },
+	/* pause: wait and retry until spool_wait, then end */
+	{ SPOOL_FULL_PAUSE, 0, 30, SPOOL_PAUSE },
+	{ SPOOL_FULL_PAUSE, 29.9, 30, SPOOL_PAUSE },
+	{ SPOOL_FULL_PAUSE, 30, 30, SPOOL_END },
+	{ SPOOL_FULL_PAUSE, 31, 30, SPOOL_END },
+	{ SPOOL_FULL_PAUSE, 1.5, 2, SPOOL_PAUSE },
+	/* spool_wait 0: no pause at all, the stream ends at once */
+	{ SPOOL_FULL_PAUSE, 0, 0, SPOOL_END },
+};
+
+START_TEST(test_spool_full)
+{
+	ck_assert_int_eq(crash_spool_full(spool_fulls[_i].mode,
+	    spool_fulls[_i].paused, spool_fulls[_i].wait),
+	    spool_fulls[_i].want);
+}
+END_TEST
+
 static Suite *
 crash_suite(void)
 {
@@ -944,6 +998,7 @@ crash_suite(void)
 	tc = tcase_create("lane");
 	tcase_add_test(tc, test_lane_fail);
 	tcase_add_test(tc, test_lane_no_spool);
+	tcase_add_test(tc, test_lane_spool_pending);
 	tcase_add_test(tc, test_lane_stream_crashes);
 	tcase_add_loop_test(tc, test_lane_item, 0, sizeof poison /
 	    sizeof poison[0]);
@@ -975,6 +1030,11 @@ crash_suite(void)
 	tc = tcase_create("watch");
 	tcase_add_loop_test(tc, test_watch, 0, sizeof watches /
 	    sizeof watches[0]);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("spool_full");
+	tcase_add_loop_test(tc, test_spool_full, 0, sizeof spool_fulls /
+	    sizeof spool_fulls[0]);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("rate");

@@ -32,8 +32,9 @@ extern "C" {
 typedef struct cns_stream cns_stream;
 
 /*
- * Called with each rejection ({"rejected":{...}}) and quarantine
- * ({"quarantined":{...}}) line that arrives while the stream runs, from
+ * Called with each rejection ({"rejected":{...}}), quarantine
+ * ({"quarantined":{...}}) and warning ({"warning":{...}}, a full spool)
+ * line that arrives while the stream runs, from
  * inside cns_stream_put*() or cns_stream_close().  The reply is borrowed:
  * valid during the call only.  It must not call the stream's functions.
  */
@@ -56,8 +57,8 @@ const char *cns_socket_path(const char *socket);
 cns_stream *cns_stream_open(const char *socket, const char *pool,
     const json_t *params, unsigned workers, char *err, size_t errlen);
 
-/* Set (or, with NULL, clear) the callback for rejection and quarantine
- * lines.  Without one they are counted, not kept. */
+/* Set (or, with NULL, clear) the callback for rejection, quarantine and
+ * warning lines.  Without one they are counted, not kept. */
 void cns_stream_on_reply(cns_stream *s, cns_reply_fn *fn, void *arg);
 
 /*
