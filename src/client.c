@@ -508,6 +508,14 @@ client_submit(struct client *c, json_t *h)
 		    "true)", name);
 		return;
 	}
+	if (p->pc->cluster) {
+		/* Lanes on every instance: the header's workers are not
+		 * capped by this machine's. */
+		jw = json_object_get(h, "workers");
+		c->stream = cluster_submit(&client_source, c, p, jw != NULL ?
+		    (unsigned)json_integer_value(jw) : 0, h);
+		return;
+	}
 	want = p->pc->stream_workers;
 	if ((jw = json_object_get(h, "workers")) != NULL &&
 	    json_integer_value(jw) < (json_int_t)want)

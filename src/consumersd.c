@@ -444,6 +444,7 @@ main(int argc, char **argv)
 		pool_start(p);
 	}
 	cns_startup = 0;
+	cluster_init(cns_base, cns_conf);	/* after the pools: their jobs */
 	starting = 1;
 	if (worker_starting() == 0)
 		accept_clients();
@@ -457,6 +458,7 @@ main(int argc, char **argv)
 	log_info("stopped");
 	client_free_all();
 	pool_free_all();
+	cluster_free();
 	tap_free_all();
 	cns_on_change(NULL);	/* the loop is over: nothing to start or stop */
 	cns_later_free();	/* the frees put off to a next turn */

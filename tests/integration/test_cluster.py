@@ -1,0 +1,129 @@
+"""Cluster pools on Redis Streams (doc/cluster.md): several daemons on one
+machine, a private redis-server, one cluster pool served by all."""
+import contextlib
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Daemon, ask, assert_invariant, rejections,  # noqa
+                     wait_for, main)
+from redisserver import RedisServer  # noqa
+
+
+def instances(d, pool):
+    """The instances daemon d knows serve its cluster pool."""
+    st = ask(d, {"op": "status", "pool": pool})
+    cl = st["pools"][0].get("cluster") or {}
+    return sorted((cl.get("instances") or {}).keys())
+
+
+def cluster(redis, name):
+    return {"cluster": {"redis": redis.url, "instance": name,
+                        "heartbeat": 0.1, "claim_idle": 1}}
+
+
+class Cluster(unittest.TestCase):
+
+    def test_three_instances_one_stream(self):
+        # Three instances with one worker each serve the cluster pool
+        # "sum"; a stream with workers 3 submitted to A gets a lane on
+        # each, and the completion (the sum of every item) and the counts
+        # equal the same input through a pool on one machine.
+        n = 300000
+        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+        pool = {"plugin": "sum", "workers": 1, "cluster": True}
+        local = {"plugin": "sum", "workers": 3}
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            a = st.enter_context(Daemon({"sum": pool, "local": local},
+                                        cluster(r, "a")))
+            st.enter_context(Daemon({"sum": pool}, cluster(r, "b")))
+            st.enter_context(Daemon({"sum": pool}, cluster(r, "c")))
+            rc, single, err = a.cli("submit", "-w", "3", "local",
+                                    input=body)
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(single["completion"], n * (n + 1) // 2)
+            # Every instance said it serves the pool (a heartbeat each)
+            # before the stream asks for three lanes.
+            wait_for(lambda: instances(a, "sum") == ["a", "b", "c"],
+                     what="three instances in a's status")
+            replies, final = a.submit_raw(
+                {"op": "submit", "pool": "sum", "workers": 3}, body)
+            lease = replies[0]
+            self.assertTrue(lease["ok"], replies)
+            self.assertEqual(lease["workers"], 3, lease)
+            self.assertEqual(sorted(lease["instances"]), ["a", "b", "c"],
+                             lease)
+            self.assertEqual(lease["instances"][0], "a", lease)
+            self.assertTrue(final["ok"], final)
+            for k in ("items", "consumed", "rejected", "unconsumed",
+                      "completion"):
+                self.assertEqual(final[k], single[k], (k, final, single))
+            self.assertEqual(sum(final["results"]), n * (n + 1) // 2)
+            self.assertTrue(all(x > 0 for x in final["results"]), final)
+            assert_invariant(self, final)
+
+    def test_rejections_keep_their_seq(self):
+        # Lines a remote worker rejects reach the client with the seq the
+        # ingress gave them, as from a pool on one machine; a line over
+        # max_item_bytes is rejected by the ingress itself.
+        items = [b"%d\n" % i for i in range(1, 20001)]
+        for seq in (7, 5000, 12345, 19999):
+            items[seq - 1] = b"not json %d\n" % seq
+        items[15000 - 1] = b"[" + b"1," * 40000 + b"1]\n"
+        body = b"".join(items)
+        pool = {"plugin": "sum", "workers": 1, "cluster": True}
+        settings = {"max_item_bytes": 65536}
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            ds = [st.enter_context(Daemon(
+                {"sum": pool, "local": {"plugin": "sum", "workers": 2}},
+                dict(settings, **cluster(r, name)))) for name in "ab"]
+            b = ds[1]
+            wait_for(lambda: instances(b, "sum") == ["a", "b"],
+                     what="two instances in b's status")
+            lreplies, single = b.submit_raw(
+                {"op": "submit", "pool": "local", "workers": 2}, body)
+            replies, final = b.submit_raw(
+                {"op": "submit", "pool": "sum", "workers": 2}, body)
+            self.assertEqual(sorted(replies[0]["instances"]), ["a", "b"],
+                             replies[0])
+            got = rejections(replies)
+            self.assertEqual(sorted(got), [7, 5000, 12345, 15000, 19999],
+                             got)
+            self.assertEqual(got, rejections(lreplies))
+            for k in ("items", "consumed", "rejected", "unconsumed",
+                      "completion"):
+                self.assertEqual(final[k], single[k], (k, final, single))
+            assert_invariant(self, final)
+
+    def test_redis_down_local_pools_served(self):
+        # A daemon whose Redis is not there serves its local pools, and
+        # its cluster pool refuses with the reason; status says it too.
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            url = r.url
+            r.stop()
+            d = st.enter_context(Daemon(
+                {"sum": {"plugin": "sum", "workers": 1, "cluster": True},
+                 "local": {"plugin": "sum", "workers": 1}},
+                {"cluster": {"redis": url, "instance": "a"}}))
+            rc, final, err = d.cli("submit", "local", input=b"1\n2\n")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(final["completion"], 3)
+            rc, final, err = d.cli("submit", "sum", input=b"1\n2\n")
+            self.assertNotEqual(rc, 0)
+            self.assertFalse(final["ok"], final)
+            self.assertEqual(final["code"], "cluster_unavailable", final)
+            self.assertIn("cluster pool sum cannot take streams",
+                          final["error"])
+            self.assertIn(url, final["error"])
+            self.assertIn("local pools are still served", final["error"])
+            st_ = ask(d, {"op": "status", "pool": "sum"})
+            self.assertIn("cannot connect",
+                          st_["pools"][0]["cluster"]["unavailable"])
+
+
+if __name__ == "__main__":
+    main()
