@@ -68,6 +68,7 @@ static struct {
 	int		 db;
 	char		*password_file;
 	double		 heartbeat;
+	double		 claim_idle;
 	redisAsyncContext *ac;
 	int		 up;		/* connected, AUTH and SELECT done */
 	char		 why[300];	/* why it is down */
@@ -400,6 +401,10 @@ cluster_unavailable(void)
 
 /* ---- who serves which pool ---- */
 
+struct pool;
+static void	lanes_beat(struct pool *);
+static void	lanes_sweep(struct pool *);
+
 static void
 on_instances(redisReply *r, void *arg)
 {
@@ -457,6 +462,9 @@ redis_beat(evutil_socket_t fd, short ev, void *arg)
 		json_decref(v);
 		rdo(NULL, NULL, "HSET", key, R.instance, info, NULL);
 		free(info);
+		lanes_beat(p);
+		if (!cns_stopping && !p->failed)
+			lanes_sweep(p);
 		if ((name = strdup(p->pc->name)) == NULL)
 			fatal("%s: strdup", __func__);
 		if (rdo(on_instances, name, "HGETALL", key, NULL) == -1)
@@ -521,6 +529,13 @@ struct olane {
 	unsigned	 refs;
 	uint64_t	 S;
 	unsigned	 lane;
+	uint64_t	 token;		/* its claim: a later one fences it */
+	uint64_t	 takeovers;	/* owners lost before this one */
+	char		 alive[300];	/* cns:{P}:alive */
+	char		 tokkey[128];	/* cns:{S}:tokens */
+	char		 member[64];	/* S:lane, in alive */
+	int		 lost;		/* another instance claimed it */
+	LIST_ENTRY(olane) entry;	/* olanes, while it runs */
 	char		 key[128];	/* cns:{S}:lane:I */
 	char		 evkey[128];	/* cns:{S}:events */
 	char		 progkey[128];	/* cns:{S}:prog */
@@ -536,14 +551,18 @@ struct olane {
 };
 
 static void	olane_poll(struct olane *);
+static LIST_HEAD(, olane) olanes = LIST_HEAD_INITIALIZER(olanes);
 
 static void
 olane_unref(struct olane *ol)
 {
 	if (--ol->refs > 0)
 		return;
-	evbuffer_free(ol->in);
-	event_free(ol->poll_ev);
+	LIST_REMOVE(ol, entry);
+	if (ol->in != NULL)
+		evbuffer_free(ol->in);
+	if (ol->poll_ev != NULL)
+		event_free(ol->poll_ev);
 	free(ol->map);
 	free(ol);
 }
@@ -605,33 +624,57 @@ olane_map(const struct olane *ol, json_t *v)
 	}
 }
 
+/*
+ * A line for the ingress, fenced: only the lane's current owner (its
+ * claim token) may add to the events; the last line also takes the lane
+ * off the heartbeats.
+ */
+static const char say_lua[] =
+    "if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end "
+    "redis.call('XADD', KEYS[1], '*', 'lane', ARGV[1], ARGV[3], ARGV[4]) "
+    "if ARGV[3] == 'final' then redis.call('ZREM', KEYS[3], ARGV[5]) end "
+    "return 1";
+
 static void
-olane_sent(redisReply *r, void *arg)
+lane_said(redisReply *r, void *arg)
 {
-	(void)r;
-	olane_unref(arg);
+	struct olane *ol = arg;
+
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		log_warnx("cluster stream %" PRIu64 " lane %u: another "
+		    "instance owns the lane now (claim %" PRIu64 " is stale): "
+		    "what this one says is refused", ol->S, ol->lane,
+		    ol->token);
+	olane_unref(ol);
 }
 
-/* A line for the ingress: a rejection, a quarantine, the lane's last. */
 static void
-olane_say(struct olane *ol, const char *field, json_t *v)
+lane_say(struct olane *ol, const char *field, json_t *v)
 {
-	char *line, lane[16];
+	char *line, lane[16], tok[32];
 
-	olane_map(ol, v);
 	line = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
 	if (line == NULL)
 		return;
 	snprintf(lane, sizeof lane, "%u", ol->lane);
+	snprintf(tok, sizeof tok, "%" PRIu64, ol->token);
 	ol->refs++;
-	if (rdo(olane_sent, ol, "XADD", ol->evkey, "*", "lane", lane, field,
-	    line, NULL) == -1) {
+	if (rdo(lane_said, ol, "EVAL", say_lua, "3", ol->evkey, ol->tokkey,
+	    ol->alive, lane, tok, field, line, ol->member, NULL) == -1) {
 		ol->refs--;
 		log_warnx("cluster stream %" PRIu64 " lane %u: cannot send "
 		    "its %s: %s", ol->S, ol->lane, field,
 		    cluster_unavailable());
 	}
 	free(line);
+}
+
+/* A line for the ingress: a rejection, a quarantine, the lane's last. */
+static void
+olane_say(struct olane *ol, const char *field, json_t *v)
+{
+	olane_map(ol, v);
+	lane_say(ol, field, v);
 }
 
 static struct evbuffer *
@@ -690,6 +733,9 @@ olane_finish(void *arg, json_t *v)
 
 	json_object_set_new(v, "instance", json_string(R.instance));
 	json_object_set_new(v, "read", json_integer((json_int_t)ol->lcount));
+	if (ol->takeovers > 0)
+		json_object_set_new(v, "takeovers", json_integer(
+		    (json_int_t)ol->takeovers));
 	olane_say(ol, "final", v);
 	json_decref(v);
 	ol->reading = 0;
@@ -835,27 +881,43 @@ olane_tick(evutil_socket_t fd, short ev, void *arg)
 }
 
 /* This instance owns lane `lane` of cluster stream S: run it here. */
-static void
-olane_start(struct pool *p, uint64_t S, unsigned lane, json_t *params,
-    json_t *args, json_t *kwargs)
+static struct olane *
+olane_new(struct pool *p, uint64_t S, unsigned lane, uint64_t token)
 {
 	struct olane *ol;
 
 	if ((ol = calloc(1, sizeof *ol)) == NULL)
 		fatal("%s: calloc", __func__);
+	LIST_INSERT_HEAD(&olanes, ol, entry);
 	ol->refs = 1;
 	ol->S = S;
 	ol->lane = lane;
+	ol->token = token;
+	ol->takeovers = token > 0 ? token - 1 : 0;
+	snprintf(ol->alive, sizeof ol->alive, "cns:{%s}:alive", p->pc->name);
+	snprintf(ol->tokkey, sizeof ol->tokkey, "cns:{%" PRIu64 "}:tokens",
+	    S);
+	snprintf(ol->member, sizeof ol->member, "%" PRIu64 ":%u", S, lane);
+	snprintf(ol->evkey, sizeof ol->evkey, "cns:{%" PRIu64 "}:events", S);
+	return ol;
+}
+
+static void
+olane_start(struct pool *p, uint64_t S, unsigned lane, uint64_t token,
+    json_t *params, json_t *args, json_t *kwargs)
+{
+	struct olane *ol = olane_new(p, S, lane, token);
+
 	snprintf(ol->key, sizeof ol->key, "cns:{%" PRIu64 "}:lane:%u", S,
 	    lane);
-	snprintf(ol->evkey, sizeof ol->evkey, "cns:{%" PRIu64 "}:events", S);
 	snprintf(ol->progkey, sizeof ol->progkey, "cns:{%" PRIu64 "}:prog",
 	    S);
 	strcpy(ol->last_id, "0");
 	if ((ol->in = evbuffer_new()) == NULL)
 		fatalx("%s: evbuffer_new", __func__);
 	ol->poll_ev = evtimer_new(cns_base, olane_tick, ol);
-	log_debug("cluster stream %" PRIu64 ": lane %u runs here", S, lane);
+	log_debug("cluster stream %" PRIu64 ": lane %u runs here (claim %"
+	    PRIu64 ")", S, lane, token);
 	ol->s = stream_new(&olane_source, ol, p, 1, params);
 	ol->s->lane_only = 1;
 	if (p->pc->client_args) {
@@ -865,15 +927,9 @@ olane_start(struct pool *p, uint64_t S, unsigned lane, json_t *params,
 	pool_dispatch(p);
 }
 
-/* ---- lane jobs: idle workers look for lanes of other instances ---- */
+/* ---- heartbeats, and lanes whose owner stopped them ---- */
 
 static unsigned	pool_free_workers(struct pool *);
-
-struct claim {
-	char	*pool;
-	uint64_t S;
-	unsigned lane;
-};
 
 static void
 count_add(json_t *o, const char *pool, int d)
@@ -885,6 +941,209 @@ count_add(json_t *o, const char *pool, int d)
 
 #define polling_add(pool, d)	count_add(R.polling, pool, d)
 #define claiming_add(pool, d)	count_add(R.claiming, pool, d)
+
+/* KEYS alive; ARGV (member, tokens key, lane, token)...: the lanes still
+ * ours get a fresh time; those claimed by another are returned. */
+static const char beat_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+    "local lost = {} "
+    "for i = 1, #ARGV, 4 do "
+    "if redis.call('HGET', ARGV[i + 1], ARGV[i + 2]) == ARGV[i + 3] then "
+    "redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i]) "
+    "else table.insert(lost, ARGV[i]) end end "
+    "return lost";
+
+static void
+on_beat(redisReply *r, void *arg)
+{
+	struct olane *ol, *next;
+
+	(void)arg;
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY)
+		return;
+	for (size_t i = 0; i < r->elements; i++) {
+		redisReply *m = r->element[i];
+		if (m->type != REDIS_REPLY_STRING)
+			continue;
+		for (ol = LIST_FIRST(&olanes); ol != NULL; ol = next) {
+			next = LIST_NEXT(ol, entry);
+			if (ol->lost || strlen(ol->member) != m->len ||
+			    memcmp(ol->member, m->str, m->len) != 0 ||
+			    ol->s == NULL || ol->s->state == S_DONE)
+				continue;
+			ol->lost = 1;
+			log_warnx("cluster stream %" PRIu64 " lane %u: another "
+			    "instance claimed the lane (this one missed its "
+			    "heartbeats for claim_idle); stopping it here",
+			    ol->S, ol->lane);
+			olane_fail(ol, "another instance claimed the lane");
+		}
+	}
+}
+
+static void
+lanes_beat(struct pool *p)
+{
+	const char **argv;
+	size_t *lens, n = 0, cap = 4;
+	char alive[300], (*nums)[2][24];
+	struct olane *ol;
+	size_t nl = 0, k = 0;
+
+	snprintf(alive, sizeof alive, "cns:{%s}:alive", p->pc->name);
+	LIST_FOREACH(ol, &olanes, entry)
+		if (!ol->lost && ol->s != NULL && strcmp(ol->alive, alive) == 0)
+			nl++;
+	if (nl == 0)
+		return;
+	cap += 4 * nl;
+	if ((argv = calloc(cap, sizeof *argv)) == NULL ||
+	    (lens = calloc(cap, sizeof *lens)) == NULL ||
+	    (nums = calloc(nl, sizeof *nums)) == NULL)
+		fatal("%s: calloc", __func__);
+	argv[n++] = "EVAL";
+	argv[n++] = beat_lua;
+	argv[n++] = "1";
+	argv[n++] = alive;
+	LIST_FOREACH(ol, &olanes, entry) {
+		if (ol->lost || ol->s == NULL || strcmp(ol->alive, alive) != 0)
+			continue;
+		snprintf(nums[k][0], sizeof nums[k][0], "%u", ol->lane);
+		snprintf(nums[k][1], sizeof nums[k][1], "%" PRIu64, ol->token);
+		argv[n++] = ol->member;
+		argv[n++] = ol->tokkey;
+		argv[n++] = nums[k][0];
+		argv[n++] = nums[k][1];
+		k++;
+	}
+	for (size_t i = 0; i < n; i++)
+		lens[i] = strlen(argv[i]);
+	rsend(on_beat, NULL, (int)n, argv, lens);
+	free(argv);
+	free(lens);
+	free(nums);
+}
+
+/*
+ * KEYS alive; ARGV claim_idle (ms), instance, at most: lanes not
+ * heartbeated for claim_idle (Redis's clock) are claimed here with a new
+ * token, which fences the old owner.  Lanes of finished streams go.
+ */
+static const char sweep_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+    "local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', "
+    "now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[3])) "
+    "local out = {} "
+    "for _, m in ipairs(stale) do "
+    "local S, lane = string.match(m, '^(%d+):(%d+)$') "
+    "local meta = 'cns:{' .. (S or '') .. '}:meta' "
+    "if not S or redis.call('HGET', meta, 'state') ~= 'running' then "
+    "redis.call('ZREM', KEYS[1], m) else "
+    "local tok = redis.call('HINCRBY', 'cns:{' .. S .. '}:tokens', lane, "
+    "1) "
+    "local prev = redis.call('HGET', 'cns:{' .. S .. '}:owners', lane) "
+    "redis.call('HSET', 'cns:{' .. S .. '}:owners', lane, ARGV[2]) "
+    "redis.call('ZADD', KEYS[1], now, m) "
+    "local v = redis.call('HMGET', meta, 'params', 'args', 'kwargs') "
+    "table.insert(out, {S, lane, tok, v[1], v[2], v[3], prev}) end end "
+    "return out";
+
+static void
+on_sweep(redisReply *r, void *arg)
+{
+	char *pool = arg;
+	struct pool *p = pool_find(pool);
+
+	claiming_add(pool, -1);
+	for (size_t i = 0; r != NULL && r->type == REDIS_REPLY_ARRAY &&
+	    i < r->elements; i++) {
+		redisReply *e = r->element[i];
+		char *sS, *sl, *prev;
+		json_t *params, *args, *kwargs;
+		uint64_t S, tok;
+		unsigned long lane;
+		if (e->type != REDIS_REPLY_ARRAY || e->elements != 7 ||
+		    e->element[2]->type != REDIS_REPLY_INTEGER)
+			continue;
+		sS = reply_str(e->element[0]);
+		sl = reply_str(e->element[1]);
+		prev = reply_str(e->element[6]);
+		S = sS != NULL ? strtoull(sS, NULL, 10) : 0;
+		lane = sl != NULL ? strtoul(sl, NULL, 10) : 0;
+		tok = (uint64_t)e->element[2]->integer;
+		params = reply_json(e->element[3]);
+		args = reply_json(e->element[4]);
+		kwargs = reply_json(e->element[5]);
+		if (p == NULL || !p->pc->cluster || p->retiring)
+			log_warnx("cluster stream %" PRIu64 " lane %lu: claimed "
+			    "but pool %s is gone here", S, lane, pool);
+		else if (p->pc->on_crash == CRASH_FAIL) {
+			struct olane *ol = olane_new(p, S, (unsigned)lane, tok);
+			char msg[300];
+			json_t *v;
+			snprintf(msg, sizeof msg, "instance %s, which ran the "
+			    "lane, stopped heartbeating it for claim_idle (%g "
+			    "s); on_crash fail", prev != NULL ? prev : "?",
+			    R.claim_idle);
+			v = json_pack("{s:b,s:s,s:s,s:i}", "ok", 0, "error",
+			    msg, "instance", prev != NULL ? prev : "?",
+			    "takeovers", 1);
+			ol->lost = 1;
+			lane_say(ol, "final", v);
+			json_decref(v);
+			olane_unref(ol);
+		} else {
+			log_warnx("cluster stream %" PRIu64 " lane %lu: "
+			    "instance %s stopped heartbeating it for "
+			    "claim_idle (%g s); running it again here from its "
+			    "first batch", S, lane, prev != NULL ? prev : "?",
+			    R.claim_idle);
+			olane_start(p, S, (unsigned)lane, tok, params,
+			    json_is_array(args) ? args : NULL,
+			    json_is_object(kwargs) ? kwargs : NULL);
+		}
+		json_decref(params);
+		json_decref(args);
+		json_decref(kwargs);
+		free(sS);
+		free(sl);
+		free(prev);
+	}
+	free(pool);
+}
+
+static void
+lanes_sweep(struct pool *p)
+{
+	char alive[300], idle[32], most[16], *name;
+	unsigned n;
+
+	if ((n = pool_free_workers(p)) == 0 ||
+	    json_integer_value(json_object_get(R.claiming, p->pc->name)) > 0)
+		return;
+	snprintf(alive, sizeof alive, "cns:{%s}:alive", p->pc->name);
+	snprintf(idle, sizeof idle, "%.0f", R.claim_idle * 1000);
+	snprintf(most, sizeof most, "%u", n);
+	if ((name = strdup(p->pc->name)) == NULL)
+		fatal("%s: strdup", __func__);
+	claiming_add(name, 1);
+	if (rdo(on_sweep, name, "EVAL", sweep_lua, "1", alive, idle,
+	    R.instance, most, NULL) == -1) {
+		claiming_add(name, -1);
+		free(name);
+	}
+}
+
+/* ---- lane jobs: idle workers look for lanes of other instances ---- */
+
+struct claim {
+	char	*pool;
+	uint64_t S;
+	unsigned lane;
+};
+
 
 static void
 on_claim(redisReply *r, void *arg)
@@ -901,7 +1160,7 @@ on_claim(redisReply *r, void *arg)
 		params = reply_json(r->element[1]);
 		args = reply_json(r->element[2]);
 		kwargs = reply_json(r->element[3]);
-		olane_start(p, cl->S, cl->lane, params, json_is_array(args) ?
+		olane_start(p, cl->S, cl->lane, 1, params, json_is_array(args) ?
 		    args : NULL, json_is_object(kwargs) ? kwargs : NULL);
 	}
 	json_decref(params);
@@ -911,11 +1170,16 @@ on_claim(redisReply *r, void *arg)
 	free(cl);
 }
 
+/* KEYS meta owners tokens alive, ARGV lane instance member */
 static const char claim_lua[] =
     "if redis.call('HGET', KEYS[1], 'state') ~= 'leasing' then "
     "return nil end "
     "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then "
     "return nil end "
+    "redis.call('HSET', KEYS[3], ARGV[1], 1) "
+    "local t = redis.call('TIME') "
+    "redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000), "
+    "ARGV[3]) "
     "return redis.call('HMGET', KEYS[1], 'pool', 'params', 'args', "
     "'kwargs')";
 
@@ -923,6 +1187,7 @@ static void
 on_jobs(redisReply *r, void *arg)
 {
 	char *pool = arg, key[300], meta[128], owners[128], lane[16];
+	char tokens[128], alive[300], member[64];
 	struct pool *p = pool_find(pool);
 	redisReply *es;
 
@@ -982,9 +1247,12 @@ on_jobs(redisReply *r, void *arg)
 		cl->lane = (unsigned)ln;
 		snprintf(meta, sizeof meta, "cns:{%" PRIu64 "}:meta", S);
 		snprintf(owners, sizeof owners, "cns:{%" PRIu64 "}:owners", S);
+		snprintf(tokens, sizeof tokens, "cns:{%" PRIu64 "}:tokens", S);
+		snprintf(alive, sizeof alive, "cns:{%s}:alive", pool);
+		snprintf(member, sizeof member, "%" PRIu64 ":%ld", S, ln);
 		claiming_add(pool, 1);
-		if (rdo(on_claim, cl, "EVAL", claim_lua, "2", meta, owners,
-		    lane, R.instance, NULL) == -1) {
+		if (rdo(on_claim, cl, "EVAL", claim_lua, "4", meta, owners,
+		    tokens, alive, lane, R.instance, member, NULL) == -1) {
 			claiming_add(pool, -1);
 			free(cl->pool);
 			free(cl);
@@ -1047,6 +1315,8 @@ struct ilane {
 	char		*instance;	/* its owner, once sealed */
 	uint64_t	 sent;		/* lines appended to its stream */
 	uint64_t	 read;		/* lines its owner read */
+	uint64_t	 said;		/* the highest seq relayed from it: a
+					   lane run again says them again */
 	json_t		*final;		/* its last line */
 };
 
@@ -1464,7 +1734,8 @@ ing_final(struct ingress *g)
 		quarantined += (uint64_t)json_integer_value(json_object_get(f,
 		    "quarantined"));
 		crashes += (unsigned)json_integer_value(json_object_get(f,
-		    "crashes"));
+		    "crashes")) + (unsigned)json_integer_value(
+		    json_object_get(f, "takeovers"));
 		json_array_foreach(json_object_get(f, "errors"), i, e) {
 			json_t *c = json_deep_copy(e);
 			json_object_set_new(c, "instance", json_string(
@@ -1506,6 +1777,8 @@ ing_final(struct ingress *g)
 	    PRIu64 " unconsumed on %u lanes", g->S, s->id, g->pool, s->seq,
 	    consumed, rejected, unconsumed, g->nlive);
 	s->pool->streams_done++;
+	snprintf(key, sizeof key, "cns:{%" PRIu64 "}:meta", g->S);
+	rdo(NULL, NULL, "HSET", key, "state", "done", NULL);
 	/* The batches go; the rest stays a while (op result, later). */
 	for (unsigned k = 0; k < g->nlive; k++) {
 		snprintf(key, sizeof key, "cns:{%" PRIu64 "}:lane:%u", g->S,
@@ -1514,8 +1787,8 @@ ing_final(struct ingress *g)
 	}
 	{
 		static const char *const keys[] = { "meta", "owners", "prog",
-		    "events" };
-		for (size_t k = 0; k < 4; k++) {
+		    "events", "tokens" };
+		for (size_t k = 0; k < 5; k++) {
 			snprintf(key, sizeof key, "cns:{%" PRIu64 "}:%s", g->S,
 			    keys[k]);
 			rdo(NULL, NULL, "EXPIRE", key, KEY_TTL, NULL);
@@ -1570,13 +1843,33 @@ ing_events(redisReply *r, void *arg)
 				    "final", 5) == 0)
 					fin = reply_json(f->element[j + 1]);
 			}
-			if (ev != NULL)
-				g->s->src.ops->event(g->s->src.arg, ev);
+			if (ev != NULL && lane >= 0 && (unsigned)lane < g->K) {
+				const char *k;
+				json_t *o;
+				uint64_t seq = 0;
+				json_object_foreach(ev, k, o)
+					if (json_is_object(o))
+						seq = (uint64_t)json_integer_value(
+						    json_object_get(o, "seq"));
+				if (seq == 0 || seq > g->lanes[lane].said) {
+					if (seq > 0)
+						g->lanes[lane].said = seq;
+					g->s->src.ops->event(g->s->src.arg, ev);
+				}
+			}
 			if (fin != NULL && lane >= 0 && (unsigned)lane < g->K &&
 			    g->lanes[lane].instance != NULL &&
 			    g->lanes[lane].final == NULL) {
+				const char *by = json_string_value(
+				    json_object_get(fin, "instance"));
 				g->lanes[lane].final = json_incref(fin);
 				g->finals++;
+				if (by != NULL) {
+					free(g->lanes[lane].instance);
+					if ((g->lanes[lane].instance =
+					    strdup(by)) == NULL)
+						fatal("%s: strdup", __func__);
+				}
 			}
 			json_decref(ev);
 			json_decref(fin);
@@ -1769,6 +2062,15 @@ ing_tick_later(struct ingress *g, double sec)
 		evtimer_add(g->tick, &tv);
 }
 
+/* The ingress's own lanes: claim 1, heartbeats from now. */
+static const char own_lua[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) "
+    "redis.call('HSET', KEYS[2], ARGV[1], 1) "
+    "local t = redis.call('TIME') "
+    "redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000), "
+    "ARGV[3]) "
+    "return 1";
+
 /* The stream's id: write what owners need, claim lanes here, offer the
  * rest as jobs. */
 static void
@@ -1816,14 +2118,25 @@ ing_id(redisReply *r, void *arg)
 	for (unsigned i = 0; i < g->K; i++) {
 		snprintf(lane, sizeof lane, "%u", i);
 		if (i < mine) {
-			rdo(NULL, NULL, "HSET", owners, lane, R.instance, NULL);
-			olane_start(p, g->S, i, g->s->params, g->args,
+			char tokens[128], alive[300], member[64];
+			snprintf(tokens, sizeof tokens, "cns:{%s}:tokens", sid);
+			snprintf(alive, sizeof alive, "cns:{%s}:alive",
+			    g->pool);
+			snprintf(member, sizeof member, "%s:%u", sid, i);
+			rdo(NULL, NULL, "EVAL", own_lua, "3", owners, tokens,
+			    alive, lane, R.instance, member, NULL);
+			olane_start(p, g->S, i, 1, g->s->params, g->args,
 			    g->kwargs);
 		} else
 			rdo(NULL, NULL, "XADD", jobs, "*", "s", sid, "lane",
 			    lane, NULL);
 	}
 	rdo(NULL, NULL, "EXPIRE", owners, "86400", NULL);
+	{
+		char tokens[128];
+		snprintf(tokens, sizeof tokens, "cns:{%s}:tokens", sid);
+		rdo(NULL, NULL, "EXPIRE", tokens, "86400", NULL);
+	}
 	free(params);
 	free(args);
 	free(kwargs);
@@ -1931,6 +2244,7 @@ cluster_init(struct event_base *base, const struct conf *c)
 	if (parse_redis(cc->redis) == -1)
 		fatalx("cluster: cannot parse redis %s", cc->redis);
 	R.heartbeat = cc->heartbeat;
+	R.claim_idle = cc->claim_idle;
 	R.instances = json_object();
 	R.polling = json_object();
 	R.claiming = json_object();

@@ -2,12 +2,14 @@
 machine, a private redis-server, one cluster pool served by all."""
 import contextlib
 import os
+import signal
+import socket
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, ask, assert_invariant, rejections,  # noqa
-                     wait_for, main)
+from harness import (Daemon, ask, assert_invariant, final_of,  # noqa
+                     read_lines, read_reply, rejections, wait_for, main)
 from redisserver import RedisServer  # noqa
 
 
@@ -123,6 +125,115 @@ class Cluster(unittest.TestCase):
             st_ = ask(d, {"op": "status", "pool": "sum"})
             self.assertIn("cannot connect",
                           st_["pools"][0]["cluster"]["unavailable"])
+
+    def test_kill_instance_mid_stream_replay(self):
+        # Instance b dies (SIGKILL, its worker too) holding a lane of a
+        # stream submitted to a; after claim_idle another instance claims
+        # the lane with a new token and runs it again from its first
+        # batch (on_crash replay): the result is the no-kill result.
+        n = 200000
+        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+        half = body.index(b"\n", len(body) // 2) + 1
+        pool = {"plugin": "sum", "workers": 1, "cluster": True}
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            a = st.enter_context(Daemon({"sum": pool}, cluster(r, "a")))
+            c = st.enter_context(Daemon({"sum": pool}, cluster(r, "c")))
+            b = Daemon({"sum": pool}, cluster(r, "b")).start()
+
+            def cleanup_b():
+                for pid in [b.pid()] + b.worker_pids():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                b.proc.wait()
+                b.log.close()
+            st.callback(cleanup_b)
+            wait_for(lambda: instances(a, "sum") == ["a", "b", "c"],
+                     what="three instances in a's status")
+            s = a.connect()
+            s.sendall(b'{"op":"submit","pool":"sum","workers":3}\n')
+            lease = read_reply(s)
+            self.assertEqual(sorted(lease["instances"]), ["a", "b", "c"],
+                             lease)
+            lane = lease["instances"].index("b")
+            s.sendall(body[:half])
+
+            def b_read():
+                v = r.command("HGET", "cns:{%d}:prog" % lease["stream"],
+                              str(lane))
+                return v.startswith(b"$") and not v.startswith(b"$-1")
+            wait_for(b_read, what="b reading its lane")
+            workers = b.worker_pids()
+            for pid in [b.pid()] + workers:
+                os.kill(pid, signal.SIGKILL)
+            b.proc.wait()
+            s.sendall(body[half:])
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(60)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["items"], n, final)
+            self.assertEqual(final["consumed"], n, final)
+            self.assertEqual(final["completion"], n * (n + 1) // 2, final)
+            self.assertGreaterEqual(final["crashes"], 1, final)
+            self.assertNotIn("b", final["instances"], final)
+            assert_invariant(self, final)
+            self.assertIn("stopped heartbeating it for claim_idle",
+                          a.log_text() + c.log_text())
+
+    def test_paused_owner_is_fenced(self):
+        # b's master is stopped (SIGSTOP) past claim_idle holding a lane;
+        # another instance claims the lane with a new token and runs it
+        # again.  Resumed (SIGCONT), b learns from its heartbeat that the
+        # lane is not its own any more, and what it says about it is
+        # refused: the result counts every item once.
+        n = 100000
+        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+        half = body.index(b"\n", len(body) // 2) + 1
+        pool = {"plugin": "sum", "workers": 1, "cluster": True}
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            a = st.enter_context(Daemon({"sum": pool}, cluster(r, "a")))
+            b = st.enter_context(Daemon({"sum": pool}, cluster(r, "b")))
+            c = st.enter_context(Daemon({"sum": pool}, cluster(r, "c")))
+            wait_for(lambda: instances(a, "sum") == ["a", "b", "c"],
+                     what="three instances in a's status")
+            s = a.connect()
+            s.sendall(b'{"op":"submit","pool":"sum","workers":3}\n')
+            lease = read_reply(s)
+            lane = lease["instances"].index("b")
+            s.sendall(body[:half])
+
+            def b_read():
+                v = r.command("HGET", "cns:{%d}:prog" % lease["stream"],
+                              str(lane))
+                return v.startswith(b"$") and not v.startswith(b"$-1")
+            wait_for(b_read, what="b reading its lane")
+            os.kill(b.pid(), signal.SIGSTOP)
+            try:
+                s.sendall(body[half:])
+                s.shutdown(socket.SHUT_WR)
+                wait_for(lambda: "stopped heartbeating it" in
+                         a.log_text() + c.log_text(), timeout=30,
+                         what="another instance claiming b's lane")
+            finally:
+                os.kill(b.pid(), signal.SIGCONT)
+            s.settimeout(60)
+            replies = read_lines(s)
+            s.close()
+            final = final_of(replies)
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["consumed"], n, final)
+            self.assertEqual(final["completion"], n * (n + 1) // 2, final)
+            self.assertNotIn("b", final["instances"], final)
+            assert_invariant(self, final)
+            wait_for(lambda: "another instance claimed the lane" in
+                     b.log_text() or "is stale" in b.log_text(),
+                     timeout=30, what="b told it lost the lane")
 
 
 if __name__ == "__main__":
