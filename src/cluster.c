@@ -1339,7 +1339,9 @@ struct ingress {
 	json_t		*completion;
 	json_t		*errors;	/* besides the stream's own */
 	struct stream	*cs;		/* the completion's local stream */
+	LIST_ENTRY(ingress) entry;	/* ingresses */
 };
+static LIST_HEAD(, ingress) ingresses = LIST_HEAD_INITIALIZER(ingresses);
 
 static void	ing_final(struct ingress *);
 static void	cluster_input(struct stream *);
@@ -1358,6 +1360,7 @@ ing_unref(struct ingress *g)
 {
 	if (--g->refs > 0)
 		return;
+	LIST_REMOVE(g, entry);
 	for (unsigned i = 0; i < g->K; i++) {
 		free(g->lanes[i].instance);
 		json_decref(g->lanes[i].final);
@@ -1467,9 +1470,7 @@ ing_xadd(struct ingress *g, unsigned i, uint64_t first, unsigned n,
 		argc = 5;
 	}
 	for (int k = 0; k < argc; k++)
-		lens[k] = strlen(argv[k]);
-	if (data != NULL)
-		lens[6] = len;
+		lens[k] = data != NULL && k == 6 ? len : strlen(argv[k]);
 	g->refs++;
 	if (rsend(ing_sent, g, argc, argv, lens) == -1) {
 		g->refs--;
@@ -2159,6 +2160,7 @@ cluster_submit(const struct source_ops *ops, void *arg, struct pool *p,
 	if ((g = calloc(1, sizeof *g)) == NULL ||
 	    (g->pool = strdup(p->pc->name)) == NULL)
 		fatal("%s: calloc", __func__);
+	LIST_INSERT_HEAD(&ingresses, g, entry);
 	s->cl = g;
 	s->cl_ops = &ingress_ops;
 	g->s = s;
@@ -2262,13 +2264,42 @@ cluster_init(struct event_base *base, const struct conf *c)
 	redis_connect();
 }
 
+/* Shutdown: the lanes run here, and completions, end now with `why`. */
+void
+cluster_abort_all(const char *why)
+{
+	struct olane *ol;
+	struct ingress *g;
+
+	LIST_FOREACH(ol, &olanes, entry)
+		if (ol->s != NULL && ol->s->state != S_DONE)
+			stream_abort(ol->s, why);
+	LIST_FOREACH(g, &ingresses, entry)
+		if (g->cs != NULL && g->cs->state != S_DONE)
+			stream_abort(g->cs, why);
+}
+
+/* After the loop, before the pools go: the local streams of lanes and
+ * completions (their sources are here), then the connection. */
 void
 cluster_free(void)
 {
 	redisAsyncContext *ac = R.ac;
+	struct olane *ol;
+	struct ingress *g;
 
 	if (R.instance == NULL)
 		return;
+	LIST_FOREACH(ol, &olanes, entry)
+		if (ol->s != NULL) {
+			stream_free(ol->s);
+			ol->s = NULL;
+		}
+	LIST_FOREACH(g, &ingresses, entry)
+		if (g->cs != NULL) {
+			stream_free(g->cs);
+			g->cs = NULL;
+		}
 	R.ac = NULL;
 	R.up = 0;
 	if (ac != NULL)
@@ -2300,6 +2331,12 @@ cluster_init(struct event_base *base, const struct conf *c)
 void
 cluster_free(void)
 {
+}
+
+void
+cluster_abort_all(const char *why)
+{
+	(void)why;
 }
 
 const char *

@@ -161,6 +161,7 @@ on_drain_timer(evutil_socket_t fd, short ev, void *arg)
 	    cns_conf->shutdown_timeout);
 	draining = 0;
 	client_abort_all(why);
+	cluster_abort_all(why);
 	stop_workers();
 }
 
@@ -181,6 +182,7 @@ stop(int sig)
 			    strsignal(sig));
 			draining = 0;
 			client_abort_all("consumersd is shutting down");
+			cluster_abort_all("consumersd is shutting down");
 			stop_workers();
 		}
 		return;
@@ -196,6 +198,7 @@ stop(int sig)
 	if (cns_conf->shutdown_timeout <= 0 || stream_count() == 0) {
 		log_info("%s: stopping", strsignal(sig));
 		client_abort_all("consumersd is shutting down");
+		cluster_abort_all("consumersd is shutting down");
 		stop_workers();
 		return;
 	}
@@ -457,8 +460,8 @@ main(int argc, char **argv)
 
 	log_info("stopped");
 	client_free_all();
+	cluster_free();		/* its lanes' streams, before their pools */
 	pool_free_all();
-	cluster_free();
 	tap_free_all();
 	cns_on_change(NULL);	/* the loop is over: nothing to start or stop */
 	cns_later_free();	/* the frees put off to a next turn */

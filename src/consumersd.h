@@ -656,6 +656,7 @@ void		 cns_changed(void);
 /* cluster.c: cluster pools on Redis Streams (stubs without hiredis) */
 void		 cluster_init(struct event_base *, const struct conf *);
 void		 cluster_free(void);
+void		 cluster_abort_all(const char *why);
 const char	*cluster_unavailable(void);
 struct stream	*cluster_submit(const struct source_ops *, void *arg,
 		    struct pool *, unsigned want, json_t *header);
