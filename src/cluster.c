@@ -930,6 +930,11 @@ olane_start(struct pool *p, uint64_t S, unsigned lane, uint64_t token,
 /* ---- heartbeats, and lanes whose owner stopped them ---- */
 
 static unsigned	pool_free_workers(struct pool *);
+static size_t	ing_beating(const char *alive, const char **argv, size_t *n,
+		    char (*nums)[2][24]);
+static void	ing_lost(const char *member, size_t len);
+static void	ing_rescue(struct pool *, uint64_t S, uint64_t token,
+		    unsigned K, json_t *params, json_t *args, json_t *kwargs);
 
 static void
 count_add(json_t *o, const char *pool, int d)
@@ -966,6 +971,7 @@ on_beat(redisReply *r, void *arg)
 		redisReply *m = r->element[i];
 		if (m->type != REDIS_REPLY_STRING)
 			continue;
+		ing_lost(m->str, m->len);
 		for (ol = LIST_FIRST(&olanes); ol != NULL; ol = next) {
 			next = LIST_NEXT(ol, entry);
 			if (ol->lost || strlen(ol->member) != m->len ||
@@ -995,6 +1001,7 @@ lanes_beat(struct pool *p)
 	LIST_FOREACH(ol, &olanes, entry)
 		if (!ol->lost && ol->s != NULL && strcmp(ol->alive, alive) == 0)
 			nl++;
+	nl += ing_beating(alive, NULL, NULL, NULL);
 	if (nl == 0)
 		return;
 	cap += 4 * nl;
@@ -1017,6 +1024,7 @@ lanes_beat(struct pool *p)
 		argv[n++] = nums[k][1];
 		k++;
 	}
+	ing_beating(alive, argv, &n, nums + k);
 	for (size_t i = 0; i < n; i++)
 		lens[i] = strlen(argv[i]);
 	rsend(on_beat, NULL, (int)n, argv, lens);
@@ -1028,26 +1036,36 @@ lanes_beat(struct pool *p)
 /*
  * KEYS alive; ARGV claim_idle (ms), instance, at most: lanes not
  * heartbeated for claim_idle (Redis's clock) are claimed here with a new
- * token, which fences the old owner.  Lanes of finished streams go.
+ * token, which fences the old owner, as many as there are idle workers;
+ * a stream's ingress needs no worker to be closed, so it is claimed
+ * whatever.  Lanes of finished streams go.
  */
 static const char sweep_lua[] =
     "local t = redis.call('TIME') "
     "local now = t[1] * 1000 + math.floor(t[2] / 1000) "
     "local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', "
-    "now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[3])) "
+    "now - tonumber(ARGV[1]), 'LIMIT', 0, 100) "
     "local out = {} "
+    "local n = 0 "
     "for _, m in ipairs(stale) do "
     "local S, lane = string.match(m, '^(%d+):(%d+)$') "
+    "if not S then S, lane = string.match(m, '^(%d+):(ingress)$') end "
     "local meta = 'cns:{' .. (S or '') .. '}:meta' "
     "if not S or redis.call('HGET', meta, 'state') ~= 'running' then "
-    "redis.call('ZREM', KEYS[1], m) else "
+    "redis.call('ZREM', KEYS[1], m) "
+    "elseif lane == 'ingress' or n < tonumber(ARGV[3]) then "
+    "if lane ~= 'ingress' then n = n + 1 end "
     "local tok = redis.call('HINCRBY', 'cns:{' .. S .. '}:tokens', lane, "
     "1) "
-    "local prev = redis.call('HGET', 'cns:{' .. S .. '}:owners', lane) "
-    "redis.call('HSET', 'cns:{' .. S .. '}:owners', lane, ARGV[2]) "
+    "local hk = 'cns:{' .. S .. '}:owners' "
+    "if lane == 'ingress' then hk = meta end "
+    "local prev = redis.call('HGET', hk, lane) "
+    "redis.call('HSET', hk, lane, ARGV[2]) "
     "redis.call('ZADD', KEYS[1], now, m) "
-    "local v = redis.call('HMGET', meta, 'params', 'args', 'kwargs') "
-    "table.insert(out, {S, lane, tok, v[1], v[2], v[3], prev}) end end "
+    "local v = redis.call('HMGET', meta, 'params', 'args', 'kwargs', "
+    "'lanes') "
+    "table.insert(out, {S, lane, tok, v[1], v[2], v[3], prev, v[4]}) "
+    "end end "
     "return out";
 
 static void
@@ -1064,7 +1082,7 @@ on_sweep(redisReply *r, void *arg)
 		json_t *params, *args, *kwargs;
 		uint64_t S, tok;
 		unsigned long lane;
-		if (e->type != REDIS_REPLY_ARRAY || e->elements != 7 ||
+		if (e->type != REDIS_REPLY_ARRAY || e->elements != 8 ||
 		    e->element[2]->type != REDIS_REPLY_INTEGER)
 			continue;
 		sS = reply_str(e->element[0]);
@@ -1079,7 +1097,17 @@ on_sweep(redisReply *r, void *arg)
 		if (p == NULL || !p->pc->cluster || p->retiring)
 			log_warnx("cluster stream %" PRIu64 " lane %lu: claimed "
 			    "but pool %s is gone here", S, lane, pool);
-		else if (p->pc->on_crash == CRASH_FAIL) {
+		else if (sl != NULL && strcmp(sl, "ingress") == 0) {
+			char *k = reply_str(e->element[7]);
+			log_warnx("cluster stream %" PRIu64 ": its ingress, "
+			    "instance %s, stopped heartbeating for claim_idle "
+			    "(%g s); closing the stream here at the last batch "
+			    "Redis accepted", S, prev != NULL ? prev : "?",
+			    R.claim_idle);
+			ing_rescue(p, S, tok, k != NULL ? (unsigned)strtoul(k,
+			    NULL, 10) : 0, params, args, kwargs);
+			free(k);
+		} else if (p->pc->on_crash == CRASH_FAIL) {
 			struct olane *ol = olane_new(p, S, (unsigned)lane, tok);
 			char msg[300];
 			json_t *v;
@@ -1120,8 +1148,8 @@ lanes_sweep(struct pool *p)
 	char alive[300], idle[32], most[16], *name;
 	unsigned n;
 
-	if ((n = pool_free_workers(p)) == 0 ||
-	    json_integer_value(json_object_get(R.claiming, p->pc->name)) > 0)
+	n = pool_free_workers(p);
+	if (json_integer_value(json_object_get(R.claiming, p->pc->name)) > 0)
 		return;
 	snprintf(alive, sizeof alive, "cns:{%s}:alive", p->pc->name);
 	snprintf(idle, sizeof idle, "%.0f", R.claim_idle * 1000);
@@ -1309,7 +1337,8 @@ redis_jobs(evutil_socket_t fd, short ev, void *arg)
 
 /* ---- the ingress: the client's side of a cluster stream ---- */
 
-enum { I_ID, I_LEASING, I_RUNNING, I_ENDING, I_COMPLETING, I_DONE };
+enum { I_ID, I_LEASING, I_RESCUE, I_RUNNING, I_ENDING, I_COMPLETING,
+    I_DONE };
 
 struct ilane {
 	char		*instance;	/* its owner, once sealed */
@@ -1339,6 +1368,13 @@ struct ingress {
 	json_t		*completion;
 	json_t		*errors;	/* besides the stream's own */
 	struct stream	*cs;		/* the completion's local stream */
+	uint64_t	 token;		/* its claim on the stream's ingress */
+	char		 member[64];	/* S:ingress, in alive */
+	char		 tokkey[128];
+	char		 alive[300];
+	int		 rescued;	/* its ingress died: closed here */
+	unsigned	 nlast;		/* rescue: lanes' last entries asked */
+	int		 lost;
 	LIST_ENTRY(ingress) entry;	/* ingresses */
 };
 static LIST_HEAD(, ingress) ingresses = LIST_HEAD_INITIALIZER(ingresses);
@@ -1354,6 +1390,52 @@ static const struct ingress_ops ingress_ops = {
 	.free = cluster_stream_free,
 };
 static void	ing_tick_later(struct ingress *, double);
+
+/* The ingresses of pool `alive` that heartbeat; with argv, their
+ * (member, tokens key, field, token) appended. */
+static size_t
+ing_beating(const char *alive, const char **argv, size_t *n,
+    char (*nums)[2][24])
+{
+	struct ingress *g;
+	size_t k = 0;
+
+	LIST_FOREACH(g, &ingresses, entry) {
+		if (g->token == 0 || g->lost || g->phase < I_RUNNING ||
+		    g->phase == I_DONE || strcmp(g->alive, alive) != 0)
+			continue;
+		if (argv != NULL) {
+			snprintf(nums[k][1], sizeof nums[k][1], "%" PRIu64,
+			    g->token);
+			argv[(*n)++] = g->member;
+			argv[(*n)++] = g->tokkey;
+			argv[(*n)++] = "ingress";
+			argv[(*n)++] = nums[k][1];
+		}
+		k++;
+	}
+	return k;
+}
+
+static void	ing_fail(struct ingress *, const char *);
+
+static void
+ing_lost(const char *member, size_t len)
+{
+	struct ingress *g;
+
+	LIST_FOREACH(g, &ingresses, entry) {
+		if (g->lost || strlen(g->member) != len ||
+		    memcmp(g->member, member, len) != 0 || g->phase == I_DONE)
+			continue;
+		g->lost = 1;
+		log_warnx("cluster stream %" PRIu64 ": another instance took "
+		    "over as its ingress (this one missed its heartbeats)",
+		    g->S);
+		ing_fail(g, "another instance closed the stream: this "
+		    "instance missed its heartbeats for claim_idle");
+	}
+}
 
 static void
 ing_unref(struct ingress *g)
@@ -1487,6 +1569,11 @@ ing_reject(struct ingress *g, uint64_t seq, const char *why)
 	g->s->rejected++;
 	g->s->src.ops->event(g->s->src.arg, v);
 	json_decref(v);
+	{
+		char meta[128];
+		snprintf(meta, sizeof meta, "cns:{%" PRIu64 "}:meta", g->S);
+		rdo(NULL, NULL, "HINCRBY", meta, "rejected", "1", NULL);
+	}
 }
 
 /* The next live lane, round robin, whose window has room. */
@@ -1750,6 +1837,15 @@ ing_final(struct ingress *g)
 	}
 	json_array_foreach(g->errors, i, e)
 		json_array_append(errors, e);
+	if (g->rescued) {
+		char msg[300];
+		snprintf(msg, sizeof msg, "the stream's ingress stopped "
+		    "heartbeating; instance %s closed the stream at the last "
+		    "batch Redis accepted (item %" PRIu64 ")", R.instance,
+		    s->seq);
+		json_array_append_new(errors, json_pack("{s:s,s:s}", "stage",
+		    "cluster", "error", msg));
+	}
 	/* What no lane accounted for (a lane lost, Redis gone) is
 	 * unconsumed, so the counts always add up to the items read. */
 	unconsumed = s->seq > consumed + rejected + quarantined ?
@@ -1780,6 +1876,18 @@ ing_final(struct ingress *g)
 	s->pool->streams_done++;
 	snprintf(key, sizeof key, "cns:{%" PRIu64 "}:meta", g->S);
 	rdo(NULL, NULL, "HSET", key, "state", "done", NULL);
+	/* The final line, for {"op":"result"} from any instance. */
+	if (!g->lost) {
+		char *line;
+		json_object_set_new(final, "pool", json_string(g->pool));
+		line = json_dumps(final, JSON_COMPACT);
+		json_object_del(final, "pool");
+		snprintf(key, sizeof key, "cns:{%" PRIu64 "}:result", g->S);
+		if (line != NULL)
+			rdo(NULL, NULL, "SET", key, line, "EX", KEY_TTL, NULL);
+		free(line);
+		rdo(NULL, NULL, "ZREM", g->alive, g->member, NULL);
+	}
 	/* The batches go; the rest stays a while (op result, later). */
 	for (unsigned k = 0; k < g->nlive; k++) {
 		snprintf(key, sizeof key, "cns:{%" PRIu64 "}:lane:%u", g->S,
@@ -1958,8 +2066,10 @@ ing_sealed(redisReply *r, void *arg)
 		return;
 	}
 	for (size_t i = 0; i + 1 < r->elements; i += 2) {
-		char *k = reply_str(r->element[i]);
-		long lane = k != NULL ? strtol(k, NULL, 10) : -1;
+		char *k = reply_str(r->element[i]), *end = NULL;
+		long lane = k != NULL ? strtol(k, &end, 10) : -1;
+		if (k != NULL && (end == k || *end != '\0'))
+			lane = -1;
 		if (lane >= 0 && (unsigned)lane < g->K &&
 		    g->lanes[lane].instance == NULL)
 			g->lanes[lane].instance = reply_str(r->element[i + 1]);
@@ -2063,6 +2173,15 @@ ing_tick_later(struct ingress *g, double sec)
 		evtimer_add(g->tick, &tv);
 }
 
+static void
+ing_names(struct ingress *g)
+{
+	snprintf(g->member, sizeof g->member, "%" PRIu64 ":ingress", g->S);
+	snprintf(g->tokkey, sizeof g->tokkey, "cns:{%" PRIu64 "}:tokens",
+	    g->S);
+	snprintf(g->alive, sizeof g->alive, "cns:{%s}:alive", g->pool);
+}
+
 /* The ingress's own lanes: claim 1, heartbeats from now. */
 static const char own_lua[] =
     "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) "
@@ -2133,11 +2252,13 @@ ing_id(redisReply *r, void *arg)
 			    lane, NULL);
 	}
 	rdo(NULL, NULL, "EXPIRE", owners, "86400", NULL);
-	{
-		char tokens[128];
-		snprintf(tokens, sizeof tokens, "cns:{%s}:tokens", sid);
-		rdo(NULL, NULL, "EXPIRE", tokens, "86400", NULL);
-	}
+	/* The ingress heartbeats the stream too: if it stops, another
+	 * instance closes the stream. */
+	ing_names(g);
+	g->token = 1;
+	rdo(NULL, NULL, "EVAL", own_lua, "3", meta, g->tokkey, g->alive,
+	    "ingress", R.instance, g->member, NULL);
+	rdo(NULL, NULL, "EXPIRE", g->tokkey, "86400", NULL);
 	free(params);
 	free(args);
 	free(kwargs);
@@ -2145,6 +2266,290 @@ ing_id(redisReply *r, void *arg)
 	g->tick = evtimer_new(cns_base, ing_tick, g);
 	ing_tick_later(g, 0);
 	ing_unref(g);
+}
+
+/* ---- a stream whose ingress died: closed here ---- */
+
+static void
+rescue_free(void *arg)
+{
+	struct ingress *g = arg;
+
+	if (g->s != NULL)
+		stream_free(g->s);	/* drops the stream's reference */
+}
+
+static void
+rescue_finish(void *arg, json_t *v)
+{
+	struct ingress *g = arg;
+	char *line = json_dumps(v, JSON_COMPACT);
+
+	log_info("cluster stream %" PRIu64 ": final line, kept for op "
+	    "result: %.900s", g->S, line != NULL ? line : "?");
+	free(line);
+	json_decref(v);
+	cns_later(rescue_free, g);
+}
+
+static const struct source_ops rescue_source = {
+	.input = cs_input,
+	.reading = cs_reading,
+	.full = olane_full,
+	.event = cs_event,
+	.finish = rescue_finish,
+};
+
+static void
+rescue_rejected(redisReply *r, void *arg)
+{
+	struct ingress *g = arg;
+
+	if (g->s != NULL && r != NULL && r->type == REDIS_REPLY_STRING)
+		g->s->rejected = strtoull(r->str, NULL, 10);
+	ing_unref(g);
+}
+
+/* A lane's last entry: a batch (first seq, n) or the end (seq + 1). */
+static void
+rescue_last(redisReply *r, void *arg)
+{
+	struct ingress *g = arg;
+	char why[300];
+
+	g->nlast--;
+	if (g->s == NULL || g->phase != I_RESCUE) {
+		ing_unref(g);
+		return;
+	}
+	if (reply_error(r, why, sizeof why)) {
+		ing_fail(g, why);
+		ing_unref(g);
+		return;
+	}
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+	    r->element[0]->type == REDIS_REPLY_ARRAY &&
+	    r->element[0]->elements == 2) {
+		redisReply *e = r->element[0], *f = e->element[1];
+		uint64_t id = strtoull(e->element[0]->str, NULL, 10), last = 0;
+		for (size_t j = 0; f->type == REDIS_REPLY_ARRAY &&
+		    j + 1 < f->elements; j += 2) {
+			redisReply *k = f->element[j];
+			if (k->len == 1 && k->str[0] == 'n')
+				last = id + strtoull(f->element[j + 1]->str,
+				    NULL, 10) - 1;
+			else if (k->len == 3 && memcmp(k->str, "end", 3) == 0)
+				last = id - 1;
+		}
+		if (last > g->s->seq)
+			g->s->seq = last;
+	}
+	if (g->nlast == 0) {
+		/* Every lane ends at the last batch Redis accepted (a lane
+		 * that ended already refuses the entry). */
+		g->phase = I_ENDING;
+		g->s->eof = g->s->ended = 1;
+		for (unsigned k = 0; k < g->nlive; k++) {
+			char key[128], id[48];
+			snprintf(key, sizeof key, "cns:{%" PRIu64 "}:lane:%u",
+			    g->S, g->live[k]);
+			snprintf(id, sizeof id, "%" PRIu64 "-0", g->s->seq + 1);
+			rdo(NULL, NULL, "XADD", key, id, "end", "1", NULL);
+		}
+		ing_tick_later(g, 0);
+	}
+	ing_unref(g);
+}
+
+static void
+rescue_owners(redisReply *r, void *arg)
+{
+	struct ingress *g = arg;
+	char why[300], key[128];
+
+	if (g->s == NULL || g->phase != I_RESCUE) {
+		ing_unref(g);
+		return;
+	}
+	if (reply_error(r, why, sizeof why) || r->type != REDIS_REPLY_ARRAY) {
+		ing_fail(g, r != NULL && r->type != REDIS_REPLY_ARRAY ?
+		    "a bad answer for the lanes' owners" : why);
+		ing_unref(g);
+		return;
+	}
+	for (size_t i = 0; i + 1 < r->elements; i += 2) {
+		char *k = reply_str(r->element[i]);
+		char *end = NULL;
+		unsigned long lane = k != NULL ? strtoul(k, &end, 10) : 0;
+		if (k != NULL && end != k && *end == '\0' && lane < g->K &&
+		    g->lanes[lane].instance == NULL)
+			g->lanes[lane].instance = reply_str(r->element[i + 1]);
+		free(k);
+	}
+	for (unsigned i = 0; i < g->K; i++)
+		if (g->lanes[i].instance != NULL)
+			g->live[g->nlive++] = i;
+	snprintf(key, sizeof key, "cns:{%" PRIu64 "}:meta", g->S);
+	g->refs++;
+	if (rdo(rescue_rejected, g, "HGET", key, "rejected", NULL) == -1)
+		g->refs--;
+	for (unsigned k = 0; k < g->nlive; k++) {
+		snprintf(key, sizeof key, "cns:{%" PRIu64 "}:lane:%u", g->S,
+		    g->live[k]);
+		g->refs++;
+		g->nlast++;
+		if (rdo(rescue_last, g, "XREVRANGE", key, "+", "-", "COUNT",
+		    "1", NULL) == -1) {
+			g->refs--;
+			g->nlast--;
+		}
+	}
+	if (g->nlast == 0)
+		ing_fail(g, g->nlive == 0 ? "the stream has no lanes" :
+		    cluster_unavailable());
+	ing_unref(g);
+}
+
+static struct ingress *ing_new(struct stream *, struct pool *);
+
+/* This instance claimed the ingress of stream S (its own died): close the
+ * stream at the last batch Redis accepted, let its lanes finish, run the
+ * completion, and keep the final line for op result. */
+static void
+ing_rescue(struct pool *p, uint64_t S, uint64_t token, unsigned K,
+    json_t *params, json_t *args, json_t *kwargs)
+{
+	struct stream *s;
+	struct ingress *g;
+	char key[128];
+
+	if (K == 0 || K > CNS_MAX_WORKERS) {
+		log_warnx("cluster stream %" PRIu64 ": no lane count in its "
+		    "meta; cannot close it", S);
+		return;
+	}
+	s = stream_alloc(&rescue_source, NULL, p, params);
+	g = ing_new(s, p);
+	s->src.arg = g;
+	if (p->pc->client_args) {
+		g->args = json_incref(args);
+		g->kwargs = json_incref(kwargs);
+	}
+	g->S = S;
+	g->token = token;
+	g->rescued = 1;
+	ing_names(g);
+	g->K = s->want = K;
+	if ((g->lanes = calloc(g->K, sizeof *g->lanes)) == NULL ||
+	    (g->live = calloc(g->K, sizeof *g->live)) == NULL)
+		fatal("%s: calloc", __func__);
+	g->phase = I_RESCUE;
+	s->state = S_RUNNING;
+	g->tick = evtimer_new(cns_base, ing_tick, g);
+	snprintf(key, sizeof key, "cns:{%" PRIu64 "}:owners", S);
+	g->refs++;
+	if (rdo(rescue_owners, g, "HGETALL", key, NULL) == -1) {
+		g->refs--;
+		ing_fail(g, cluster_unavailable());
+	}
+}
+
+/* ---- {"op":"result","stream":S}: a final line kept in Redis ---- */
+
+struct fetch {
+	uint64_t	 S;
+	void		(*done)(void *, json_t *);
+	void		*arg;
+	LIST_ENTRY(fetch) entry;
+};
+static LIST_HEAD(, fetch) fetches = LIST_HEAD_INITIALIZER(fetches);
+
+static json_t *
+result_missing(uint64_t S, const char *why)
+{
+	char msg[600];
+
+	snprintf(msg, sizeof msg, "no final line for cluster stream %" PRIu64
+	    ": %s", S, why);
+	return json_pack("{s:b,s:s,s:s}", "ok", 0, "error", msg, "code",
+	    "not_found");
+}
+
+static void
+on_result(redisReply *r, void *arg)
+{
+	struct fetch *f = arg;
+	json_t *v = reply_json(r);
+	char why[300];
+
+	if (f->done != NULL) {
+		if (reply_error(r, why, sizeof why))
+			v = result_missing(f->S, why);
+		else if (!json_is_object(v)) {
+			json_decref(v);
+			v = result_missing(f->S, "it is still open, ended more "
+			    "than " KEY_TTL " s ago, or never was");
+		}
+		f->done(f->arg, v);
+	} else
+		json_decref(v);
+	LIST_REMOVE(f, entry);
+	free(f);
+}
+
+/* done(arg, reply) once the line is fetched (now, if Redis is down). */
+void
+cluster_result(uint64_t S, void (*done)(void *, json_t *), void *arg)
+{
+	struct fetch *f;
+	char key[128];
+	const char *down;
+
+	if ((down = cluster_unavailable()) != NULL) {
+		done(arg, result_missing(S, down));
+		return;
+	}
+	if ((f = calloc(1, sizeof *f)) == NULL)
+		fatal("%s: calloc", __func__);
+	f->S = S;
+	f->done = done;
+	f->arg = arg;
+	LIST_INSERT_HEAD(&fetches, f, entry);
+	snprintf(key, sizeof key, "cns:{%" PRIu64 "}:result", S);
+	if (rdo(on_result, f, "GET", key, NULL) == -1) {
+		LIST_REMOVE(f, entry);
+		free(f);
+		done(arg, result_missing(S, cluster_unavailable()));
+	}
+}
+
+/* arg is going away: its fetches answer no one. */
+void
+cluster_result_cancel(void *arg)
+{
+	struct fetch *f;
+
+	LIST_FOREACH(f, &fetches, entry)
+		if (f->arg == arg)
+			f->done = NULL;
+}
+
+static struct ingress *
+ing_new(struct stream *s, struct pool *p)
+{
+	struct ingress *g;
+
+	if ((g = calloc(1, sizeof *g)) == NULL ||
+	    (g->pool = strdup(p->pc->name)) == NULL)
+		fatal("%s: calloc", __func__);
+	LIST_INSERT_HEAD(&ingresses, g, entry);
+	s->cl = g;
+	s->cl_ops = &ingress_ops;
+	g->s = s;
+	g->refs = 1;
+	g->errors = json_array();
+	strcpy(g->evid, "0");
+	return g;
 }
 
 struct stream *
@@ -2157,16 +2562,7 @@ cluster_submit(const struct source_ops *ops, void *arg, struct pool *p,
 	const char *down;
 	unsigned most;
 
-	if ((g = calloc(1, sizeof *g)) == NULL ||
-	    (g->pool = strdup(p->pc->name)) == NULL)
-		fatal("%s: calloc", __func__);
-	LIST_INSERT_HEAD(&ingresses, g, entry);
-	s->cl = g;
-	s->cl_ops = &ingress_ops;
-	g->s = s;
-	g->refs = 1;
-	g->errors = json_array();
-	strcpy(g->evid, "0");
+	g = ing_new(s, p);
 	if (p->pc->client_args) {
 		g->args = json_incref(json_object_get(h, "args"));
 		g->kwargs = json_incref(json_object_get(h, "kwargs"));
@@ -2337,6 +2733,21 @@ void
 cluster_abort_all(const char *why)
 {
 	(void)why;
+}
+
+void
+cluster_result(uint64_t S, void (*done)(void *, json_t *), void *arg)
+{
+	(void)S;
+	done(arg, json_pack("{s:b,s:s,s:s}", "ok", 0, "error", "this "
+	    "consumersd was built without cluster support", "code",
+	    "not_found"));
+}
+
+void
+cluster_result_cancel(void *arg)
+{
+	(void)arg;
 }
 
 const char *

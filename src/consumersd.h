@@ -657,6 +657,9 @@ void		 cns_changed(void);
 void		 cluster_init(struct event_base *, const struct conf *);
 void		 cluster_free(void);
 void		 cluster_abort_all(const char *why);
+void		 cluster_result(uint64_t stream, void (*done)(void *, json_t *),
+		    void *arg);
+void		 cluster_result_cancel(void *arg);
 const char	*cluster_unavailable(void);
 struct stream	*cluster_submit(const struct source_ops *, void *arg,
 		    struct pool *, unsigned want, json_t *header);

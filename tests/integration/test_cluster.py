@@ -235,6 +235,75 @@ class Cluster(unittest.TestCase):
                      b.log_text() or "is stale" in b.log_text(),
                      timeout=30, what="b told it lost the lane")
 
+    def test_kill_ingress_result_by_id(self):
+        # The ingress (a) dies mid-stream with its worker; another instance
+        # closes the stream at the last batch Redis accepted, the lanes
+        # finish (a's own lane run again elsewhere), the completion runs,
+        # and the final line is fetched from c by the stream's id.
+        n = 200000
+        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+        half = body.index(b"\n", len(body) // 2) + 1
+        pool = {"plugin": "sum", "workers": 1, "cluster": True}
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            b = st.enter_context(Daemon({"sum": pool}, cluster(r, "b")))
+            c = st.enter_context(Daemon({"sum": pool}, cluster(r, "c")))
+            a = Daemon({"sum": pool}, cluster(r, "a")).start()
+            st.callback(kill_daemon, a)
+            wait_for(lambda: instances(a, "sum") == ["a", "b", "c"],
+                     what="three instances in a's status")
+            s = a.connect()
+            s.sendall(b'{"op":"submit","pool":"sum","workers":3}\n')
+            lease = read_reply(s)
+            sid = lease["stream"]
+            self.assertEqual(sorted(lease["instances"]), ["a", "b", "c"])
+            s.sendall(body[:half])
+
+            def all_read():
+                v = r.command("HLEN", "cns:{%d}:prog" % sid)
+                return v == b":3\r\n"
+            wait_for(all_read, what="every lane reading")
+            kill_daemon(a)
+            s.close()
+            # Before then: no final line yet, and a clear answer.
+            early = ask(c, {"op": "result", "stream": sid})
+            if "items" not in early:
+                self.assertEqual(early["code"], "not_found", early)
+                self.assertIn("cluster stream %d" % sid, early["error"])
+            final = wait_for(lambda: (lambda v: v if "items" in v else
+                                      None)(ask(c, {"op": "result",
+                                                    "stream": sid})),
+                             timeout=60, what="the final line from c")
+            self.assertFalse(final["ok"], final)
+            self.assertEqual(final["stream"], sid)
+            self.assertGreater(final["items"], 0, final)
+            self.assertLessEqual(final["items"], n, final)
+            self.assertEqual(final["consumed"], final["items"], final)
+            m = final["items"]
+            self.assertEqual(final["completion"], m * (m + 1) // 2, final)
+            self.assertNotIn("a", final["instances"], final)
+            self.assertTrue(any("closed the stream at the last batch Redis"
+                                " accepted" in e["error"]
+                                for e in final["errors"]), final)
+            assert_invariant(self, final)
+            # The same line from b; a result of no stream is not found.
+            self.assertEqual(ask(b, {"op": "result", "stream": sid}), final)
+            missing = ask(b, {"op": "result", "stream": sid + 1000})
+            self.assertEqual(missing["code"], "not_found", missing)
+
+
+def kill_daemon(d):
+    """SIGKILL a daemon and its workers (by pid), once."""
+    if d.proc.poll() is not None:
+        return
+    for pid in [d.pid()] + d.worker_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    d.proc.wait()
+    d.log.close()
+
 
 if __name__ == "__main__":
     main()
