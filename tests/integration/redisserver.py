@@ -67,6 +67,13 @@ class RedisServer:
                   errors="replace") as f:
             return f.read()
 
+    def kill(self):
+        """SIGKILL, by pid: what it acknowledged is in its AOF."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        self.log.close()
+
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
@@ -82,6 +89,7 @@ class RedisServer:
 
     def __exit__(self, *exc):
         self.stop()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return False

@@ -291,6 +291,55 @@ class Cluster(unittest.TestCase):
             missing = ask(b, {"op": "result", "stream": sid + 1000})
             self.assertEqual(missing["code"], "not_found", missing)
 
+    def test_redis_killed_mid_stream(self):
+        # redis-server dies (SIGKILL) mid-stream: the stream ends with a
+        # clear error and counts that add up, never a wrong result; once
+        # Redis is back (same AOF) the instances reconnect by themselves
+        # and the next stream completes.
+        n = 200000
+        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+        half = body.index(b"\n", len(body) // 2) + 1
+        pool = {"plugin": "sum", "workers": 1, "cluster": True}
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            a = st.enter_context(Daemon({"sum": pool}, cluster(r, "a")))
+            st.enter_context(Daemon({"sum": pool}, cluster(r, "b")))
+            wait_for(lambda: instances(a, "sum") == ["a", "b"],
+                     what="two instances in a's status")
+            s = a.connect()
+            s.sendall(b'{"op":"submit","pool":"sum","workers":2}\n')
+            lease = read_reply(s)
+            sid = lease["stream"]
+            s.sendall(body[:half])
+            wait_for(lambda: r.command("HLEN", "cns:{%d}:prog" % sid) ==
+                     b":2\r\n", what="both lanes reading")
+            r.kill()
+            try:
+                s.sendall(body[half:])
+                s.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            s.settimeout(60)
+            final = final_of(read_lines(s))
+            s.close()
+            self.assertFalse(final["ok"], final)
+            self.assertTrue(any("Redis" in e["error"]
+                                for e in final["errors"]), final)
+            assert_invariant(self, final)
+            # A wrong result would be a completion of items not all
+            # consumed.
+            self.assertLess(final["consumed"], n, final)
+            r.start()
+            wait_for(lambda: ask(a, {"op": "status", "pool": "sum"})
+                     ["pools"][0]["cluster"].get("unavailable") is None,
+                     timeout=30, what="a reconnected to Redis")
+            wait_for(lambda: instances(a, "sum") == ["a", "b"],
+                     what="two instances again")
+            replies, final = a.submit_raw(
+                {"op": "submit", "pool": "sum", "workers": 2}, body)
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["completion"], n * (n + 1) // 2, final)
+
 
 def kill_daemon(d):
     """SIGKILL a daemon and its workers (by pid), once."""
