@@ -50,9 +50,10 @@ usage(void)
 	    "[POOL]\n"
 	    "       %s [-s socket] pools [--json]\n"
 	    "       %s [-s socket] reload\n"
+	    "       %s [-s socket] result STREAM\n"
 	    "       %s -V\n"
 	    "The socket is -s, else $CONSUMERS_SOCKET, else %s.\n",
-	    prog, prog, prog, prog, prog, CNS_DEFAULT_SOCKET);
+	    prog, prog, prog, prog, prog, prog, CNS_DEFAULT_SOCKET);
 	exit(EXIT_LOCAL);
 }
 
@@ -371,6 +372,8 @@ print_worker(json_t *w, long long now)
 	json_decref(upv);
 }
 
+static void	print_cluster(json_t *);
+
 static void
 print_status(json_t *v)
 {
@@ -420,7 +423,30 @@ print_status(json_t *v)
 			    "while they start");
 		json_array_foreach(json_object_get(p, "processes"), j, w)
 			print_worker(w, now);
+		print_cluster(json_object_get(p, "cluster"));
 	}
+}
+
+/* A cluster pool: its Redis, and every instance serving it. */
+static void
+print_cluster(json_t *cl)
+{
+	json_t *insts = json_object_get(cl, "instances"), *i;
+	json_t *down = json_object_get(cl, "unavailable");
+	const char *name;
+
+	if (!json_is_object(cl))
+		return;
+	printf("  cluster: instance %s, redis %s: %s%s\n",
+	    json_string_value(json_object_get(cl, "instance")),
+	    json_string_value(json_object_get(cl, "redis")),
+	    json_is_string(down) ? "DOWN, cluster streams refused: " : "up",
+	    json_is_string(down) ? json_string_value(down) : "");
+	json_object_foreach(insts, name, i)
+		printf("    instance %-20s workers %lld, idle %lld%s\n", name,
+		    num(i, "workers"), num(i, "idle"),
+		    json_is_true(json_object_get(i, "failed")) ? ", FAILED" :
+		    "");
 }
 
 static void
@@ -565,6 +591,38 @@ pools(const char *sockpath, int argc, char **argv)
 	return rc;
 }
 
+/* consumers result STREAM: a cluster stream's final line, by its id. */
+static int
+result(const char *sockpath, int argc, char **argv)
+{
+	json_t *header, *v;
+	char *end;
+	long long id;
+
+	if (argc != 2)
+		usage();
+	errno = 0;
+	id = strtoll(argv[1], &end, 10);
+	if (*argv[1] == '\0' || *end != '\0' || errno != 0 || id < 1)
+		die("result: \"%s\" is not a stream id (a positive integer)",
+		    argv[1]);
+	header = json_pack("{s:s,s:I}", "op", "result", "stream",
+	    (json_int_t)id);
+	v = ask(sockpath, header);
+	json_decref(header);
+	if (v == NULL)
+		die("result: no answer from the daemon");
+	if (json_object_get(v, "items") == NULL) {
+		refused(v);
+		json_decref(v);
+		return EXIT_STREAM;
+	}
+	print_json(v);
+	id = json_is_true(json_object_get(v, "ok")) ? EXIT_CLEAN : EXIT_STREAM;
+	json_decref(v);
+	return (int)id;
+}
+
 /* consumers reload: the daemon reads its configuration again. */
 static int
 reload(const char *sockpath, int argc, char **argv)
@@ -621,7 +679,9 @@ main(int argc, char **argv)
 		return pools(sockpath, argc, argv);
 	if (strcmp(argv[0], "reload") == 0)
 		return reload(sockpath, argc, argv);
+	if (strcmp(argv[0], "result") == 0)
+		return result(sockpath, argc, argv);
 	fprintf(stderr, "%s: unknown command \"%s\" (commands: submit, "
-	    "status, pools, reload)\n", prog, argv[0]);
+	    "status, pools, reload, result)\n", prog, argv[0]);
 	return EXIT_LOCAL;
 }

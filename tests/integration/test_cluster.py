@@ -4,11 +4,12 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, ask, assert_invariant, final_of,  # noqa
+from harness import (CLI, Daemon, ask, assert_invariant, final_of,  # noqa
                      read_lines, read_reply, rejections, wait_for, main)
 from redisserver import RedisServer  # noqa
 
@@ -18,6 +19,13 @@ def instances(d, pool):
     st = ask(d, {"op": "status", "pool": pool})
     cl = st["pools"][0].get("cluster") or {}
     return sorted((cl.get("instances") or {}).keys())
+
+
+def cli_text(d, *args):
+    """The CLI's exit status and standard output, as text."""
+    p = subprocess.run([CLI, "-s", d.socket] + list(args),
+                       capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
 
 
 def cluster(redis, name):
@@ -50,6 +58,12 @@ class Cluster(unittest.TestCase):
             # before the stream asks for three lanes.
             wait_for(lambda: instances(a, "sum") == ["a", "b", "c"],
                      what="three instances in a's status")
+            # consumers status: the cluster pool with every instance.
+            rc, out, err = cli_text(a, "status", "sum")
+            self.assertEqual(rc, 0, err)
+            self.assertIn("cluster: instance a, redis %s: up" % r.url, out)
+            for name in "abc":
+                self.assertRegex(out, r"instance %s +workers 1, idle" % name)
             replies, final = a.submit_raw(
                 {"op": "submit", "pool": "sum", "workers": 3}, body)
             lease = replies[0]
@@ -125,6 +139,10 @@ class Cluster(unittest.TestCase):
             st_ = ask(d, {"op": "status", "pool": "sum"})
             self.assertIn("cannot connect",
                           st_["pools"][0]["cluster"]["unavailable"])
+            rc, out, err = cli_text(d, "status", "sum")
+            self.assertEqual(rc, 0, err)
+            self.assertIn("redis %s: DOWN, cluster streams refused: "
+                          "cannot connect" % url, out)
 
     def test_kill_instance_mid_stream_replay(self):
         # Instance b dies (SIGKILL, its worker too) holding a lane of a
@@ -286,8 +304,12 @@ class Cluster(unittest.TestCase):
                                 " accepted" in e["error"]
                                 for e in final["errors"]), final)
             assert_invariant(self, final)
-            # The same line from b; a result of no stream is not found.
+            # The same line from b, and from the CLI; a result of no
+            # stream is not found.
             self.assertEqual(ask(b, {"op": "result", "stream": sid}), final)
+            rc, cfinal, err = b.cli("result", str(sid))
+            self.assertEqual(rc, 1, err)
+            self.assertEqual(cfinal, final)
             missing = ask(b, {"op": "result", "stream": sid + 1000})
             self.assertEqual(missing["code"], "not_found", missing)
 
