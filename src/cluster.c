@@ -55,6 +55,7 @@
 #define JOBS_SEC	0.01	/* idle workers look for lane jobs */
 #define KEY_TTL		"600"	/* seconds a finished stream's keys stay */
 #define BATCH_MAX	(256u << 10)
+#define BATCH_MIN	(64u << 10)
 #define INFLIGHT_MAX	(16u << 20) /* batch bytes Redis has not answered */
 #define LANE_READ_MAX	(1u << 20) /* an owner's unread buffer */
 #define WINDOW_FACTOR	8	/* a lane's window: this many worker ones */
@@ -1634,7 +1635,12 @@ cluster_input(struct stream *s)
 			src->ops->reading(src->arg, 0);
 			return;
 		}
+		/* What is buffered spread over the lanes, as feed.c does,
+		 * but in batches of 64 KiB at least: every XADD is a round
+		 * through Redis. */
 		share = evbuffer_get_length(in) / g->nlive;
+		if (share < BATCH_MIN)
+			share = BATCH_MIN;
 		room.max_item = max_item;
 		room.bytes = max_item + 1;
 		room.soft_bytes = share < BATCH_MAX ? share : BATCH_MAX;
