@@ -10,7 +10,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (CLI, Daemon, ask, assert_invariant, final_of,  # noqa
-                     read_lines, read_reply, rejections, wait_for, main)
+                     read_lines, read_reply, rejections, test_plugin,
+                     wait_for, main)
 from redisserver import RedisServer  # noqa
 
 
@@ -30,7 +31,7 @@ def cli_text(d, *args):
 
 def cluster(redis, name):
     return {"cluster": {"redis": redis.url, "instance": name,
-                        "heartbeat": 0.1, "claim_idle": 1}}
+                        "heartbeat": 0.1, "claim_idle": 2}}
 
 
 class Cluster(unittest.TestCase):
@@ -202,6 +203,51 @@ class Cluster(unittest.TestCase):
             assert_invariant(self, final)
             self.assertIn("stopped heartbeating it for claim_idle",
                           a.log_text() + c.log_text())
+
+    def test_kill_instance_mid_stream_redeliver(self):
+        # Under on_crash redeliver a lane claimed from a dead instance
+        # runs again too: every item's side effect (the record plugin
+        # appends each item to a file) is seen at least once, and the
+        # counts are those of the no-kill run.
+        n = 60000
+        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+        half = body.index(b"\n", len(body) // 2) + 1
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            path = os.path.join(r.dir, "effects")
+            pool = {"plugin": test_plugin("record"), "workers": 1,
+                    "cluster": True, "on_crash": "redeliver",
+                    "kwargs": {"path": path}}
+            a = st.enter_context(Daemon({"rec": pool}, cluster(r, "a")))
+            st.enter_context(Daemon({"rec": pool}, cluster(r, "c")))
+            b = Daemon({"rec": pool}, cluster(r, "b")).start()
+            st.callback(kill_daemon, b)
+            wait_for(lambda: instances(a, "rec") == ["a", "b", "c"],
+                     what="three instances in a's status")
+            s = a.connect()
+            s.sendall(b'{"op":"submit","pool":"rec","workers":3}\n')
+            lease = read_reply(s)
+            lane = lease["instances"].index("b")
+            s.sendall(body[:half])
+
+            def b_read():
+                v = r.command("HGET", "cns:{%d}:prog" % lease["stream"],
+                              str(lane))
+                return v.startswith(b"$") and not v.startswith(b"$-1")
+            wait_for(b_read, what="b reading its lane")
+            kill_daemon(b)
+            s.sendall(body[half:])
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(60)
+            final = final_of(read_lines(s))
+            s.close()
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["consumed"], n, final)
+            self.assertEqual(final["completion"], n * (n + 1) // 2, final)
+            assert_invariant(self, final)
+            with open(path) as f:
+                seen = {int(line.split()[1]) for line in f}
+            self.assertEqual(seen, set(range(1, n + 1)))
 
     def test_paused_owner_is_fenced(self):
         # b's master is stopped (SIGSTOP) past claim_idle holding a lane;
