@@ -2638,8 +2638,16 @@ cluster_init(struct event_base *base, const struct conf *c)
 	const struct cluster_conf *cc = c->cluster;
 	struct timeval tv;
 
-	if (cc == NULL || R.instance != NULL)
+	if (cc == NULL)
 		return;
+	if (R.instance != NULL) {
+		if (strcmp(cc->redis, R.redis) != 0 ||
+		    strcmp(cc->instance, R.instance) != 0)
+			log_warnx("cluster: the \"cluster\" section changed; "
+			    "it takes effect when consumersd restarts (still "
+			    "instance %s on %s)", R.instance, R.redis);
+		return;
+	}
 	if ((R.instance = strdup(cc->instance)) == NULL ||
 	    (R.redis = strdup(cc->redis)) == NULL ||
 	    (cc->password_file != NULL && (R.password_file =

@@ -1,6 +1,7 @@
 """Cluster pools on Redis Streams (doc/cluster.md): several daemons on one
 machine, a private redis-server, one cluster pool served by all."""
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -248,6 +249,30 @@ class Cluster(unittest.TestCase):
             with open(path) as f:
                 seen = {int(line.split()[1]) for line in f}
             self.assertEqual(seen, set(range(1, n + 1)))
+
+    def test_reload_adds_the_cluster(self):
+        # A daemon started without a "cluster" section gets one, and a
+        # cluster pool, on a reload: it connects, and the pool serves.
+        with contextlib.ExitStack() as st:
+            r = st.enter_context(RedisServer())
+            d = st.enter_context(Daemon({"local": {"plugin": "sum",
+                                                   "workers": 1}}))
+            with open(d.conf) as f:
+                conf = json.load(f)
+            conf.update(cluster(r, "a"))
+            with open(d.conf, "w") as f:
+                json.dump(conf, f)
+            with open(os.path.join(d.dir, "pools.d", "sum.json"), "w") as f:
+                json.dump({"plugin": "sum", "workers": 1, "cluster": True},
+                          f)
+            v = ask(d, {"op": "reload"})
+            self.assertTrue(v["ok"], v)
+            wait_for(lambda: instances(d, "sum") == ["a"],
+                     what="the reloaded cluster pool in status")
+            rc, final, err = d.cli("submit", "sum", input=b"1\n2\n3\n")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(final["completion"], 6, final)
+            self.assertEqual(final["instances"], ["a"], final)
 
     def test_paused_owner_is_fenced(self):
         # b's master is stopped (SIGSTOP) past claim_idle holding a lane;
