@@ -153,8 +153,8 @@ reply_error(const redisReply *r, char *why, size_t whylen)
 		return 1;
 	}
 	if (r->type == REDIS_REPLY_ERROR) {
-		snprintf(why, whylen, "Redis answered: %.*s", (int)(r->len > 200 ? 200 : r->len),
-		    r->str);
+		snprintf(why, whylen, "Redis answered: %.*s",
+		    (int)(r->len > 200 ? 200 : r->len), r->str);
 		return 1;
 	}
 	return 0;
