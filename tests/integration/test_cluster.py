@@ -3,6 +3,7 @@ machine, a private redis-server, one cluster pool served by all."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,16 +161,7 @@ class Cluster(unittest.TestCase):
             a = st.enter_context(Daemon({"sum": pool}, cluster(r, "a")))
             c = st.enter_context(Daemon({"sum": pool}, cluster(r, "c")))
             b = Daemon({"sum": pool}, cluster(r, "b")).start()
-
-            def cleanup_b():
-                for pid in [b.pid()] + b.worker_pids():
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                b.proc.wait()
-                b.log.close()
-            st.callback(cleanup_b)
+            own(st, b)
             wait_for(lambda: instances(a, "sum") == ["a", "b", "c"],
                      what="three instances in a's status")
             s = a.connect()
@@ -185,10 +177,7 @@ class Cluster(unittest.TestCase):
                               str(lane))
                 return v.startswith(b"$") and not v.startswith(b"$-1")
             wait_for(b_read, what="b reading its lane")
-            workers = b.worker_pids()
-            for pid in [b.pid()] + workers:
-                os.kill(pid, signal.SIGKILL)
-            b.proc.wait()
+            kill_daemon(b)
             s.sendall(body[half:])
             s.shutdown(socket.SHUT_WR)
             s.settimeout(60)
@@ -222,7 +211,7 @@ class Cluster(unittest.TestCase):
             a = st.enter_context(Daemon({"rec": pool}, cluster(r, "a")))
             st.enter_context(Daemon({"rec": pool}, cluster(r, "c")))
             b = Daemon({"rec": pool}, cluster(r, "b")).start()
-            st.callback(kill_daemon, b)
+            own(st, b)
             wait_for(lambda: instances(a, "rec") == ["a", "b", "c"],
                      what="three instances in a's status")
             s = a.connect()
@@ -338,7 +327,7 @@ class Cluster(unittest.TestCase):
             b = st.enter_context(Daemon({"sum": pool}, cluster(r, "b")))
             c = st.enter_context(Daemon({"sum": pool}, cluster(r, "c")))
             a = Daemon({"sum": pool}, cluster(r, "a")).start()
-            st.callback(kill_daemon, a)
+            own(st, a)
             wait_for(lambda: instances(a, "sum") == ["a", "b", "c"],
                      what="three instances in a's status")
             s = a.connect()
@@ -434,9 +423,22 @@ class Cluster(unittest.TestCase):
             self.assertEqual(final["completion"], n * (n + 1) // 2, final)
 
 
+def own(st, d):
+    """A daemon the test kills itself: killed (by pid) at the end if it
+    still runs, and its directory removed unless the test failed."""
+    def done(exc_type, exc, tb):
+        kill_daemon(d)
+        if exc_type is None:
+            shutil.rmtree(d.dir, ignore_errors=True)
+        return False
+    st.push(done)
+
+
 def kill_daemon(d):
     """SIGKILL a daemon and its workers (by pid), once."""
     if d.proc.poll() is not None:
+        if not d.log.closed:
+            d.log.close()
         return
     for pid in [d.pid()] + d.worker_pids():
         try:
