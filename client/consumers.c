@@ -606,6 +606,8 @@ print_worker(json_t *w, long long now, int wide)
 	json_decref(upv);
 }
 
+static void	print_cluster(json_t *);
+
 /* The open streams: who sent each, where, how far, how fast. */
 static void
 print_streams(json_t *streams, int width, int wide)
@@ -758,8 +760,31 @@ print_status(json_t *v, int wide)
 			    sizeof msg));
 		json_array_foreach(json_object_get(p, "processes"), j, w)
 			print_worker(w, now, wide);
+		print_cluster(json_object_get(p, "cluster"));
 	}
 	print_streams(json_object_get(v, "streams"), width, wide);
+}
+
+/* A cluster pool: its Redis, and every instance serving it. */
+static void
+print_cluster(json_t *cl)
+{
+	json_t *insts = json_object_get(cl, "instances"), *i;
+	json_t *down = json_object_get(cl, "unavailable");
+	const char *name;
+
+	if (!json_is_object(cl))
+		return;
+	printf("  cluster: instance %s, redis %s: %s%s\n",
+	    json_string_value(json_object_get(cl, "instance")),
+	    json_string_value(json_object_get(cl, "redis")),
+	    json_is_string(down) ? "DOWN, cluster streams refused: " : "up",
+	    json_is_string(down) ? json_string_value(down) : "");
+	json_object_foreach(insts, name, i)
+		printf("    instance %-20s workers %lld, idle %lld%s\n", name,
+		    num(i, "workers"), num(i, "idle"),
+		    json_is_true(json_object_get(i, "failed")) ? ", FAILED" :
+		    "");
 }
 
 static void
@@ -906,6 +931,38 @@ pools(const char *sockpath, int argc, char **argv)
 	return rc;
 }
 
+/* consumers result STREAM: a cluster stream's final line, by its id. */
+static int
+result(const char *sockpath, int argc, char **argv)
+{
+	json_t *header, *v;
+	char *end;
+	long long id;
+
+	if (argc != 2)
+		usage();
+	errno = 0;
+	id = strtoll(argv[1], &end, 10);
+	if (*argv[1] == '\0' || *end != '\0' || errno != 0 || id < 1)
+		die("result: \"%s\" is not a stream id (a positive integer)",
+		    argv[1]);
+	header = json_pack("{s:s,s:I}", "op", "result", "stream",
+	    (json_int_t)id);
+	v = ask(sockpath, header);
+	json_decref(header);
+	if (v == NULL)
+		die("result: no answer from the daemon");
+	if (json_object_get(v, "items") == NULL) {
+		refused(v);
+		json_decref(v);
+		return EXIT_STREAM;
+	}
+	print_json(v);
+	id = json_is_true(json_object_get(v, "ok")) ? EXIT_CLEAN : EXIT_STREAM;
+	json_decref(v);
+	return (int)id;
+}
+
 /* consumers reload: the daemon reads its configuration again. */
 static int
 reload(const char *sockpath, int argc, char **argv)
@@ -1014,6 +1071,13 @@ static const struct cmd cmds[] = {
 	    "Print every pool's counters as OpenMetrics text, ending in "
 	    "\"# EOF\": what a\n"
 	    "Prometheus textfile collector reads.\n" },
+	{ "result", result, "", "STREAM",
+	    "a cluster stream's final line, by its id",
+	    "Print the final line of cluster stream STREAM (the id its lease "
+	    "and final\n"
+	    "lines gave), from any instance serving its pool, for 10 minutes "
+	    "after it\n"
+	    "ended.  The exit status is that of submit.\n" },
 	{ "help", help, "", "[COMMAND]",
 	    "this help, or a command's",
 	    "Print the commands, or what COMMAND does and its options.\n" },

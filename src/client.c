@@ -56,6 +56,7 @@ struct client {
 	int			 closing;	/* free once output drains */
 	int			 lingering;	/* last line sent, discarding */
 	int			 reading;	/* its stream wants its input */
+	int			 fetching;	/* op result: Redis answers */
 	int			 idled;		/* input ended by idle_timeout */
 	/* One timer, by phase: the header deadline, the idle check while
 	 * the stream reads, the end of lingering. */
@@ -223,6 +224,8 @@ client_free(struct client *c)
 		cns_later(client_trim, NULL);
 	}
 	TAILQ_REMOVE(&clients, c, entry);
+	if (c->fetching)
+		cluster_result_cancel(c);
 	if (c->stream != NULL) {
 		stream_free(c->stream);
 	}
@@ -521,6 +524,14 @@ client_submit(struct client *c, json_t *h)
 		    "true)", name);
 		return;
 	}
+	if (p->pc->cluster) {
+		/* Lanes on every instance: the header's workers are not
+		 * capped by this machine's. */
+		jw = json_object_get(h, "workers");
+		c->stream = cluster_submit(&client_source, c, p, jw != NULL ?
+		    (unsigned)json_integer_value(jw) : 0, h);
+		return;
+	}
 	want = p->pc->stream_workers;
 	if ((jw = json_object_get(h, "workers")) != NULL &&
 	    json_integer_value(jw) < (json_int_t)want)
@@ -539,6 +550,45 @@ client_submit(struct client *c, json_t *h)
 	if (c->stream->state == S_QUEUED)
 		log_debug("stream %" PRIu64 ": waiting for a %s worker",
 		    c->stream->id, name);
+}
+
+/* A cluster stream's final line is here: for those who may submit to
+ * its pool. */
+static void
+client_result_done(void *arg, json_t *v)
+{
+	struct client *c = arg;
+	const char *name = json_string_value(json_object_get(v, "pool"));
+	struct pool *p = name != NULL ? pool_find(name) : NULL;
+	char why[1024];
+
+	c->fetching = 0;
+	if (json_is_true(json_object_get(v, "ok")) ||
+	    json_object_get(v, "items") != NULL) {
+		if (p == NULL) {
+			json_decref(v);
+			client_refuse(c, "unknown_pool", "the stream's pool %s "
+			    "is not served here", name != NULL ? name : "?");
+			return;
+		}
+		if (!access_submit(&c->peer, p->pc, why, sizeof why)) {
+			json_decref(v);
+			client_denied(c, "result", name, why);
+			return;
+		}
+	}
+	client_finish(c, v);
+}
+
+/* {"op":"result","stream":S}: the final line of a cluster stream, from
+ * any instance (its ingress may be gone). */
+static void
+client_result(struct client *c, json_t *h)
+{
+	json_int_t id = json_integer_value(json_object_get(h, "stream"));
+
+	c->fetching = 1;
+	cluster_result((uint64_t)id, client_result_done, c);
 }
 
 /* Read the header line; returns 1 once it was handled. */
@@ -586,6 +636,8 @@ client_header(struct client *c)
 		client_reload(c);
 	else if (strcmp(op, "metrics") == 0)
 		client_metrics(c);
+	else if (strcmp(op, "result") == 0)
+		client_result(c, h);
 	else if (strcmp(op, "hello") == 0)
 		client_finish(c, json_pack("{s:b,s:s,s:i,s:[ssssss]}", "ok", 1,
 		    "version", PACKAGE_VERSION, "protocol", CNS_PROTOCOL_VERSION,
@@ -665,7 +717,7 @@ client_readcb(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, evbuffer_get_length(in));
 		return;
 	}
-	if (c->closing)
+	if (c->closing || c->fetching)	/* fetching: Redis answers */
 		return;
 	if (c->stream == NULL) {
 		if (!client_header(c) || c->closing)
@@ -804,9 +856,13 @@ client_eventcb(struct bufferevent *bev, short what, void *arg)
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
 		c->eof = 1;
-	if (c->closing) {
+	if (c->closing || (c->fetching && !c->gone)) {
 		if (c->gone)
 			client_free(c);
+		return;
+	}
+	if (c->fetching) {		/* gone: nobody waits for Redis */
+		client_free(c);
 		return;
 	}
 	if (c->stream == NULL && !c->gone)

@@ -804,10 +804,9 @@ conf_crash_policy(int policy)
 }
 
 /*
- * A pool's "cluster": true.  Its lanes would come from every instance
- * serving the pool through Redis (issue 15); this version reads the
- * daemon's "cluster" section but serves no cluster pool yet, so a pool
- * asking for it is refused here rather than run as a local one.
+ * A pool's "cluster": true.  Its lanes come from every instance serving
+ * the pool through Redis (cluster.c); it needs the daemon's "cluster"
+ * section, which says where Redis is.
  */
 static int
 get_pool_cluster(struct conf *c, struct cfile *f, json_t *root,
@@ -831,13 +830,10 @@ get_pool_cluster(struct conf *c, struct cfile *f, json_t *root,
 	    "without cluster support (hiredis): install libhiredis-dev and "
 	    "rebuild, or remove \"cluster\"");
 #else
-	if (c->cluster == NULL)
-		key_error(f, "cluster", "\"cluster\": true needs a \"cluster\" "
-		    "section (where Redis is) in the daemon config %s", c->file);
-	else
-		key_error(f, "cluster", "\"cluster\": cluster pools are not "
-		    "served by this version yet: remove \"cluster\" or set it "
-		    "to false to run the pool on this machine only");
+	if (c->cluster != NULL)
+		return 0;
+	key_error(f, "cluster", "\"cluster\": true needs a \"cluster\" "
+	    "section (where Redis is) in the daemon config %s", c->file);
 #endif
 	return -1;
 }

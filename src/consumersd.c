@@ -182,6 +182,7 @@ on_drain_timer(evutil_socket_t fd, short ev, void *arg)
 	    cns_conf->shutdown_timeout);
 	draining = 0;
 	client_abort_all(why);
+	cluster_abort_all(why);
 	stop_workers();
 }
 
@@ -202,6 +203,7 @@ stop(int sig)
 			    strsignal(sig));
 			draining = 0;
 			client_abort_all("consumersd is shutting down");
+			cluster_abort_all("consumersd is shutting down");
 			stop_workers();
 		}
 		return;
@@ -217,6 +219,7 @@ stop(int sig)
 	if (cns_conf->shutdown_timeout <= 0 || stream_count() == 0) {
 		log_info("%s: stopping", strsignal(sig));
 		client_abort_all("consumersd is shutting down");
+		cluster_abort_all("consumersd is shutting down");
 		stop_workers();
 		return;
 	}
@@ -479,6 +482,7 @@ main(int argc, char **argv)
 		pool_start(p);
 	}
 	cns_startup = 0;
+	cluster_init(cns_base, cns_conf);	/* after the pools: their jobs */
 	starting = 1;
 	if (worker_starting() == 0)
 		accept_clients();
@@ -491,6 +495,7 @@ main(int argc, char **argv)
 
 	log_info("stopped");
 	client_free_all();
+	cluster_free();		/* its lanes' streams, before their pools */
 	pool_free_all();
 	tap_free_all();
 	cns_on_change(NULL);	/* the loop is over: nothing to start or stop */

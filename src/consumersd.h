@@ -80,7 +80,8 @@ struct pool_conf {
 	size_t		 nallow_uids;
 	gid_t		*allow_gids;
 	size_t		 nallow_gids;
-	int		 cluster;	/* "cluster": true (not served yet) */
+	int		 cluster;	/* "cluster": true: lanes on every
+					   instance, through Redis */
 };
 
 /* The daemon's "cluster" section: where the pools' Redis is. */
@@ -377,6 +378,12 @@ int		 dispatch_frame(struct worker *, const struct frame_hdr *,
 void		 dispatch_gone(struct worker *, const char *how);
 
 /* stream.c: one client stream, from lease to final line */
+struct ingress;
+struct ingress_ops {
+	void	(*input)(struct stream *);	/* stream_input */
+	void	(*abort)(struct stream *, const char *why);
+	void	(*free)(struct stream *);	/* from stream_free */
+};
 enum stream_state { S_QUEUED, S_RUNNING, S_COMPLETING, S_DONE };
 
 /*
@@ -449,12 +456,23 @@ struct stream {
 	struct event	*spool_timer;	/* spool_full pause: retry, or NULL */
 	double		 spool_paused_at; /* monotonic seconds; 0: reading */
 	int		 spool_cut;	/* ended by spool_wait: drop the rest */
+	/* cluster.c: a cluster pool's stream at its ingress (items go to
+	 * Redis, not to local workers), or NULL; stream.c reaches it only
+	 * through cl_ops, as sources through source.h */
+	struct ingress	*cl;
+	const struct ingress_ops *cl_ops;
+	int		 lane_only;	/* one lane of a cluster stream: no
+					   completion here, the ingress's */
+	json_t		*complete_only;	/* run only the completion over these
+					   results (a cluster stream's) */
 	TAILQ_ENTRY(stream) qentry;	/* pool->queue while queued */
 	TAILQ_ENTRY(stream) entry;	/* every stream not yet freed */
 };
 
 struct stream	*stream_new(const struct source_ops *, void *arg,
 		    struct pool *, unsigned want, json_t *params);
+struct stream	*stream_alloc(const struct source_ops *, void *arg,
+		    struct pool *, json_t *params);
 void		 stream_free(struct stream *);
 void		 stream_leased(struct stream *, struct worker **, unsigned);
 void		 stream_refuse(struct stream *, const char *code,
@@ -661,6 +679,18 @@ void		 cns_later_free(void);
 void		 cns_on_change(void (*fn)(void));
 void		 cns_changed(void);
 char		*cns_json_dumps(const json_t *, size_t flags);
+
+/* cluster.c: cluster pools on Redis Streams (stubs without hiredis) */
+void		 cluster_init(struct event_base *, const struct conf *);
+void		 cluster_free(void);
+void		 cluster_abort_all(const char *why);
+void		 cluster_result(uint64_t stream, void (*done)(void *, json_t *),
+		    void *arg);
+void		 cluster_result_cancel(void *arg);
+const char	*cluster_unavailable(void);
+struct stream	*cluster_submit(const struct source_ops *, void *arg,
+		    struct pool *, unsigned want, json_t *header);
+json_t		*cluster_status(const struct pool *);
 
 /* reload.c: SIGHUP */
 int		 cns_reload(char *why, size_t whylen);

@@ -22,9 +22,10 @@ static const struct header_op {
 	{ "reload", { "op", NULL }, "op" },
 	{ "metrics", { "op", NULL }, "op" },
 	{ "hello", { "op", NULL }, "op" },
+	{ "result", { "op", "stream", NULL }, "op, stream" },
 };
 #define HEADER_NOPS	(sizeof header_ops / sizeof header_ops[0])
-#define HEADER_KNOWN	"submit, status, pools, reload, hello"
+#define HEADER_KNOWN	"submit, status, pools, reload, hello, result"
 
 static const char *
 header_type(const json_t *v)
@@ -118,6 +119,13 @@ header_parse(const char *line, size_t len, char *why, size_t whylen)
 	if (v != NULL && !json_is_string(v)) {
 		snprintf(why, whylen, "\"pool\" must be the name of a pool, as "
 		    "a string, or absent for every pool");
+		goto bad;
+	}
+	v = json_object_get(h, "stream");
+	if (strcmp(op->op, "result") == 0 && (!json_is_integer(v) ||
+	    json_integer_value(v) < 1)) {
+		snprintf(why, whylen, "a \"result\" header needs \"stream\": "
+		    "a cluster stream's id, a positive integer");
 		goto bad;
 	}
 	v = json_object_get(h, "workers");

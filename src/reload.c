@@ -164,6 +164,9 @@ cns_reload(char *why, size_t whylen)
 	old = cns_conf;
 	cns_conf = nc;		/* takes conf_load's reference */
 	conf_unref(old);
+	/* A "cluster" section given now connects; a changed one waits for a
+	 * restart (cluster_init keeps the connection it has). */
+	cluster_init(cns_base, cns_conf);
 	if (!cns_debug)
 		log_setlevel(cns_conf->log_level);
 	log_info("reload: done: %u pool%s added, %u changed, %u removed, %u "

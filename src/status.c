@@ -294,6 +294,9 @@ status_pool(struct pool *p)
 	    "processes", procs);
 	if (v == NULL)
 		fatalx("%s: json_pack", __func__);
+	/* Where its Redis is, whether it is up, every instance serving it. */
+	if (p->pc->cluster)
+		json_object_set_new(v, "cluster", cluster_status(p));
 	return v;
 }
 

@@ -111,12 +111,12 @@ stream_slow(evutil_socket_t fd, short ev, void *arg)
 	    s->eof ? ", input ended" : "", lanes);
 }
 
+/* A stream not on its pool's queue yet (a cluster ingress stays off it). */
 struct stream *
-stream_new(const struct source_ops *ops, void *arg, struct pool *p,
-    unsigned want, json_t *params)
+stream_alloc(const struct source_ops *ops, void *arg, struct pool *p,
+    json_t *params)
 {
 	struct stream *s;
-	struct timeval tv;
 
 	if ((s = calloc(1, sizeof *s)) == NULL)
 		fatal("%s: calloc", __func__);
@@ -128,11 +128,21 @@ stream_new(const struct source_ops *ops, void *arg, struct pool *p,
 	s->since = cns_now();
 	s->pool = p;
 	pool_stream_new(p);
-	s->want = want;
 	s->params = params != NULL ? json_incref(params) : json_null();
 	s->errors = json_array();
 	s->completion = json_null();
 	s->state = S_QUEUED;
+	return s;
+}
+
+struct stream *
+stream_new(const struct source_ops *ops, void *arg, struct pool *p,
+    unsigned want, json_t *params)
+{
+	struct stream *s = stream_alloc(ops, arg, p, params);
+	struct timeval tv;
+
+	s->want = want;
 	TAILQ_INSERT_TAIL(&p->queue, s, qentry);
 	pool_demand(p);
 	s->timer = evtimer_new(cns_base, stream_timeout, s);
@@ -154,7 +164,9 @@ stream_free(struct stream *s)
 {
 	struct pool *p = s->pool;
 
-	if (s->state == S_QUEUED)
+	if (s->cl != NULL)
+		s->cl_ops->free(s);
+	else if (s->state == S_QUEUED)
 		TAILQ_REMOVE(&p->queue, s, qentry);
 	if (s->timer != NULL)
 		event_free(s->timer);
@@ -182,6 +194,7 @@ stream_free(struct stream *s)
 	json_decref(s->results);
 	json_decref(s->errors);
 	json_decref(s->completion);
+	json_decref(s->complete_only);
 	free(s->w);
 	TAILQ_REMOVE(&streams, s, entry);
 	free(s);
@@ -218,6 +231,24 @@ stream_leased(struct stream *s, struct worker **ws, unsigned n)
 	s->results = json_array();
 	if ((s->lanes = calloc(n, sizeof *s->lanes)) == NULL)
 		fatal("%s: calloc", __func__);
+	if (s->complete_only != NULL) {
+		/* A cluster stream's completion: its lanes ran elsewhere. */
+		s->nreturned = n;
+		s->ended = 1;
+		json_decref(s->results);
+		s->results = json_incref(s->complete_only);
+		for (unsigned i = 0; i < n; i++) {
+			s->lanes[i].stream = s;
+			s->lanes[i].index = i;
+			s->lanes[i].state = L_RETURNED;
+			s->lanes[i].spool = -1;
+			s->w[i] = ws[i];
+			worker_bind(ws[i], s, i);
+			ws[i]->returned = 1;
+		}
+		stream_consumed(s);
+		return;
+	}
 	for (unsigned i = 0; i < n; i++) {
 		struct lane *l = &s->lanes[i];
 		l->stream = s;
@@ -290,6 +321,10 @@ stream_refuse(struct stream *s, const char *code, const char *why)
 void
 stream_input(struct stream *s)
 {
+	if (s->cl != NULL) {
+		s->cl_ops->input(s);
+		return;
+	}
 	for (unsigned i = 0; i <= s->nw && s->state == S_RUNNING; i++) {
 		struct lane *l;
 		char why[200];
@@ -568,7 +603,7 @@ stream_consumed(struct stream *s)
 
 	/* A worker that returned may have died since, not yet reaped: the
 	 * completion handler goes to one still alive. */
-	if (s->pool->has_complete)
+	if (s->pool->has_complete && !s->lane_only)
 		for (unsigned i = 0; i < s->nw && keep == NULL; i++)
 			if (s->w[i] != NULL && !s->w[i]->closed &&
 			    !s->w[i]->reaped && worker_alive(s->w[i]))
@@ -1063,6 +1098,10 @@ stream_finish(struct stream *s)
 void
 stream_abort(struct stream *s, const char *why)
 {
+	if (s->cl != NULL) {
+		s->cl_ops->abort(s, why);
+		return;
+	}
 	if (s->state == S_QUEUED) {
 		stream_refuse(s, "draining", why);
 		return;

@@ -8,7 +8,7 @@ a fast wrong answer fails instead of winning.  Nothing here asserts on
 time: the targets of doc/performance.md are printed as met or not.
 
     python3 tests/bench/bench.py [--scale S] [--repeat R] [--json FILE]
-        [--only W1,W3,...] [--daemon-build DIR]
+        [--only W1,W3,...] [--daemon-build DIR] [--redis-fsync MODE]
 
 --scale multiplies every size (1.0: the sizes of doc/performance.md; the
 smoke test in make check runs a tiny scale to keep this script working).
@@ -536,12 +536,112 @@ def w6(tmp, rep, n, repeat, streams, batches):
                       "batches_per_s": brate}
 
 
+# ---- W7: a cluster pool on two instances, through Redis ----
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def cluster_built():
+    """consumersd links hiredis, and redis-server is installed."""
+    try:
+        with open(DAEMON, "rb") as f:
+            linked = b"redisAsyncConnect" in f.read()
+    except OSError:
+        return False
+    return linked and os.path.exists(REDIS_SERVER)
+
+
+class Redis:
+    """A private redis-server: unix socket, AOF with appendfsync always
+    (what doc/cluster.md asks for), stopped by pid."""
+
+    def __init__(self, tmp, fsync):
+        self.dir = tempfile.mkdtemp(prefix="redis-", dir=tmp)
+        self.sock = os.path.join(self.dir, "r.sock")
+        self.fsync = fsync
+
+    def __enter__(self):
+        self.log = open(os.path.join(self.dir, "redis.log"), "w")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", "0", "--unixsocket", self.sock,
+             "--dir", self.dir, "--appendonly", "yes", "--appendfsync",
+             self.fsync, "--save", ""], stdout=self.log,
+            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError("redis-server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+        self.log.close()
+        return False
+
+
+def w7(tmp, rep, n, repeat, fsync):
+    path = os.path.join(tmp, "w7.ndjson")
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(ITEM % ((i * 7919) % 100000))
+    rep.head("W7 cluster: %d items into a sum pool of 2 workers on each of "
+             "2 instances through Redis (appendfsync %s), against the same "
+             "pool on one instance" % (n, fsync))
+    want = sum((i * 7919) % 100000 for i in range(n))
+    pool = {"plugin": "sum", "workers": 2, "stream_workers": 2,
+            "queue_timeout": 600, "kwargs": {"field": "n"}}
+    cpool = dict(pool, cluster=True)
+    with Redis(tmp, fsync) as r:
+        def cl(name):
+            return {"cluster": {"redis": "unix:" + r.sock,
+                                "instance": name, "heartbeat": 0.1,
+                                "claim_idle": 2}}
+        with Daemon(tmp, {"local": pool, "sum": cpool}, cl("a")) as a, \
+                Daemon(tmp, {"sum": cpool}, cl("b")):
+            deadline = time.monotonic() + 30
+            while True:
+                p = subprocess.run([CLI, "-s", a.socket, "status", "--json",
+                                    "sum"], capture_output=True, text=True)
+                insts = {}
+                if p.returncode == 0:
+                    v = json.loads(p.stdout)
+                    insts = v["pools"][0]["cluster"].get("instances") or {}
+                if sorted(insts) == ["a", "b"]:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError("W7: instance b never showed in a's "
+                                     "status")
+                time.sleep(0.05)
+            (tl, fl, _), runs_l = median_run(lambda: a.submit("local", path),
+                                             repeat)
+            check_final(fl, n, want, "W7 local")
+            (tc, fc, _), runs_c = median_run(lambda: a.submit("sum", path),
+                                             repeat)
+            check_final(fc, n, want, "W7 cluster")
+            lanes = len(fc.get("instances") or [])
+    rep.row("local pool, 2 workers", "%.3f s (%.0f items/s)" % (tl, n / tl))
+    rep.row("cluster pool, %d lanes on 2 instances" % lanes,
+            "%.3f s (%.0f items/s)" % (tc, n / tc))
+    rep.row("cluster / local throughput", "%.2fx" % (tl / tc))
+    rep.target("W7 cluster vs local throughput", tl / tc, ">=", 0.5, "x")
+    rep.data["W7"] = {"items": n, "local_s": tl, "cluster_s": tc,
+                      "appendfsync": fsync,
+                      "lanes": lanes, "runs_local_s": runs_l,
+                      "runs_cluster_s": runs_c}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="write every figure to this file")
-    ap.add_argument("--only", default="W1,W2,W3,W4,W5,W6")
+    ap.add_argument("--only", default="W1,W2,W3,W4,W5,W6,W7")
+    ap.add_argument("--redis-fsync", default="always",
+                    choices=["always", "everysec", "no"],
+                    help="W7: Redis's appendfsync (always: what "
+                    "doc/cluster.md asks for \"nothing lost\")")
     ap.add_argument("--daemon-build", metavar="DIR",
                     help="take consumersd, consumers and the bundled "
                     "plugins from another build directory (an older "
@@ -591,6 +691,13 @@ def main():
             else:
                 print("\nW6 skipped: %s was not built (no python3-embed)"
                       % PYTHON_SO)
+        if "W7" in only:
+            if cluster_built():
+                w7(tmp, rep, sz(1000000, 1000), args.repeat,
+                   args.redis_fsync)
+            else:
+                print("\nW7 skipped: consumersd was built without hiredis, "
+                      "or redis-server is not installed")
     except BenchError as e:
         print("\nbench: FAILED: %s" % e, file=sys.stderr)
         ok = False

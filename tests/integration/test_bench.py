@@ -35,14 +35,23 @@ class BenchSmoke(unittest.TestCase):
         w = r["workloads"]
         # W6 needs the python plugin, built when python3-embed is found.
         w6 = os.path.exists(os.path.join(harness.PLUGIN_DIR, "python.so"))
+        # W7 needs hiredis and redis-server (both installed by quickstart).
+        flag = os.environ.get("CNS_HIREDIS")
+        if flag is None:
+            with open(harness.DAEMON, "rb") as f:
+                flag = "1" if b"redisAsyncConnect" in f.read() else "0"
+        w7 = flag == "1"
         self.assertEqual(sorted(w), ["W1", "W2", "W3", "W4", "W5"] +
-                         (["W6"] if w6 else []))
+                         (["W6"] if w6 else []) + (["W7"] if w7 else []))
+        if w7:
+            self.assertEqual(w["W7"]["items"], 1000)
+            self.assertEqual(w["W7"]["lanes"], 4)
         if w6:
             self.assertEqual(w["W6"]["items"], 1000)
             for k in ("consumersd_s", "consumers_s", "streams_per_s",
                       "batches_per_s"):
                 self.assertGreater(w["W6"][k], 0, k)
-        ntargets = 10 if w6 else 8
+        ntargets = (10 if w6 else 8) + (1 if w7 else 0)
         self.assertEqual(w["W1"]["items"], 1000)
         for k in ("consumersd_s", "a_s", "b_s", "c_s", "raw_s", "wc_s"):
             self.assertGreater(w["W1"][k], 0, k)

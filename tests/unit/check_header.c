@@ -175,12 +175,12 @@ START_TEST(test_op)
 	refused("{\"op\":1,\"pool\":\"p\"}", need);
 	refused("{\"op\":null,\"pool\":\"p\"}", need);
 	refused("{\"op\":\"fly\",\"pool\":\"p\"}",
-	    "unknown op \"fly\" (known: submit, status, pools, reload, hello)");
+	    "unknown op \"fly\" (known: submit, status, pools, reload, hello, result)");
 	refused("{\"op\":\"Submit\",\"pool\":\"p\"}",
-	    "unknown op \"Submit\" (known: submit, status, pools, reload, hello)");
+	    "unknown op \"Submit\" (known: submit, status, pools, reload, hello, result)");
 	/* op comes first: an unknown key after a bad op names the op. */
 	refused("{\"op\":\"fly\",\"color\":1}",
-	    "unknown op \"fly\" (known: submit, status, pools, reload, hello)");
+	    "unknown op \"fly\" (known: submit, status, pools, reload, hello, result)");
 }
 END_TEST
 
@@ -273,7 +273,7 @@ START_TEST(test_names_cut_cleanly)
 	strcpy(op + 99, "\xc3\xa9zzz");
 	snprintf(text, sizeof text, "{\"op\":\"%s\",\"pool\":\"p\"}", op);
 	snprintf(expect, sizeof expect, "unknown op \"%.99s?\" (known: "
-	    "submit, status, pools, reload, hello)", op);
+	    "submit, status, pools, reload, hello, result)", op);
 	refused(text, expect);
 	ck_assert_ptr_null(header_parse(text, strlen(text), why, sizeof why));
 	v = json_string(why);		/* valid UTF-8, or this is NULL */
@@ -352,7 +352,7 @@ START_TEST(test_pools)
 	refused("{\"op\":\"pools\",\"color\":1}", "unknown key "
 	    "\"color\" in a \"pools\" header (known: op)");
 	refused("{\"op\":\"Pools\"}",
-	    "unknown op \"Pools\" (known: submit, status, pools, reload, hello)");
+	    "unknown op \"Pools\" (known: submit, status, pools, reload, hello, result)");
 }
 END_TEST
 
