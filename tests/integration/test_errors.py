@@ -298,6 +298,37 @@ class DyingWorkers(unittest.TestCase):
             self.assertIn("a rejection for an item it does not hold",
                           d.log_text())
 
+    def test_protocol_error_is_a_crash_on_the_item_held(self):
+        # A worker killed for a protocol error while it holds an item has
+        # crashed on that item: under replay the lane runs again, and the
+        # item is quarantined after max_attempts; every other item is
+        # consumed (not the whole lane reported unconsumed).  The plugin
+        # holds the item until it is killed, so the item its progress
+        # page names is the one it broke the protocol on; one that goes
+        # on after writing garbage is blamed for the item it holds when
+        # the master kills it.
+        pools = {"liar": {"plugin": test_plugin("liar"), "workers": 1,
+                          "on_crash": "replay", "max_attempts": 2}}
+        items = [1, 2, 3, "bad", 5, 6, 7]
+        with Daemon(pools) as d:
+            replies, final = d.submit_raw(
+                {"op": "submit", "pool": "liar",
+                 "params": {"stream": 1, "seq": 99, "on": "bad",
+                            "hold": True}}, lines(items))
+            self.assertEqual(rejections(replies), {})
+            self.assertEqual(final["quarantined"], 1, final)
+            self.assertEqual(final["consumed"], 6, final)
+            self.assertEqual(final["unconsumed"], 0, final)
+            self.assertEqual(final["results"], [6], final)
+            self.assertEqual(final["crashes"], 2, final)
+            assert_invariant(self, final)
+            q = [r for r in replies
+                 if isinstance(r.get("quarantined"), dict)]
+            self.assertEqual(len(q), 1, replies)
+            self.assertEqual(q[0]["quarantined"]["seq"], 4, q)
+            self.assertIn("a rejection for an item it does not hold",
+                          d.log_text())
+
     def test_complete_crash_keeps_results(self):
         pools = {"crash": {"plugin": test_plugin("crash"), "workers": 2}}
         with Daemon(pools) as d:
