@@ -213,12 +213,13 @@ class Daemon:
         self.checked = False
         self.wait_ready = wait_ready
         self.env = dict(os.environ, **env) if env else None
+        self.wrap = []      # a command the daemon runs under (unshare...)
 
     def start(self):
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            VALGRIND + [DAEMON, "-d", "-c", self.conf, "-s", self.socket,
-                        "-P", PLUGIN_DIR],
+            self.wrap + VALGRIND + [DAEMON, "-d", "-c", self.conf,
+                                    "-s", self.socket, "-P", PLUGIN_DIR],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 10 * SLOWDOWN
         while time.monotonic() < deadline:
