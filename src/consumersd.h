@@ -574,6 +574,7 @@ char		*spool_find(int fd, uint64_t len, uint64_t seq);
 int		 tap_pipe(int fds[2]);
 void		 tap_start(int fd, const char *pool, unsigned slot, pid_t);
 unsigned	 tap_count(void);
+void		 tap_sync(pid_t);
 void		 tap_free_all(void);
 
 /* access.c: who may submit to a pool, and who is an administrator */

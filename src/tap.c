@@ -224,6 +224,31 @@ tap_start(int fd, const char *pool, unsigned slot, pid_t pid)
 	ntaps++;
 }
 
+/*
+ * Before the master acts on what a worker says (its result, its end):
+ * what the worker wrote before it is read and logged now, its last
+ * message too, so its output comes first in the log.
+ */
+void
+tap_sync(pid_t pid)
+{
+	struct evbuffer *in;
+	struct tap *t;
+	int fd;
+
+	TAILQ_FOREACH(t, &taps, entry)
+		if (t->pid == pid)
+			break;
+	if (t == NULL)
+		return;
+	in = bufferevent_get_input(t->bev);
+	fd = bufferevent_getfd(t->bev);
+	while (fd != -1 && evbuffer_read(in, fd, -1) > 0)
+		;	/* to EAGAIN, or the end (the next read sees it) */
+	tap_flush(t, 0);
+	tap_emit(t);
+}
+
 /* At exit: what is left is logged, and the taps go. */
 void
 tap_free_all(void)

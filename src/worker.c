@@ -337,6 +337,7 @@ worker_gone(struct worker *w)
 	if (w->gone)
 		return;
 	w->gone = 1;
+	tap_sync(w->pid);	/* its last words before its death */
 	how = crash_describe(w->timed_out, p->pc->item_timeout, w->status);
 	worker_unhash(w);
 	TAILQ_REMOVE(&p->workers, w, entry);
