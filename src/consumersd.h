@@ -127,6 +127,7 @@ int		 conf_keypos(const char *text, size_t len, const char *key,
 enum { LOG_LVL_ERR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 void	log_init(int level, const char *tag);
 int	log_stderr_is_journal(void);
+void	log_worker(void);
 void	log_setlevel(int level);
 /* What an entry is about, as journal fields (POOL=, STREAM=, ...). */
 struct log_fields {

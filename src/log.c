@@ -23,7 +23,7 @@
 
 #include "consumersd.h"
 
-enum { LOG_TEXT, LOG_PREFIX, LOG_NATIVE };
+enum { LOG_TEXT, LOG_PREFIX, LOG_NATIVE, LOG_BARE };
 
 static int	 log_level = LOG_LVL_INFO;
 static int	 log_journal = LOG_TEXT;
@@ -65,6 +65,20 @@ log_init(int level, const char *tag)
 #endif
 	if (tag != NULL)
 		snprintf(log_tag, sizeof log_tag, "%s", tag);
+}
+
+/*
+ * In a worker: its stderr is the master's tap, which logs each line with
+ * its own priority prefix or journal entry and fields, so under the
+ * journal its lines are bare ("consumersd: ...").  Nor may it use the
+ * journal's socket it inherited: the worker closes every fd it does not
+ * know, and the number may come back as a plugin's.
+ */
+void
+log_worker(void)
+{
+	if (log_journal != LOG_TEXT)
+		log_journal = LOG_BARE;
 }
 
 /* The fields the next entries carry in the journal; NULL: none. */
@@ -181,7 +195,9 @@ log_emit(int level, const char *prefix, const char *msg, int err)
 		int len;
 		nl = strchr(p, '\n');
 		len = nl != NULL ? (int)(nl - p) : (int)strlen(p);
-		if (log_journal != LOG_TEXT)
+		if (log_journal == LOG_BARE)
+			fprintf(stderr, "%s: ", log_tag);
+		else if (log_journal != LOG_TEXT)
 			fprintf(stderr, "<%d>%s: ", log_prio[level], log_tag);
 		else {
 			log_timestamp(ts, sizeof ts);
