@@ -265,6 +265,31 @@ class NotTheJournal(unittest.TestCase):
         for ln in text.splitlines():
             self.assertRegex(ln, ISO)
 
+    def test_every_line_of_a_traceback_has_its_timestamp(self):
+        # The traceback comes twice: the worker's output, line by line,
+        # and the stream's error quoting the program's last words.
+        d = Daemon({})
+        prog = os.path.join(d.dir, "consumer.py")
+        with open(prog, "w") as f:
+            f.write(CONSUMER)
+        with open(os.path.join(d.dir, "pools.d", "py.json"), "w") as f:
+            json.dump({"plugin": "exec", "workers": 1, "args": [PY, prog]},
+                      f)
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        d.env = env
+        with d:
+            rc, final, err = d.cli("submit", "py", input=b"1\n")
+            self.assertNotEqual(rc, 0, final)
+            harness.wait_for(lambda: "access: " in d.log_text(), 10,
+                             "the access line")
+            text = d.log_text()
+        quoted = [ln for ln in text.splitlines()
+                  if "ValueError: boom" in ln]
+        self.assertEqual(len(quoted), 2, text)
+        for ln in text.splitlines():
+            self.assertRegex(ln, ISO)
+
 
 if __name__ == "__main__":
     main()
