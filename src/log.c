@@ -190,6 +190,8 @@ log_emit(int level, const char *prefix, const char *msg, int err)
 		}
 		free(full);	/* no journal after all: as without */
 	}
+#else
+	(void)err;
 #endif
 	do {
 		int len;
