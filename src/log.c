@@ -193,7 +193,7 @@ log_emit(int level, const char *prefix, const char *msg, int err)
 #else
 	(void)err;
 #endif
-	do {
+	for (;;) {
 		int len;
 		nl = strchr(p, '\n');
 		len = nl != NULL ? (int)(nl - p) : (int)strlen(p);
@@ -208,8 +208,10 @@ log_emit(int level, const char *prefix, const char *msg, int err)
 		}
 		fprintf(stderr, "%s%s%.*s\n", prefix != NULL ? prefix : "",
 		    prefix != NULL ? ": " : "", len, p);
+		if (nl == NULL)
+			break;
 		p = nl + 1;
-	} while (nl != NULL);
+	}
 }
 
 static void
