@@ -175,6 +175,8 @@ static void
 log_emit(int level, const char *prefix, const char *msg, int err)
 {
 	const char *p = msg, *nl;
+	const char *pfx = prefix != NULL ? prefix : "";
+	const char *sep = prefix != NULL ? ": " : "";
 	char ts[80];
 
 #ifdef HAVE_SYSTEMD
@@ -193,21 +195,22 @@ log_emit(int level, const char *prefix, const char *msg, int err)
 #else
 	(void)err;
 #endif
+	/* Each line in one fprintf: one write to the unbuffered stderr. */
 	for (;;) {
 		int len;
 		nl = strchr(p, '\n');
 		len = nl != NULL ? (int)(nl - p) : (int)strlen(p);
 		if (log_journal == LOG_BARE)
-			fprintf(stderr, "%s: ", log_tag);
+			fprintf(stderr, "%s: %s%s%.*s\n", log_tag, pfx, sep, len,
+			    p);
 		else if (log_journal != LOG_TEXT)
-			fprintf(stderr, "<%d>%s: ", log_prio[level], log_tag);
+			fprintf(stderr, "<%d>%s: %s%s%.*s\n", log_prio[level],
+			    log_tag, pfx, sep, len, p);
 		else {
 			log_timestamp(ts, sizeof ts);
-			fprintf(stderr, "%s %s[%ld]: ", ts, log_tag,
-			    (long)getpid());
+			fprintf(stderr, "%s %s[%ld]: %s%s%.*s\n", ts, log_tag,
+			    (long)getpid(), pfx, sep, len, p);
 		}
-		fprintf(stderr, "%s%s%.*s\n", prefix != NULL ? prefix : "",
-		    prefix != NULL ? ": " : "", len, p);
 		if (nl == NULL)
 			break;
 		p = nl + 1;
