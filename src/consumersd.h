@@ -144,7 +144,21 @@ int		 conf_keypos(const char *text, size_t len, const char *key,
 /* log.c */
 enum { LOG_LVL_ERR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 void	log_init(int level, const char *tag);
+int	log_stderr_is_journal(void);
+void	log_worker(void);
 void	log_setlevel(int level);
+/* What an entry is about, as journal fields (POOL=, STREAM=, ...). */
+struct log_fields {
+	const char	*pool;		/* NULL: none */
+	uint64_t	 stream;	/* 0: none */
+	pid_t		 worker_pid;	/* 0: none */
+	uid_t		 client_uid;	/* (uid_t)-1: none */
+};
+void	log_set_fields(const struct log_fields *);
+void	log_lines(int level, const char *prefix, const char *text);
+/* Does a worker's line continue its message?  state: 0 at first. */
+int	log_joins(int *state, const char *line, size_t len);
+int	log_join_open(int state);
 int	log_parse_level(const char *);
 void	utf8_clean(char *);
 void	log_warn(const char *, ...) __attribute__((format(printf, 1, 2)));
@@ -474,6 +488,7 @@ struct stream	*stream_new(const struct source_ops *, void *arg,
 struct stream	*stream_alloc(const struct source_ops *, void *arg,
 		    struct pool *, json_t *params);
 void		 stream_free(struct stream *);
+void		 stream_log_fields(struct stream *, struct log_fields *);
 void		 stream_leased(struct stream *, struct worker **, unsigned);
 void		 stream_refuse(struct stream *, const char *code,
 		    const char *why);
@@ -614,6 +629,7 @@ char		*spool_find(int fd, uint64_t len, uint64_t seq);
 int		 tap_pipe(int fds[2]);
 void		 tap_start(int fd, const char *pool, unsigned slot, pid_t);
 unsigned	 tap_count(void);
+void		 tap_sync(pid_t);
 void		 tap_free_all(void);
 
 /* access.c: who may submit to a pool, and who is an administrator */

@@ -55,6 +55,10 @@ dispatch_frame(struct worker *w, const struct frame_hdr *h,
 		worker_protocol(w, "frame for a stream it does not hold");
 		return -1;
 	}
+	/* The worker's output before its verdict, in the log. */
+	if (h->type == F_RESULT || h->type == F_COMPLETION ||
+	    h->type == F_INITFAIL)
+		tap_sync(w->pid);
 	switch (h->type) {
 	case F_READY:
 		if (w->state == W_EXITING) {

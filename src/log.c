@@ -1,29 +1,93 @@
 /*
- * log.c - one-line logs to stderr: warn (with errno), warnx, info, debug,
- * fatal.  Under the journal (JOURNAL_STREAM set) each line carries its
- * sd-daemon priority prefix so the journal files it at the right level;
- * elsewhere it starts with an ISO 8601 timestamp.
+ * log.c - logs: warn (with errno), warnx, info, debug, fatal, and a
+ * worker's multi-line message as one entry.  When stderr is the journal
+ * ($JOURNAL_STREAM names it) an entry goes through the journal's own API
+ * with its priority and the fields set by log_set_fields (POOL, STREAM,
+ * WORKER_PID, CLIENT_UID), a multi-line message as one entry; built
+ * without libsystemd, each line carries its sd-daemon priority prefix
+ * instead.  Elsewhere each line starts with an ISO 8601 timestamp.
  */
+#include <sys/stat.h>
+
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-journal.h>
+#endif
+
 #include "consumersd.h"
 
+enum { LOG_TEXT, LOG_PREFIX, LOG_NATIVE, LOG_BARE };
+
 static int	 log_level = LOG_LVL_INFO;
-static int	 log_journal;
+static int	 log_journal = LOG_TEXT;
 static char	 log_tag[64] = "consumersd";
+static struct log_fields log_fields_now = { NULL, 0, 0, (uid_t)-1 };
+
+/*
+ * Is stderr the journal?  $JOURNAL_STREAM is "DEV:INODE" of the stream
+ * systemd connected it to; it is inherited, so it counts only while
+ * stderr is still that stream (not a shell's redirection, not a pipe).
+ */
+int
+log_stderr_is_journal(void)
+{
+	const char *e = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	int end = 0;
+
+	if (e == NULL || sscanf(e, "%llu:%llu%n", &dev, &ino, &end) != 2 ||
+	    e[end] != '\0')
+		return 0;
+	if (fstat(STDERR_FILENO, &st) == -1)
+		return 0;
+	return (unsigned long long)st.st_dev == dev &&
+	    (unsigned long long)st.st_ino == ino;
+}
 
 void
 log_init(int level, const char *tag)
 {
 	log_level = level;
-	log_journal = getenv("JOURNAL_STREAM") != NULL;
+	log_journal = LOG_TEXT;
+	if (log_stderr_is_journal())
+#ifdef HAVE_SYSTEMD
+		log_journal = LOG_NATIVE;
+#else
+		log_journal = LOG_PREFIX;
+#endif
 	if (tag != NULL)
 		snprintf(log_tag, sizeof log_tag, "%s", tag);
+}
+
+/*
+ * In a worker: its stderr is the master's tap, which logs each line with
+ * its own priority prefix or journal entry and fields, so under the
+ * journal its lines are bare ("consumersd: ...").  Nor may it use the
+ * journal's socket it inherited: the worker closes every fd it does not
+ * know, and the number may come back as a plugin's.
+ */
+void
+log_worker(void)
+{
+	if (log_journal != LOG_TEXT)
+		log_journal = LOG_BARE;
+}
+
+/* The fields the next entries carry in the journal; NULL: none. */
+void
+log_set_fields(const struct log_fields *f)
+{
+	static const struct log_fields none = { NULL, 0, 0, (uid_t)-1 };
+
+	log_fields_now = f != NULL ? *f : none;
 }
 
 void
@@ -63,27 +127,125 @@ log_timestamp(char *buf, size_t len)
 	    labs(off) / 60, labs(off) % 60);
 }
 
+/* syslog priorities: err 3, warning 4, info 6, debug 7 */
+static const int log_prio[] = { 3, 4, 6, 7 };
+
+#ifdef HAVE_SYSTEMD
+/* One journal entry: the message, its priority and the fields now set. */
+static int
+log_send(int level, const char *msg, int err)
+{
+	const struct log_fields *f = &log_fields_now;
+	char prio[16], ident[96], pool[96], stream[40], pid[40], uid[40];
+	char errbuf[24];
+	struct iovec iov[8];
+	char *m;
+	int n = 0, r;
+
+	if (asprintf(&m, "MESSAGE=%s", msg) == -1)
+		return -1;
+	iov[n].iov_base = m;
+	iov[n++].iov_len = strlen(m);
+#define FIELD(buf, ...) do {						\
+	snprintf(buf, sizeof buf, __VA_ARGS__);				\
+	iov[n].iov_base = buf;						\
+	iov[n++].iov_len = strlen(buf);					\
+} while (0)
+	FIELD(prio, "PRIORITY=%d", log_prio[level]);
+	FIELD(ident, "SYSLOG_IDENTIFIER=%s", log_tag);
+	if (err != 0)
+		FIELD(errbuf, "ERRNO=%d", err);
+	if (f->pool != NULL)
+		FIELD(pool, "POOL=%s", f->pool);
+	if (f->stream != 0)
+		FIELD(stream, "STREAM=%" PRIu64, f->stream);
+	if (f->worker_pid > 0)
+		FIELD(pid, "WORKER_PID=%ld", (long)f->worker_pid);
+	if (f->client_uid != (uid_t)-1)
+		FIELD(uid, "CLIENT_UID=%lu", (unsigned long)f->client_uid);
+#undef FIELD
+	r = sd_journal_sendv(iov, n);
+	free(m);
+	return r;
+}
+#endif
+
+/* msg, in full: to the journal, or to stderr one line per line. */
+static void
+log_emit(int level, const char *prefix, const char *msg, int err)
+{
+	const char *p = msg, *nl;
+	const char *pfx = prefix != NULL ? prefix : "";
+	const char *sep = prefix != NULL ? ": " : "";
+	char ts[80];
+
+#ifdef HAVE_SYSTEMD
+	if (log_journal == LOG_NATIVE) {
+		char *full = NULL;
+		if (prefix != NULL) {
+			if (asprintf(&full, "%s: %s", prefix, msg) == -1)
+				full = NULL;
+		}
+		if (log_send(level, full != NULL ? full : msg, err) >= 0) {
+			free(full);
+			return;
+		}
+		free(full);	/* no journal after all: as without */
+	}
+#else
+	(void)err;
+#endif
+	/* Each line in one fprintf: one write to the unbuffered stderr. */
+	for (;;) {
+		int len;
+		nl = strchr(p, '\n');
+		len = nl != NULL ? (int)(nl - p) : (int)strlen(p);
+		if (log_journal == LOG_BARE)
+			fprintf(stderr, "%s: %s%s%.*s\n", log_tag, pfx, sep, len,
+			    p);
+		else if (log_journal != LOG_TEXT)
+			fprintf(stderr, "<%d>%s: %s%s%.*s\n", log_prio[level],
+			    log_tag, pfx, sep, len, p);
+		else {
+			log_timestamp(ts, sizeof ts);
+			fprintf(stderr, "%s %s[%ld]: %s%s%.*s\n", ts, log_tag,
+			    (long)getpid(), pfx, sep, len, p);
+		}
+		if (nl == NULL)
+			break;
+		p = nl + 1;
+	}
+}
+
 static void
 log_vline(int level, int with_errno, const char *fmt, va_list ap)
 {
-	/* syslog priorities: err 3, warning 4, info 6, debug 7 */
-	static const int prio[] = { 3, 4, 6, 7 };
 	int saved = errno;
 	char msg[2048];
+	size_t n;
 
 	if (level > log_level)
 		return;
 	vsnprintf(msg, sizeof msg, fmt, ap);
-	if (log_journal)
-		fprintf(stderr, "<%d>%s: %s%s%s\n", prio[level], log_tag, msg,
-		    with_errno ? ": " : "", with_errno ? strerror(saved) : "");
-	else {
-		char ts[80];
-		log_timestamp(ts, sizeof ts);
-		fprintf(stderr, "%s %s[%ld]: %s%s%s\n", ts, log_tag,
-		    (long)getpid(), msg, with_errno ? ": " : "",
-		    with_errno ? strerror(saved) : "");
-	}
+	if (with_errno && (n = strlen(msg)) < sizeof msg)
+		snprintf(msg + n, sizeof msg - n, ": %s", strerror(saved));
+	log_emit(level, NULL, msg, with_errno ? saved : 0);
+	errno = saved;
+}
+
+/*
+ * Lines that make one message (a worker's Python traceback, say) as one
+ * entry: under the journal, one entry; elsewhere, each line on its own
+ * line after prefix and its timestamp.
+ */
+void
+log_lines(int level, const char *prefix, const char *text)
+{
+	int saved = errno;
+
+	if (level > log_level)
+		return;
+	log_emit(level, prefix, text, 0);
 	errno = saved;
 }
 
@@ -141,6 +303,65 @@ fatalx(const char *fmt, ...)
 	log_vline(LOG_LVL_ERR, 0, fmt, ap);
 	va_end(ap);
 	exit(1);
+}
+
+/*
+ * A worker's lines join into messages: a line that starts with white
+ * space continues the one before it ("Warning:" and its details), and a
+ * Python traceback is one message from "Traceback (most recent call
+ * last):" through its frames to the exception's line, chained ones
+ * ("During handling of the above exception...") included.
+ */
+enum { JOIN_NONE, JOIN_LINE, JOIN_TB_FRAMES, JOIN_TB_ENDED, JOIN_TB_CHAIN };
+
+static int
+starts(const char *line, size_t len, const char *with)
+{
+	size_t n = strlen(with);
+
+	return len >= n && memcmp(line, with, n) == 0;
+}
+
+int
+log_joins(int *state, const char *line, size_t len)
+{
+	int indented = len > 0 && (line[0] == ' ' || line[0] == '\t');
+	int tb = starts(line, len, "Traceback (most recent call last):");
+
+	switch (*state) {
+	case JOIN_TB_FRAMES:
+		if (!indented)		/* the exception: "ValueError: ..." */
+			*state = JOIN_TB_ENDED;
+		return 1;
+	case JOIN_TB_ENDED:
+	case JOIN_TB_CHAIN:
+		if (len == 0 || starts(line, len, "During handling of the "
+		    "above exception") || starts(line, len, "The above "
+		    "exception was the direct cause")) {
+			*state = JOIN_TB_CHAIN;
+			return 1;
+		}
+		if (indented)
+			return 1;
+		if (tb && *state == JOIN_TB_CHAIN) {
+			*state = JOIN_TB_FRAMES;
+			return 1;
+		}
+		break;
+	case JOIN_LINE:
+		if (indented)
+			return 1;
+		break;
+	}
+	*state = tb ? JOIN_TB_FRAMES : JOIN_LINE;
+	return 0;
+}
+
+/* More of the message is surely coming: a traceback's frames. */
+int
+log_join_open(int state)
+{
+	return state == JOIN_TB_FRAMES || state == JOIN_TB_CHAIN;
 }
 
 /*

@@ -68,6 +68,30 @@ stream_timeout(evutil_socket_t fd, short ev, void *arg)
 	stream_refuse(s, "busy", msg);
 }
 
+/* The journal's fields for what is logged about s: pool, stream, client. */
+void
+stream_log_fields(struct stream *s, struct log_fields *f)
+{
+	struct peer *pr = s->src.ops->peer != NULL ?
+	    s->src.ops->peer(s->src.arg) : NULL;
+
+	f->pool = s->pool->pc->name;
+	f->stream = s->id;
+	f->worker_pid = 0;
+	f->client_uid = pr != NULL ? pr->uid : (uid_t)-1;
+}
+
+static void
+stream_log_about(struct stream *s, struct worker *w)
+{
+	struct log_fields f;
+
+	stream_log_fields(s, &f);
+	if (w != NULL)
+		f.worker_pid = w->pid;
+	log_set_fields(&f);
+}
+
 /*
  * slow_stream: the stream is open longer than that; say what each of its
  * lanes is doing (php-fpm's slowlog).  Once per stream.
@@ -105,10 +129,12 @@ stream_slow(evutil_socket_t fd, short ev, void *arg)
 			break;
 		n += (size_t)r;
 	}
+	stream_log_about(s, NULL);
 	log_warnx("slow stream %" PRIu64 ": pool %s: open %.3f s (slow_stream "
 	    "%g s), %" PRIu64 " items read%s%s", s->id, s->pool->pc->name,
 	    cns_now() - s->since, s->pool->pc->slow_stream, s->seq,
 	    s->eof ? ", input ended" : "", lanes);
+	log_set_fields(NULL);
 }
 
 /* A stream not on its pool's queue yet (a cluster ingress stays off it). */
@@ -279,6 +305,7 @@ stream_access(struct stream *s, const char *outcome)
 	const char *user = pr != NULL ? peer_user(pr) : NULL;
 	double took = cns_now() - s->since;
 
+	stream_log_about(s, NULL);
 	if (pr == NULL)
 		log_info("access: pool %s stream %" PRIu64 ": %" PRIu64
 		    " item%s in %.3f s (%.0f items/s): %s", s->pool->pc->name,
@@ -291,6 +318,7 @@ stream_access(struct stream *s, const char *outcome)
 		    user : "-", s->pool->pc->name, s->id, s->seq,
 		    s->seq == 1 ? "" : "s", took,
 		    took > 0 ? (double)s->seq / took : 0, outcome);
+	log_set_fields(NULL);
 }
 
 void
@@ -580,6 +608,7 @@ stream_error(struct stream *s, const char *stage, struct worker *w,
 {
 	json_t *e;
 
+	stream_log_about(s, w);
 	if (w != NULL) {
 		e = json_pack("{s:s,s:i,s:I,s:s}", "stage", stage, "worker",
 		    (int)w->slot, "pid", (json_int_t)w->pid, "error", msg);
@@ -590,6 +619,7 @@ stream_error(struct stream *s, const char *stage, struct worker *w,
 		log_warnx("stream %" PRIu64 ": pool %s: %s: %s", s->id,
 		    s->pool->pc->name, stage, msg);
 	}
+	log_set_fields(NULL);
 	json_array_append_new(s->errors, e);
 	return e;
 }
@@ -1082,6 +1112,7 @@ stream_finish(struct stream *s)
 	    "errors", s->errors);
 	if (final == NULL)
 		fatalx("%s: json_pack", __func__);
+	stream_log_about(s, NULL);
 	log_info("stream %" PRIu64 ": pool %s: %" PRIu64 " item%s, %" PRIu64
 	    " consumed, %" PRIu64 " rejected, %" PRIu64 " quarantined, %"
 	    PRIu64 " unconsumed, %u crash%s, %zu error%s", s->id,
@@ -1090,6 +1121,7 @@ stream_finish(struct stream *s)
 	    s->quarantined, s->unconsumed, s->crashes,
 	    s->crashes == 1 ? "" : "es", json_array_size(s->errors),
 	    json_array_size(s->errors) == 1 ? "" : "s");
+	log_set_fields(NULL);
 	stream_access(s, json_array_size(s->errors) == 0 ? "ok" : "failed");
 	s->src.ops->finish(s->src.arg, final);
 }

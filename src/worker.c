@@ -373,6 +373,7 @@ worker_gone(struct worker *w)
 	if (w->gone)
 		return;
 	w->gone = 1;
+	tap_sync(w->pid);	/* its last words before its death */
 	how = crash_describe(w->timed_out, p->pc->item_timeout, w->status);
 	worker_unhash(w);
 	TAILQ_REMOVE(&p->workers, w, entry);
@@ -383,10 +384,17 @@ worker_gone(struct worker *w)
 	    WEXITSTATUS(w->status) == 0)
 		log_debug("pool %s: worker %u (pid %ld) exited", p->pc->name,
 		    w->slot, (long)w->pid);
-	else if (!w->init_failed)
+	else if (!w->init_failed) {
+		struct log_fields f = { p->pc->name, 0, w->pid, (uid_t)-1 };
+		if (w->stream != NULL)
+			stream_log_fields(w->stream, &f);
+		f.worker_pid = w->pid;
+		log_set_fields(&f);
 		log_warnx("pool %s: worker %u (pid %ld) %s%s", p->pc->name,
 		    w->slot, (long)w->pid, how, w->stream != NULL ?
 		    " during a stream" : "");
+		log_set_fields(NULL);
+	}
 	hook_gone(w, how);
 	free(how);
 	cns_later(worker_free, w);

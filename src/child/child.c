@@ -873,6 +873,7 @@ child_main(int fd, const struct pool_conf *pc, unsigned slot,
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	log_worker();
 	if ((null = open("/dev/null", O_RDONLY | O_CLOEXEC)) != -1) {
 		dup2(null, STDIN_FILENO);
 		close(null);

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -244,6 +245,47 @@ get_size(const cns_ctx *ctx, json_t *kw, const char *key, size_t min,
 	return 0;
 }
 
+/*
+ * Python consumers import consumers_client from where make install put
+ * it, whatever the pool's environment: PYTHONPATH gets its directory,
+ * after the pool's own PYTHONPATH if it has one.  It is looked for under
+ * what this plugin is installed under, so a staged or moved install
+ * (DESTDIR, a package's root) finds its own copy; run from the build
+ * tree, nothing is added.
+ */
+static void
+python_path(void)
+{
+#if defined(CNS_PYTHON_DIR) && defined(CNS_PLUGIN_DIR)
+	const char *pp = getenv("PYTHONPATH");
+	size_t dl, pl = strlen(CNS_PLUGIN_DIR);
+	char dir[PATH_MAX], mod[PATH_MAX], *slash, *both;
+	Dl_info info;
+	int n;
+
+	if (dladdr((void *)python_path, &info) == 0 || info.dli_fname == NULL ||
+	    snprintf(dir, sizeof dir, "%s", info.dli_fname) >= (int)sizeof dir ||
+	    (slash = strrchr(dir, '/')) == NULL)
+		return;
+	*slash = '\0';
+	dl = strlen(dir);
+	if (dl < pl || strcmp(dir + dl - pl, CNS_PLUGIN_DIR) != 0)
+		return;
+	dir[dl - pl] = '\0';		/* DESTDIR, or "" */
+	n = snprintf(mod, sizeof mod, "%s%s/consumers_client.py", dir,
+	    CNS_PYTHON_DIR);
+	if (n < 0 || n >= (int)sizeof mod || access(mod, R_OK) == -1)
+		return;
+	*strrchr(mod, '/') = '\0';
+	if (pp == NULL || *pp == '\0')
+		setenv("PYTHONPATH", mod, 1);
+	else if (asprintf(&both, "%s:%s", pp, mod) != -1) {
+		setenv("PYTHONPATH", both, 1);
+		free(both);
+	}
+#endif
+}
+
 static int
 exec_init(const cns_ctx *ctx, void **state)
 {
@@ -278,6 +320,7 @@ exec_init(const cns_ctx *ctx, void **state)
 	 * too, so EPIPE cannot happen; should it anyway, it is an error
 	 * to report, not a reason for the worker to die. */
 	signal(SIGPIPE, SIG_IGN);
+	python_path();
 	*state = ec;
 	return 0;
 }

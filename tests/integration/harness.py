@@ -216,12 +216,14 @@ class Daemon:
         self.env = dict(os.environ, **env) if env else None
         # A command the daemon runs under (nice, setpriv...).
         self.wrapper = list(wrapper or [])
+        self.wrap = []      # set by a test after construction (unshare...)
 
     def start(self):
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            self.wrapper + VALGRIND + [DAEMON, "-d", "-c", self.conf,
-                                       "-s", self.socket, "-P", PLUGIN_DIR],
+            self.wrapper + self.wrap + VALGRIND + [
+                DAEMON, "-d", "-c", self.conf, "-s", self.socket,
+                "-P", PLUGIN_DIR],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 10 * SLOWDOWN
         while time.monotonic() < deadline:

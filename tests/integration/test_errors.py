@@ -404,7 +404,7 @@ class Clients(unittest.TestCase):
                       b"".join(b"%d\n" % i for i in range(1000)))
             s.close()
             deadline = time.monotonic() + 10
-            while ("1000 items, 1000 consumed" not in d.log_text() and
+            while ("client gone; final line" not in d.log_text() and
                    time.monotonic() < deadline):
                 time.sleep(0.05)
             self.assertIn("1000 items, 1000 consumed", d.log_text())

@@ -110,6 +110,18 @@ else
 	echo '{}' > "$stage/consumersd.conf"
 fi
 echo '{"plugin": "../upper.so", "workers": 1}' > "$stage/pools.d/upper.json"
+# A consumer in Python, run by the exec plugin (whose environment the
+# daemon clears), imports the installed module: its result is the file.
+syspy=/usr/bin/python3
+[ -x "$syspy" ] || syspy=$(command -v python3)
+cat > "$stage/imp.py" <<'PY'
+import json, sys
+sys.stdin.read()
+import consumers_client
+print(json.dumps(consumers_client.__file__))
+PY
+printf '{"plugin": "exec", "workers": 1, "args": ["%s", "%s"]}\n' \
+	"$syspy" "$stage/imp.py" > "$stage/pools.d/imp.json"
 "$daemon" -t -c "$stage/consumersd.conf" -P "$plugins" >/dev/null \
 	|| fail "consumersd -t rejects the config"
 "$daemon" -c "$stage/consumersd.conf" -s "$stage/s.sock" -P "$plugins" \
@@ -152,6 +164,37 @@ print(cc.DEFAULT_SOCKET, pool.results, pool.completion)') \
 	|| fail "the installed Python module failed: $out"
 [ "$out" = "$clidefault ['ABC'] 1" ] || \
 	fail "the installed Python module: $out (CLI default: $clidefault)"
+# Where make install put it is where the system's python3 looks under the
+# prefix (Debian: .../dist-packages, not automake's site-packages).
+pydir=$(sed -n 's/^pythondir = //p' "$top_builddir/Makefile" |
+	sed -e "s|\${PYTHON_PREFIX}|$prefix|" -e "s|\${prefix}|$prefix|")
+[ "$pymod" = "$stage/root$pydir/consumers_client.py" ] || \
+	fail "consumers_client.py is at $pymod, not in pythondir $pydir"
+found=$("$syspy" -c 'import sys
+lib = sys.argv[1].rstrip("/") + "/lib"
+print("\n".join(d for d in sys.path if d.startswith(lib) and
+                d[len(lib):len(lib) + 1] in "/6" and
+                d.endswith(("/dist-packages", "/site-packages"))))' "$prefix")
+if [ -n "$found" ]; then
+	echo "$found" | grep -qxF "$pydir" || \
+		fail "the module went to $pydir; $syspy looks under $prefix in: $found"
+	# Installed for real (the staged directory bound over pythondir in a
+	# private mount namespace, as root): found with no PYTHONPATH at all.
+	if [ -d "$pydir" ] && unshare -m true 2>/dev/null; then
+		out=$(unshare -m sh -c 'mount --bind "$1" "$2" &&
+			exec env -i "$3" -c "import consumers_client as c; print(c.__file__)"' \
+			sh "$stage/root$pydir" "$pydir" "$syspy" 2>&1) || \
+			fail "$syspy cannot import the installed module: $out"
+		[ "$out" = "$pydir/consumers_client.py" ] || \
+			fail "$syspy imports consumers_client from $out"
+	else
+		echo "SKIP: the import by $syspy without PYTHONPATH (needs root, unshare -m and $pydir)"
+	fi
+fi
+out=$(printf '1\n' | "$cli" -s "$stage/s.sock" submit imp) || \
+	fail "the exec consumer in Python cannot import the module: $out"
+echo "$out" | grep -qF "\"results\":[\"$pymod\"]" || \
+	fail "the exec consumer imported another consumers_client: $out"
 # The socket unit listens where the CLI looks, and make install made its
 # directory.
 unit=$(find "$stage/root" -name consumersd.socket)

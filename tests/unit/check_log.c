@@ -1,7 +1,10 @@
 /*
  * check_log.c - unit tests for utf8_clean() in src/log.c: whatever bytes
  * come in, what comes out is valid UTF-8 (jansson takes it as a string),
- * valid characters are kept, and each bad byte becomes one '?'.
+ * valid characters are kept, and each bad byte becomes one '?'.  And
+ * log_joins(): which of a worker's lines make one message (one journal
+ * entry) - a traceback from its first line to its exception, chained
+ * ones included, and lines that start with white space.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +86,90 @@ START_TEST(test_exhaustive_short)
 }
 END_TEST
 
+/* Each line, and whether it starts a message (0) or continues it (1). */
+struct joined {
+	const char	*line;
+	int		 joins;
+};
+
+static void
+expect_joins(const struct joined *j)
+{
+	int state = 0;
+
+	for (; j->line != NULL; j++)
+		ck_assert_msg(log_joins(&state, j->line, strlen(j->line)) ==
+		    j->joins, "line \"%s\" should %s", j->line, j->joins ?
+		    "continue the message" : "begin a message");
+}
+
+START_TEST(test_join_traceback)
+{
+	static const struct joined j[] = {
+		{ "consumer starting", 0 },
+		{ "Traceback (most recent call last):", 0 },
+		{ "  File \"/srv/c.py\", line 3, in <module>", 1 },
+		{ "    deep()", 1 },
+		{ "    ^^^^^^", 1 },
+		{ "ValueError: boom", 1 },
+		{ "next message", 0 },
+		{ "another", 0 },
+		{ NULL, 0 }
+	};
+	expect_joins(j);
+}
+END_TEST
+
+START_TEST(test_join_chained)
+{
+	static const struct joined j[] = {
+		{ "Traceback (most recent call last):", 0 },
+		{ "  File \"a.py\", line 1, in f", 1 },
+		{ "KeyError: 'x'", 1 },
+		{ "", 1 },
+		{ "During handling of the above exception, another exception "
+		    "occurred:", 1 },
+		{ "", 1 },
+		{ "Traceback (most recent call last):", 1 },
+		{ "  File \"a.py\", line 2, in f", 1 },
+		{ "RuntimeError: y", 1 },
+		{ "Traceback (most recent call last):", 0 },	/* a new one */
+		{ "  File \"b.py\", line 1, in g", 1 },
+		{ "OSError: z", 1 },
+		{ "done", 0 },
+		{ NULL, 0 }
+	};
+	expect_joins(j);
+}
+END_TEST
+
+START_TEST(test_join_indented)
+{
+	static const struct joined j[] = {
+		{ "  leading space first", 0 },	/* nothing to continue */
+		{ "warning: disk nearly full", 0 },
+		{ "  /var 97%", 1 },
+		{ "\t/srv 99%", 1 },
+		{ "", 0 },
+		{ "plain", 0 },
+		{ "plain again", 0 },
+		{ NULL, 0 }
+	};
+	int state = 0;
+
+	expect_joins(j);
+	/* A traceback's frames are followed by more; a line is not. */
+	log_joins(&state, "Traceback (most recent call last):", 34);
+	ck_assert_int_eq(log_join_open(state), 1);
+	log_joins(&state, "  File", 6);
+	ck_assert_int_eq(log_join_open(state), 1);
+	log_joins(&state, "E: x", 4);
+	ck_assert_int_eq(log_join_open(state), 0);
+	log_joins(&state, "plain", 5);
+	ck_assert_int_eq(log_join_open(state), 0);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -94,6 +181,11 @@ main(void)
 	tcase_add_test(tc, test_valid_kept);
 	tcase_add_test(tc, test_invalid_replaced);
 	tcase_add_test(tc, test_exhaustive_short);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("log_joins");
+	tcase_add_test(tc, test_join_traceback);
+	tcase_add_test(tc, test_join_chained);
+	tcase_add_test(tc, test_join_indented);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
