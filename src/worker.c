@@ -291,18 +291,20 @@ worker_kill_descendants(pid_t pgid)
  * socket whenever SIGCHLD is heard before the socket's read event.
  * What a dead worker left is at most a socket buffer; a process that
  * still holds its end (one of its descendants not killed yet) could keep
- * writing, so the reading stops at a short read or after 16 MiB.
+ * writing, so the reading stops after 16 MiB.  (evbuffer_read may read
+ * less than asked while more is there: a short read is not the end.)
  */
 static void
 worker_read_rest(struct worker *w)
 {
 	struct evbuffer *in = bufferevent_get_input(w->bev);
-	int fd = bufferevent_getfd(w->bev), got, i;
+	int fd = bufferevent_getfd(w->bev), got;
+	size_t total = 0;
 
 	evbuffer_unfreeze(in, 0);
-	for (i = 0; i < 64; i++)
-		if ((got = evbuffer_read(in, fd, 256 << 10)) < 256 << 10)
-			break;
+	while (total < (16u << 20) &&
+	    (got = evbuffer_read(in, fd, 256 << 10)) > 0)
+		total += (size_t)got;
 	evbuffer_freeze(in, 0);
 }
 
