@@ -97,7 +97,8 @@ worker_protocol(struct worker *w, const char *why)
 {
 	log_warnx("pool %s: worker %u (pid %ld): protocol error: %s; "
 	    "killing it", w->pool->pc->name, w->slot, (long)w->pid, why);
-	kill(w->pid, SIGKILL);
+	if (!w->reaped)		/* else its pid may be another process's */
+		kill(w->pid, SIGKILL);
 	worker_drop_socket(w);
 	w->closed = 1;
 	if (w->reaped)
