@@ -61,6 +61,8 @@ struct cmd {
 	const char	*help;		/* its options, one a line */
 };
 static _Noreturn void usage(void);
+static _Noreturn void usage_of(const char *, const char *, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static _Noreturn void
 die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -327,7 +329,8 @@ submit(const char *sockpath, int argc, char **argv)
 	};
 
 	optind = 0;	/* glibc: start again, options after operands too */
-	while ((ch = getopt_long(argc, argv, "p:w:", longopts, NULL)) != -1) {
+	opterr = 0;	/* usage_of says what is wrong */
+	while ((ch = getopt_long(argc, argv, ":p:w:", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'j':
 			json = 1;
@@ -350,14 +353,22 @@ submit(const char *sockpath, int argc, char **argv)
 			workers = (int)w;
 			break;
 		}
+		case ':':
+			usage_of("submit", "%s needs a value",
+			    argv[optind - 1]);
 		default:
-			usage();
+			if (optopt)
+				usage_of("submit", "unknown option \"-%c\"",
+				    optopt);
+			usage_of("submit", "unknown option \"%s\"",
+			    argv[optind - 1]);
 		}
 	}
 	argc -= optind;
 	argv += optind;
 	if (argc < 1)
-		usage();
+		usage_of("submit", "the pool is missing: name the pool to "
+		    "stream to");
 	pool = argv[0];
 	src.files = argc > 1 ? argv + 1 : stdin_only;
 	src.nfiles = argc > 1 ? argc - 1 : 1;
@@ -849,11 +860,12 @@ status(const char *sockpath, int argc, char **argv)
 				die("--watch: the interval must be a number of "
 				    "seconds above 0, not \"%s\"", argv[i] + 8);
 		} else if (argv[i][0] == '-' && argv[i][1] != '\0')
-			usage();
+			usage_of("status", "unknown option \"%s\"", argv[i]);
 		else if (pool == NULL)
 			pool = argv[i];
 		else
-			usage();
+			usage_of("status", "one pool at most, not \"%s\" "
+			    "and \"%s\"", pool, argv[i]);
 	}
 	header = json_pack("{s:s}", "op", "status");
 	if (pool != NULL)
@@ -913,7 +925,8 @@ pools(const char *sockpath, int argc, char **argv)
 		if (strcmp(argv[i], "--json") == 0)
 			json = 1;
 		else
-			usage();
+			usage_of("pools", "unknown %s \"%s\"",
+			    argv[i][0] == '-' ? "option" : "argument", argv[i]);
 	}
 	header = json_pack("{s:s}", "op", "pools");
 	v = ask(sockpath, header);
@@ -970,9 +983,8 @@ reload(const char *sockpath, int argc, char **argv)
 	json_t *header, *v;
 	int rc;
 
-	(void)argv;
 	if (argc != 1)
-		usage();
+		usage_of("reload", "no arguments, not \"%s\"", argv[1]);
 	header = json_pack("{s:s}", "op", "reload");
 	v = ask(sockpath, header);
 	json_decref(header);
@@ -1000,9 +1012,8 @@ metrics(const char *sockpath, int argc, char **argv)
 	json_t *header, *v;
 	int rc;
 
-	(void)argv;
 	if (argc != 1)
-		usage();
+		usage_of("metrics", "no arguments, not \"%s\"", argv[1]);
 	header = json_pack("{s:s}", "op", "metrics");
 	v = ask(sockpath, header);
 	json_decref(header);
@@ -1107,6 +1118,24 @@ cmd_find(const char *name)
 	return NULL;
 }
 
+/* A usage error of the command name: what is wrong, and its synopsis. */
+static _Noreturn void
+usage_of(const char *name, const char *fmt, ...)
+{
+	const struct cmd *c = cmd_find(name);
+	va_list ap;
+
+	progress_clear();
+	fprintf(stderr, "%s: %s: ", prog, name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: %s [-q] [-s socket] %s%s%s\n"
+	    "Try \"%s help %s\".\n", prog, name, *c->args ? " " : "",
+	    c->args, prog, name);
+	exit(EXIT_LOCAL);
+}
+
 static void
 help_cmd(const struct cmd *c)
 {
@@ -1143,7 +1172,8 @@ help(const char *sockpath, int argc, char **argv)
 
 	(void)sockpath;
 	if (argc > 2)
-		usage();
+		usage_of("help", "one command at most, not \"%s\" and \"%s\"",
+		    argv[1], argv[2]);
 	if (argc < 2) {
 		help_all();
 		return EXIT_CLEAN;
@@ -1162,16 +1192,16 @@ help(const char *sockpath, int argc, char **argv)
 static int
 global_opt(int argc, char **argv, int *i, const char **sockpath, int *want)
 {
-	const char *a = argv[*i];
+	const char *a = argv[*i], *path = NULL;
 
 	if (strcmp(a, "-s") == 0 || strcmp(a, "--socket") == 0) {
 		if (*i + 1 >= argc)
 			die("%s: the daemon's socket path is missing", a);
-		*sockpath = argv[++*i];
+		path = argv[++*i];
 	} else if (strncmp(a, "--socket=", 9) == 0)
-		*sockpath = a + 9;
+		path = a + 9;
 	else if (strncmp(a, "-s", 2) == 0)
-		*sockpath = a + 2;
+		path = a + 2;
 	else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0)
 		quiet = 1;
 	else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
@@ -1180,6 +1210,12 @@ global_opt(int argc, char **argv, int *i, const char **sockpath, int *want)
 		*want = 'V';
 	else
 		return 0;
+	if (path != NULL && *path == '\0')
+		die("%s: the daemon's socket path is empty; name it, or leave "
+		    "it out for $CONSUMERS_SOCKET, else %s", a,
+		    CNS_DEFAULT_SOCKET);
+	if (path != NULL)
+		*sockpath = path;
 	return 1;
 }
 
@@ -1192,6 +1228,16 @@ silence(void)
 	if (fd == -1 || dup2(fd, STDOUT_FILENO) == -1)
 		die("-q: /dev/null: %s", strerror(errno));
 	close(fd);
+}
+
+/* rc, unless what was printed could not be written (a full disk, a
+ * closed pipe with SIGPIPE ignored): that is lost output, not a success. */
+static int
+written(int rc)
+{
+	if (fflush(stdout) == EOF || ferror(stdout))
+		die("cannot write to standard output: %s", strerror(errno));
+	return rc;
 }
 
 int
@@ -1239,20 +1285,22 @@ main(int argc, char **argv)
 	}
 	if (want == 'V') {
 		printf("consumers %s\n", PACKAGE_VERSION);
-		return EXIT_CLEAN;
+		return written(EXIT_CLEAN);
 	}
 	if (want == 'h') {
 		if (c != NULL && c->run != help)
 			help_cmd(c);
 		else
 			help_all();
-		return EXIT_CLEAN;
+		return written(EXIT_CLEAN);
 	}
-	if (c == NULL)
+	if (c == NULL) {
+		fprintf(stderr, "%s: the command is missing\n", prog);
 		usage();
+	}
 	if (quiet)
 		silence();
 	sockpath = cns_socket_path(sockpath);
 	/* rest[0] is the program; the command sees itself as argv[0]. */
-	return c->run(sockpath, n - 1, rest + 1);
+	return written(c->run(sockpath, n - 1, rest + 1));
 }

@@ -252,32 +252,44 @@ real_shortest(double d, char *buf, size_t len)
  * json_dumps, but each real in the fewest digits that read back as the
  * same double: 0.1, not 0.10000000000000001.  jansson takes one precision
  * for a whole dump, and 15 digits lose what a value with 17 holds; so this
- * dumps at 17 (flags without JSON_REAL_PRECISION) and shortens each real
- * in place (never longer).  NULL when json_dumps fails.
+ * dumps at 17 (flags without JSON_REAL_PRECISION) and rewrites each real
+ * into a new string.  Fewer digits can take more characters (between
+ * 1e15 and 1e17 jansson writes 17 digits plain and fewer with an
+ * exponent), so the copy may grow.  NULL when json_dumps or malloc fails;
+ * the caller frees the string.
  */
 char *
 cns_json_dumps(const json_t *v, size_t flags)
 {
-	char	*s = json_dumps(v, flags);
+	char	*s = json_dumps(v, flags), *o = NULL, *t;
 	char	 tok[40];
-	size_t	 r = 0, w = 0, n, m;
+	size_t	 r = 0, w = 0, cap, n, m;
 	int	 quoted = 0;
 
 	if (s == NULL)
 		return NULL;
+	cap = strlen(s) + 64;
+	if ((o = malloc(cap)) == NULL)
+		goto fail;
 	while (s[r] != '\0') {
 		char c = s[r];
 
+		if (cap - w < sizeof tok + 2) {
+			if ((t = realloc(o, cap * 2)) == NULL)
+				goto fail;
+			o = t;
+			cap *= 2;
+		}
 		if (quoted || c == '"') {
-			s[w++] = s[r++];
+			o[w++] = s[r++];
 			if (quoted && c == '\\' && s[r] != '\0')
-				s[w++] = s[r++];
+				o[w++] = s[r++];
 			else if (c == '"')
 				quoted = !quoted;
 			continue;
 		}
 		if (c != '-' && (c < '0' || c > '9')) {
-			s[w++] = s[r++];
+			o[w++] = s[r++];
 			continue;
 		}
 		n = strspn(s + r, "-+.0123456789eE");
@@ -289,13 +301,28 @@ cns_json_dumps(const json_t *v, size_t flags)
 				m = real_shortest(strtod(tok, NULL), tok,
 				    sizeof tok);
 		}
-		if (m > 0 && m <= n)
-			memcpy(s + w, tok, m);
-		else
-			memmove(s + w, s + r, m = n);
-		w += m;
+		if (m > 0) {
+			memcpy(o + w, tok, m);
+			w += m;
+			r += n;
+			continue;
+		}
+		/* Not a real, or too long to be one of jansson's: as is. */
+		while (n > 0 && cap - w < n + 1) {
+			if ((t = realloc(o, cap * 2)) == NULL)
+				goto fail;
+			o = t;
+			cap *= 2;
+		}
+		memcpy(o + w, s + r, n);
+		w += n;
 		r += n;
 	}
-	s[w] = '\0';
-	return s;
+	o[w] = '\0';
+	free(s);
+	return o;
+fail:
+	free(o);
+	free(s);
+	return NULL;
 }

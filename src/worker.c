@@ -97,7 +97,8 @@ worker_protocol(struct worker *w, const char *why)
 {
 	log_warnx("pool %s: worker %u (pid %ld): protocol error: %s; "
 	    "killing it", w->pool->pc->name, w->slot, (long)w->pid, why);
-	kill(w->pid, SIGKILL);
+	if (!w->reaped)		/* else its pid may be another process's */
+		kill(w->pid, SIGKILL);
 	worker_drop_socket(w);
 	w->closed = 1;
 	if (w->reaped)
@@ -233,14 +234,17 @@ worker_spawn(struct pool *p, unsigned slot)
  * Everything a dead worker started dies with it: the processes of the
  * group it led, and any orphan reparented to the master (a subreaper, see
  * main) that is not a worker, such as a program a plugin ran in a group
- * of its own.  They are found in /proc (no waiting), killed with SIGKILL
- * and later reaped by worker_reap as strangers.  Returns how many.
+ * of its own.  An orphan still in the group of a live worker is that
+ * worker's (a daemon its plugin started with a double fork) and lives on.
+ * They are found in /proc (no waiting), killed with SIGKILL and later
+ * reaped by worker_reap as strangers.  Returns how many.
  */
 static unsigned
 worker_kill_descendants(pid_t pgid)
 {
 	char path[64], buf[512], state, *end, *p;
 	long pid, ppid, pgrp, self = (long)getpid();
+	struct worker *owner;
 	struct dirent *de;
 	unsigned n = 0;
 	ssize_t len;
@@ -267,6 +271,10 @@ worker_kill_descendants(pid_t pgid)
 			if (pgrp != (long)pgid && (ppid != self ||
 			    worker_find((pid_t)pid) != NULL))
 				continue;
+			if (pgrp != (long)pgid && pgrp > 0 &&
+			    (owner = worker_find((pid_t)pgrp)) != NULL &&
+			    !owner->reaped)
+				continue;
 			if (kill((pid_t)pid, SIGKILL) == 0)
 				n++;
 		}
@@ -282,16 +290,22 @@ worker_kill_descendants(pid_t pgid)
  * frozen but while it reads itself, and evbuffer_read fails on a frozen
  * buffer: unfrozen here, else the frames would be dropped with the
  * socket whenever SIGCHLD is heard before the socket's read event.
+ * What a dead worker left is at most a socket buffer; a process that
+ * still holds its end (one of its descendants not killed yet) could keep
+ * writing, so the reading stops after 16 MiB.  (evbuffer_read may read
+ * less than asked while more is there: a short read is not the end.)
  */
 static void
 worker_read_rest(struct worker *w)
 {
 	struct evbuffer *in = bufferevent_get_input(w->bev);
-	int fd = bufferevent_getfd(w->bev);
+	int fd = bufferevent_getfd(w->bev), got;
+	size_t total = 0;
 
 	evbuffer_unfreeze(in, 0);
-	while (evbuffer_read(in, fd, 256u << 10) > 0)
-		;
+	while (total < (16u << 20) &&
+	    (got = evbuffer_read(in, fd, 256 << 10)) > 0)
+		total += (size_t)got;
 	evbuffer_freeze(in, 0);
 }
 

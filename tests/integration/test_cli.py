@@ -170,6 +170,60 @@ class OptionsAnywhere(unittest.TestCase):
         self.assertIn("socket path is missing", p.stderr.decode())
 
 
+class UsageErrors(unittest.TestCase):
+    """A usage error exits 2 and says what is wrong and what to do, not
+    only the synopsis of every command."""
+
+    def test_each_says_what_is_wrong(self):
+        env = dict(os.environ, CONSUMERS_SOCKET="/nonexistent/consumersd")
+        for args, want in (
+                ([], "the command is missing"),
+                (["submit"], "submit: the pool is missing"),
+                (["submit", "sum", "--nosuch"],
+                 'submit: unknown option "--nosuch"'),
+                (["submit", "sum", "-x"], 'submit: unknown option "-x"'),
+                (["submit", "sum", "--workers"],
+                 "submit: --workers needs a value"),
+                (["status", "--nosuch"], 'status: unknown option "--nosuch"'),
+                (["status", "a", "b"], 'status: one pool at most'),
+                (["pools", "x"], 'pools: unknown argument "x"'),
+                (["reload", "x"], 'reload: no arguments, not "x"'),
+                (["metrics", "--x"], 'metrics: no arguments, not "--x"'),
+                (["help", "submit", "status"], "help: one command at most"),
+                (["-s", "", "status"], "-s: the daemon's socket path is "
+                 "empty"),
+                (["status", "--socket="], "--socket=: the daemon's socket "
+                 "path is empty")):
+            p = subprocess.run([CLI] + args, capture_output=True, env=env,
+                               stdin=subprocess.DEVNULL,
+                               timeout=60 * SLOWDOWN)
+            err = p.stderr.decode()
+            self.assertEqual(p.returncode, 2, (args, err))
+            self.assertIn(want, err, args)
+            self.assertEqual(p.stdout, b"", args)
+            if args and args[0] in COMMANDS + ("metrics",) and \
+                    "socket" not in want:
+                # The command's own synopsis and where to read more.
+                self.assertIn('help %s"' % args[0], err, args)
+
+    @unittest.skipUnless(os.path.exists("/dev/full"), "no /dev/full")
+    def test_output_that_cannot_be_written(self):
+        for args in (["help"], ["--help"], ["-V"], ["help", "submit"]):
+            with open("/dev/full", "wb") as full:
+                p = subprocess.run([CLI] + args, stdout=full,
+                                   stderr=subprocess.PIPE,
+                                   timeout=60 * SLOWDOWN)
+            self.assertEqual(p.returncode, 2, args)
+            self.assertIn(b"cannot write to standard output", p.stderr)
+        with Daemon(SUM) as d, open("/dev/full", "wb") as full:
+            p = subprocess.run([CLI, "-s", d.socket, "submit", "sum"],
+                               input=b"1\n2\n", stdout=full,
+                               stderr=subprocess.PIPE,
+                               timeout=120 * SLOWDOWN)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn(b"cannot write to standard output", p.stderr)
+
+
 class Quiet(unittest.TestCase):
     def test_quiet_prints_only_errors(self):
         with Daemon(SUM) as d:

@@ -624,6 +624,42 @@ class Descendants(unittest.TestCase):
                         wait_for(lambda: "killed 2 descendants" in
                                  d.log_text(), what="the log line")
 
+    def test_orphan_of_a_live_worker_lives_on(self):
+        """An orphan left in a live worker's group (its plugin forked
+        twice) is that worker's: another pool's worker dying must not
+        kill it."""
+        pools = {"forker": {"plugin": test_plugin("forker"), "workers": 1},
+                 "echo": {"plugin": test_plugin("echo"), "workers": 1}}
+        with Daemon(pools) as d:
+            s, [orphan] = self.start_children(d, {"orphan": True})
+            final = [r for r in read_lines(s) if "items" in r]
+            self.assertEqual(final[0]["results"], [1], final)
+
+            def ppid(pid):
+                with open("/proc/%d/stat" % pid) as f:
+                    stat = f.read()
+                return int(stat[stat.rindex(")") + 2:].split()[1])
+            wait_for(lambda: ppid(orphan) == d.pid(),
+                     what="the orphan to be the master's")
+            owner = os.getpgid(orphan)
+            self.assertIn(owner, d.worker_pids())
+            [victim] = wait_for(lambda: [p for p in d.worker_pids()
+                                         if p not in (owner, orphan)],
+                                what="the echo pool's worker")
+            os.kill(victim, signal.SIGKILL)
+            # Reaped: its descendants were killed (and logged) before.
+            wait_for(lambda: not os.path.exists("/proc/%d" % victim),
+                     what="the master to reap the echo worker")
+            self.assertNotIn("(pid %d) is gone; killed" % victim,
+                             d.log_text())
+            self.assertTrue(alive(orphan), "the live worker's orphan was "
+                            "killed when another worker died")
+            self.assertTrue(alive(owner))
+            # The master reaps it (a stranger) before it stops.
+            os.kill(orphan, signal.SIGKILL)
+            wait_for(lambda: not os.path.exists("/proc/%d" % orphan),
+                     what="the master to reap the orphan")
+
     def test_stop(self):
         for escape in (False, True):
             with self.subTest(escape=escape):
