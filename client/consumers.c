@@ -952,8 +952,10 @@ result(const char *sockpath, int argc, char **argv)
 	char *end;
 	long long id;
 
-	if (argc != 2)
-		usage();
+	if (argc < 2)
+		usage_of("result", "the stream id is missing");
+	if (argc > 2)
+		usage_of("result", "one stream id, not %d arguments", argc - 1);
 	errno = 0;
 	id = strtoll(argv[1], &end, 10);
 	if (*argv[1] == '\0' || *end != '\0' || errno != 0 || id < 1)

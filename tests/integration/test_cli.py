@@ -189,6 +189,10 @@ class UsageErrors(unittest.TestCase):
                 (["pools", "x"], 'pools: unknown argument "x"'),
                 (["reload", "x"], 'reload: no arguments, not "x"'),
                 (["metrics", "--x"], 'metrics: no arguments, not "--x"'),
+                (["result"], "result: the stream id is missing"),
+                (["result", "1", "2"], "result: one stream id, not 2 "
+                 "arguments"),
+                (["result", "x"], 'result: "x" is not a stream id'),
                 (["help", "submit", "status"], "help: one command at most"),
                 (["-s", "", "status"], "-s: the daemon's socket path is "
                  "empty"),
@@ -201,8 +205,8 @@ class UsageErrors(unittest.TestCase):
             self.assertEqual(p.returncode, 2, (args, err))
             self.assertIn(want, err, args)
             self.assertEqual(p.stdout, b"", args)
-            if args and args[0] in COMMANDS + ("metrics",) and \
-                    "socket" not in want:
+            if args and args[0] in COMMANDS + ("metrics", "result") and \
+                    "socket" not in want and "not a stream id" not in want:
                 # The command's own synopsis and where to read more.
                 self.assertIn('help %s"' % args[0], err, args)
 
