@@ -188,7 +188,8 @@ check_pool(const struct pool_conf *pc)
 	    pc->rlimit_nofile <= 1u << 20));
 	FUZZ_CHECK(pc->rlimit_as == 0 || (pc->rlimit_as >= 16u << 20 &&
 	    pc->rlimit_as <= UINT64_MAX >> 1));
-	FUZZ_CHECK(pc->nice >= -20 && pc->nice <= 19);
+	FUZZ_CHECK(pc->nice == NICE_INHERITED ||
+	    (pc->nice >= -20 && pc->nice <= 19));
 	FUZZ_CHECK(json_is_object(pc->env));
 	json_object_foreach(pc->env, k, e)
 		FUZZ_CHECK(json_is_string(e) && k[0] != '\0' &&
