@@ -244,13 +244,6 @@ on_connect(const redisAsyncContext *ac, int status)
 
 	if (status == REDIS_OK) {
 		fcntl(ac->c.fd, F_SETFD, FD_CLOEXEC);
-	{
-		/* Redis reads a large argument in one read() per turn: let
-		 * the socket hold a whole batch (capped by wmem_max). */
-		int sz = SNDBUF;
-		(void)setsockopt(ac->c.fd, SOL_SOCKET, SO_SNDBUF, &sz,
-		    sizeof sz);
-	}
 		return;
 	}
 	snprintf(why, sizeof why, "cannot connect to Redis: %s", ac->errstr);
