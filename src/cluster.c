@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -54,9 +55,12 @@
 #define POLL_SEC	0.002	/* an idle lane or ingress looks again */
 #define JOBS_SEC	0.01	/* idle workers look for lane jobs */
 #define KEY_TTL		"600"	/* seconds a finished stream's keys stay */
-#define BATCH_MAX	(256u << 10)
+#define BATCH_MAX	(1u << 20)
 #define BATCH_MIN	(64u << 10)
-#define INFLIGHT_MAX	(16u << 20) /* batch bytes Redis has not answered */
+#define HOLD_MIN	(512u << 10) /* input a batch waits for */
+#define HOLD_SEC	0.005	/* a short batch waits for more */
+#define INFLIGHT_MAX	(4u << 20) /* batch bytes Redis has not answered */
+#define SNDBUF		(4 << 20) /* so Redis reads a batch in one turn */
 #define LANE_READ_MAX	(1u << 20) /* an owner's unread buffer */
 #define WINDOW_FACTOR	8	/* a lane's window: this many worker ones */
 
@@ -338,6 +342,13 @@ redis_connect(void)
 		return;
 	}
 	fcntl(ac->c.fd, F_SETFD, FD_CLOEXEC);
+	{
+		/* Redis reads a large argument in one read() per turn: let
+		 * the socket hold a whole batch (capped by wmem_max). */
+		int sz = SNDBUF;
+		(void)setsockopt(ac->c.fd, SOL_SOCKET, SO_SNDBUF, &sz,
+		    sizeof sz);
+	}
 	if (redisLibeventAttach(ac, cns_base) != REDIS_OK) {
 		redisAsyncFree(ac);
 		redis_down("cannot attach to the event loop");
@@ -1367,6 +1378,8 @@ struct ingress {
 	int		 ticking;	/* a look at Redis is out */
 	char		 evid[48];	/* the last events entry read */
 	size_t		 inflight;	/* batch bytes Redis has not answered */
+	int		 choked;	/* by inflight: an answer resumes it */
+	double		 held;		/* since when a short batch waits */
 	json_t		*completion;
 	json_t		*errors;	/* besides the stream's own */
 	struct stream	*cs;		/* the completion's local stream */
@@ -1515,14 +1528,27 @@ cluster_abort(struct stream *s, const char *why)
 	ing_fail(s->cl, why);
 }
 
+struct sent {
+	struct ingress	*g;
+	size_t		 len;
+};
+
 static void
 ing_sent(redisReply *r, void *arg)
 {
-	struct ingress *g = arg;
+	struct sent *x = arg;
+	struct ingress *g = x->g;
 	char why[300];
 
+	g->inflight -= x->len;
+	free(x);
 	if (reply_error(r, why, sizeof why))
 		ing_fail(g, why);
+	else if (g->s != NULL && g->phase == I_RUNNING && g->choked &&
+	    g->inflight <= INFLIGHT_MAX) {
+		g->choked = 0;
+		cluster_input(g->s);
+	}
 	ing_unref(g);
 }
 
@@ -1534,6 +1560,7 @@ ing_xadd(struct ingress *g, unsigned i, uint64_t first, unsigned n,
 	char key[128], id[48], cnt[16];
 	const char *argv[7];
 	size_t lens[7];
+	struct sent *x;
 	int argc;
 
 	snprintf(key, sizeof key, "cns:{%" PRIu64 "}:lane:%u", g->S, i);
@@ -1555,9 +1582,15 @@ ing_xadd(struct ingress *g, unsigned i, uint64_t first, unsigned n,
 	}
 	for (int k = 0; k < argc; k++)
 		lens[k] = data != NULL && k == 6 ? len : strlen(argv[k]);
+	if ((x = malloc(sizeof *x)) == NULL)
+		fatal("%s: malloc", __func__);
+	*x = (struct sent){ g, len };
 	g->refs++;
-	if (rsend(ing_sent, g, argc, argv, lens) == -1) {
+	g->inflight += len;
+	if (rsend(ing_sent, x, argc, argv, lens) == -1) {
 		g->refs--;
+		g->inflight -= len;
+		free(x);
 		ing_fail(g, cluster_unavailable());
 	}
 }
@@ -1597,6 +1630,17 @@ ing_pick(struct ingress *g, unsigned *room)
 	return -1;
 }
 
+/* What a batch waits for: HOLD_MIN, or half the client's input buffer
+ * (client.c: the larger of max_item_bytes and a header, plus one). */
+static size_t
+hold_min(void)
+{
+	size_t hi = cns_conf->max_item_bytes > CNS_HEADER_MAX ?
+	    cns_conf->max_item_bytes : CNS_HEADER_MAX;
+
+	return hi / 2 < HOLD_MIN ? hi / 2 : HOLD_MIN;
+}
+
 /* Read the client into the lanes' streams, as feed_pump does locally. */
 static void
 cluster_input(struct stream *s)
@@ -1630,12 +1674,31 @@ cluster_input(struct stream *s)
 		}
 		if (evbuffer_get_length(in) == 0)
 			break;
-		if (src->ops->full(src->arg) || g->inflight > INFLIGHT_MAX ||
+		if (g->inflight > INFLIGHT_MAX) {
+			/* Redis is behind: its answers resume the input. */
+			g->choked = 1;
+			src->ops->reading(src->arg, 0);
+			return;
+		}
+		/* Every XADD costs Redis a turn or two, and each turn an
+		 * fsync under appendfsync always: wait for a large batch
+		 * while the client sends, but not longer than HOLD_SEC
+		 * (the tick looks again).  Before ing_pick, which moves
+		 * the round robin on. */
+		if (!s->eof && evbuffer_get_length(in) < hold_min()) {
+			double now = cns_now();
+			if (g->held == 0)
+				g->held = now;
+			if (now - g->held < HOLD_SEC)
+				break;
+		}
+		if (src->ops->full(src->arg) ||
 		    (i = ing_pick(g, &items)) == -1) {
 			/* The lanes are behind: the tick looks again. */
 			src->ops->reading(src->arg, 0);
 			return;
 		}
+		g->held = 0;
 		/* What is buffered spread over the lanes, as feed.c does,
 		 * but in batches of 64 KiB at least: every XADD is a round
 		 * through Redis. */
