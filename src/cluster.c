@@ -1542,7 +1542,19 @@ ing_sent(redisReply *r, void *arg)
 
 	g->inflight -= x->len;
 	free(x);
-	if (reply_error(r, why, sizeof why))
+	if (r != NULL && r->type == REDIS_REPLY_ERROR && r->str != NULL &&
+	    strstr(r->str, "equal or smaller than the target stream top") !=
+	    NULL) {
+		/* The lane ended under it: another instance closed the
+		 * stream, having seen no heartbeat of this one for
+		 * claim_idle (they queue behind this ingress's batches). */
+		log_warnx("cluster stream %" PRIu64 ": another instance "
+		    "closed it (this one's heartbeats reached Redis later "
+		    "than claim_idle)", g->S);
+		ing_fail(g, "another instance closed the stream: this "
+		    "instance's heartbeats reached Redis later than "
+		    "claim_idle (raise claim_idle if Redis is slow)");
+	} else if (reply_error(r, why, sizeof why))
 		ing_fail(g, why);
 	else if (g->s != NULL && g->phase == I_RUNNING && g->choked &&
 	    g->inflight <= INFLIGHT_MAX) {

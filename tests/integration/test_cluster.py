@@ -31,9 +31,9 @@ def cli_text(d, *args):
     return p.returncode, p.stdout, p.stderr
 
 
-def cluster(redis, name):
+def cluster(redis, name, claim_idle=2):
     return {"cluster": {"redis": redis.url, "instance": name,
-                        "heartbeat": 0.1, "claim_idle": 2}}
+                        "heartbeat": 0.1, "claim_idle": claim_idle}}
 
 
 class Cluster(unittest.TestCase):
@@ -384,8 +384,12 @@ class Cluster(unittest.TestCase):
         pool = {"plugin": "sum", "workers": 1, "cluster": True}
         with contextlib.ExitStack() as st:
             r = st.enter_context(RedisServer())
-            a = st.enter_context(Daemon({"sum": pool}, cluster(r, "a")))
-            st.enter_context(Daemon({"sum": pool}, cluster(r, "b")))
+            # Nothing here is claimed: a claim_idle longer than a slow
+            # (sanitizer) build's heartbeats may lag behind batches.
+            a = st.enter_context(Daemon({"sum": pool},
+                                        cluster(r, "a", claim_idle=10)))
+            st.enter_context(Daemon({"sum": pool},
+                                    cluster(r, "b", claim_idle=10)))
             wait_for(lambda: instances(a, "sum") == ["a", "b"],
                      what="two instances in a's status")
             s = a.connect()
