@@ -1741,11 +1741,8 @@ cluster_input(struct stream *s)
 			continue;
 		case CUT_LONG: {
 			char msg[160];
-			snprintf(msg, sizeof msg, "line of %s%zu bytes exceeds "
-			    "max_item_bytes (%zu)", cut.newline ? "" :
-			    "at least ", cut.nbytes - (cut.newline ? 1 : 0),
-			    max_item);
-			ing_reject(g, ++s->seq, msg);
+			ing_reject(g, ++s->seq, flow_too_long(&cut, max_item,
+			    msg, sizeof msg));
 			evbuffer_drain(in, cut.nbytes);
 			s->skipping = !cut.newline;
 			continue;
@@ -1757,8 +1754,7 @@ cluster_input(struct stream *s)
 		break;
 	}
 	if (s->eof && !s->skipping && evbuffer_get_length(in) > 0) {
-		ing_reject(g, ++s->seq, "truncated: the last line has no "
-		    "newline before the end of the stream");
+		ing_reject(g, ++s->seq, FLOW_TRUNCATED);
 		evbuffer_drain(in, evbuffer_get_length(in));
 	}
 	if (s->eof && evbuffer_get_length(in) == 0) {

@@ -212,6 +212,11 @@ struct flow_room {
 	unsigned	 items;		/* window room in items */
 };
 void	flow_cut(struct evbuffer *, const struct flow_room *, struct cut *);
+const char *flow_too_long(const struct cut *, size_t max_item, char *,
+	    size_t);
+/* A source that ended inside a line: why its last line is rejected. */
+#define FLOW_TRUNCATED	"truncated: the last line has no newline before " \
+	"the end of the stream"
 
 struct credit {
 	size_t		 bytes;		/* unacked bytes in flight */

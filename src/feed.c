@@ -514,11 +514,8 @@ feed_pump(struct stream *s, struct lane **lost, char *why, size_t whylen)
 			continue;
 		case CUT_LONG: {
 			char msg[160];
-			snprintf(msg, sizeof msg, "line of %s%zu bytes exceeds "
-			    "max_item_bytes (%zu)", cut.newline ? "" :
-			    "at least ", cut.nbytes - (cut.newline ? 1 : 0),
-			    max_item);
-			feed_reject(s, ++s->seq, msg);
+			feed_reject(s, ++s->seq, flow_too_long(&cut, max_item,
+			    msg, sizeof msg));
 			evbuffer_drain(in, cut.nbytes);
 			s->skipping = !cut.newline;
 			continue;
@@ -531,8 +528,7 @@ feed_pump(struct stream *s, struct lane **lost, char *why, size_t whylen)
 	}
 	if (s->eof && !s->skipping && evbuffer_get_length(in) > 0) {
 		/* The source ended with an unterminated last line. */
-		feed_reject(s, ++s->seq, "truncated: the last line has no "
-		    "newline before the end of the stream");
+		feed_reject(s, ++s->seq, FLOW_TRUNCATED);
 		evbuffer_drain(in, evbuffer_get_length(in));
 	}
 	if (s->eof && evbuffer_get_length(in) == 0) {

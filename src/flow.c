@@ -4,6 +4,7 @@
  * without parsing them: it only looks for newlines and measures lengths.
  * The credit functions keep each worker's window of unacked items and bytes.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include <event2/buffer.h>
@@ -69,6 +70,16 @@ scan_eol(struct eolscan *sc, size_t from)
 			return -1;
 		scan_fill(sc);
 	}
+}
+
+/* Why a CUT_LONG line is rejected, in buf. */
+const char *
+flow_too_long(const struct cut *c, size_t max_item, char *buf, size_t len)
+{
+	snprintf(buf, len, "line of %s%zu bytes exceeds max_item_bytes (%zu)",
+	    c->newline ? "" : "at least ", c->nbytes - (c->newline ? 1 : 0),
+	    max_item);
+	return buf;
 }
 
 void
