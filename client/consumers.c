@@ -480,6 +480,18 @@ ask(const char *sockpath, json_t *header)
 	return v;
 }
 
+/* ask() for a one-shot command, which owns header: an answer or exit. */
+static json_t *
+ask_once(const char *sockpath, json_t *header, const char *cmd)
+{
+	json_t *v = ask(sockpath, header);
+
+	json_decref(header);
+	if (v == NULL)
+		die("%s: no answer from the daemon", cmd);
+	return v;
+}
+
 /* A refusal: its message on stderr; status 1. */
 static int
 refused(json_t *v)
@@ -929,10 +941,7 @@ pools(const char *sockpath, int argc, char **argv)
 			    argv[i][0] == '-' ? "option" : "argument", argv[i]);
 	}
 	header = json_pack("{s:s}", "op", "pools");
-	v = ask(sockpath, header);
-	json_decref(header);
-	if (v == NULL)
-		die("pools: no answer from the daemon");
+	v = ask_once(sockpath, header, "pools");
 	if ((rc = refused(v)) == 0) {
 		if (json)
 			print_json(v);
@@ -963,10 +972,7 @@ result(const char *sockpath, int argc, char **argv)
 		    argv[1]);
 	header = json_pack("{s:s,s:I}", "op", "result", "stream",
 	    (json_int_t)id);
-	v = ask(sockpath, header);
-	json_decref(header);
-	if (v == NULL)
-		die("result: no answer from the daemon");
+	v = ask_once(sockpath, header, "result");
 	if (json_object_get(v, "items") == NULL) {
 		refused(v);
 		json_decref(v);
@@ -988,10 +994,7 @@ reload(const char *sockpath, int argc, char **argv)
 	if (argc != 1)
 		usage_of("reload", "no arguments, not \"%s\"", argv[1]);
 	header = json_pack("{s:s}", "op", "reload");
-	v = ask(sockpath, header);
-	json_decref(header);
-	if (v == NULL)
-		die("reload: no answer from the daemon");
+	v = ask_once(sockpath, header, "reload");
 	if ((rc = refused(v)) == 0)
 		printf("reloaded: %s\n", json_string_value(json_object_get(v,
 		    "reloaded")));
@@ -1017,10 +1020,7 @@ metrics(const char *sockpath, int argc, char **argv)
 	if (argc != 1)
 		usage_of("metrics", "no arguments, not \"%s\"", argv[1]);
 	header = json_pack("{s:s}", "op", "metrics");
-	v = ask(sockpath, header);
-	json_decref(header);
-	if (v == NULL)
-		die("metrics: no answer from the daemon");
+	v = ask_once(sockpath, header, "metrics");
 	if ((rc = refused(v)) == 0) {
 		const char *m = json_string_value(json_object_get(v,
 		    "metrics"));
