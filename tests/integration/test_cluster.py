@@ -31,6 +31,13 @@ def cli_text(d, *args):
     return p.returncode, p.stdout, p.stderr
 
 
+def numbers(n):
+    """The items 1..n, one a line, and where the line after the middle
+    starts (to send a stream in two halves)."""
+    body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+    return body, body.index(b"\n", len(body) // 2) + 1
+
+
 def cluster(redis, name, claim_idle=2):
     return {"cluster": {"redis": redis.url, "instance": name,
                         "heartbeat": 0.1, "claim_idle": claim_idle}}
@@ -44,7 +51,7 @@ class Cluster(unittest.TestCase):
         # each, and the completion (the sum of every item) and the counts
         # equal the same input through a pool on one machine.
         n = 300000
-        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
+        body, _ = numbers(n)
         pool = {"plugin": "sum", "workers": 1, "cluster": True}
         local = {"plugin": "sum", "workers": 3}
         with contextlib.ExitStack() as st:
@@ -153,8 +160,7 @@ class Cluster(unittest.TestCase):
         # the lane with a new token and runs it again from its first
         # batch (on_crash replay): the result is the no-kill result.
         n = 200000
-        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
-        half = body.index(b"\n", len(body) // 2) + 1
+        body, half = numbers(n)
         pool = {"plugin": "sum", "workers": 1, "cluster": True}
         with contextlib.ExitStack() as st:
             r = st.enter_context(RedisServer())
@@ -200,8 +206,7 @@ class Cluster(unittest.TestCase):
         # appends each item to a file) is seen at least once, and the
         # counts are those of the no-kill run.
         n = 60000
-        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
-        half = body.index(b"\n", len(body) // 2) + 1
+        body, half = numbers(n)
         with contextlib.ExitStack() as st:
             r = st.enter_context(RedisServer())
             path = os.path.join(r.dir, "effects")
@@ -270,8 +275,7 @@ class Cluster(unittest.TestCase):
         # lane is not its own any more, and what it says about it is
         # refused: the result counts every item once.
         n = 100000
-        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
-        half = body.index(b"\n", len(body) // 2) + 1
+        body, half = numbers(n)
         pool = {"plugin": "sum", "workers": 1, "cluster": True}
         with contextlib.ExitStack() as st:
             r = st.enter_context(RedisServer())
@@ -319,8 +323,7 @@ class Cluster(unittest.TestCase):
         # finish (a's own lane run again elsewhere), the completion runs,
         # and the final line is fetched from c by the stream's id.
         n = 200000
-        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
-        half = body.index(b"\n", len(body) // 2) + 1
+        body, half = numbers(n)
         pool = {"plugin": "sum", "workers": 1, "cluster": True}
         with contextlib.ExitStack() as st:
             r = st.enter_context(RedisServer())
@@ -379,8 +382,7 @@ class Cluster(unittest.TestCase):
         # Redis is back (same AOF) the instances reconnect by themselves
         # and the next stream completes.
         n = 200000
-        body = "".join("%d\n" % i for i in range(1, n + 1)).encode()
-        half = body.index(b"\n", len(body) // 2) + 1
+        body, half = numbers(n)
         pool = {"plugin": "sum", "workers": 1, "cluster": True}
         with contextlib.ExitStack() as st:
             r = st.enter_context(RedisServer())

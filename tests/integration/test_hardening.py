@@ -343,6 +343,35 @@ class SpoolFull(unittest.TestCase):
     N = 200000
     BODY = lines(["%0100d" % i for i in range(N)])
 
+    def filled_spool(self):
+        """A 1 MiB tmpfs spool, 600 KiB of it taken by a filler file:
+        the spool dir and the filler's path."""
+        spool = tmpfs(self, "1m")
+        filler = os.path.join(spool, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"x" * (600 << 10))
+        return spool, filler
+
+    def submit_in_thread(self, d, n, ended_early=False):
+        """A stream to pool c, its n items sent by a thread (the daemon
+        may stop reading them): the socket and the thread.  With
+        ended_early, the daemon may end the stream before all are sent."""
+        s = d.connect()
+        s.settimeout(60 * SLOWDOWN)
+        s.sendall(b'{"op":"submit","pool":"c"}\n')
+        self.assertTrue(read_reply(s)["ok"])
+        body = lines(["%0100d" % i for i in range(n)])
+
+        def send():
+            try:
+                s.sendall(body)
+            except OSError:
+                if not ended_early:
+                    raise
+        sender = threading.Thread(target=send)
+        sender.start()
+        return s, sender
+
     def test_continue_is_warned_and_counted(self):
         spool = tmpfs(self, "1m")
         pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
@@ -413,21 +442,12 @@ class SpoolFull(unittest.TestCase):
             self.assertEqual(final["results"], [10])
 
     def test_pause_goes_on_when_space_is_freed(self):
-        spool = tmpfs(self, "1m")
-        filler = os.path.join(spool, "filler")
-        with open(filler, "wb") as f:
-            f.write(b"x" * (600 << 10))
+        spool, filler = self.filled_spool()
         n = 8000            # 824 KB: fits once the filler is gone
         pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
                        "spool_wait": 60}}
         with Daemon(pools, {"spool_dir": spool}) as d:
-            s = d.connect()
-            s.settimeout(60 * SLOWDOWN)
-            s.sendall(b'{"op":"submit","pool":"c"}\n')
-            self.assertTrue(read_reply(s)["ok"])
-            sender = threading.Thread(target=s.sendall, args=(
-                lines(["%0100d" % i for i in range(n)]),))
-            sender.start()
+            s, sender = self.submit_in_thread(d, n)
             warning = read_reply(s, timeout=60)
             self.assertEqual(sorted(warning), ["warning"], warning)
             self.assertEqual((warning["warning"]["stage"],
@@ -457,21 +477,12 @@ class SpoolFull(unittest.TestCase):
         # The worker dies while its lane's last lines wait in memory for
         # room in the spool: the lane waits for them to be written, then
         # runs again over all of its items.  (Before, it was lost.)
-        spool = tmpfs(self, "1m")
-        filler = os.path.join(spool, "filler")
-        with open(filler, "wb") as f:
-            f.write(b"x" * (600 << 10))
+        spool, filler = self.filled_spool()
         n = 8000
         pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
                        "spool_wait": 60}}
         with Daemon(pools, {"spool_dir": spool}) as d:
-            s = d.connect()
-            s.settimeout(60 * SLOWDOWN)
-            s.sendall(b'{"op":"submit","pool":"c"}\n')
-            self.assertTrue(read_reply(s)["ok"])
-            sender = threading.Thread(target=s.sendall, args=(
-                lines(["%0100d" % i for i in range(n)]),))
-            sender.start()
+            s, sender = self.submit_in_thread(d, n)
             warning = read_reply(s, timeout=60)
             self.assertEqual(warning["warning"]["stage"], "spool", warning)
             [pid] = d.worker_pids()
@@ -495,24 +506,12 @@ class SpoolFull(unittest.TestCase):
     def test_crash_while_paused_is_lost_after_spool_wait(self):
         # As above, but no room comes: after spool_wait the stream ends
         # and the lane that waited is reported lost, every item counted.
-        spool = tmpfs(self, "1m")
-        with open(os.path.join(spool, "filler"), "wb") as f:
-            f.write(b"x" * (600 << 10))
+        spool, _ = self.filled_spool()
         pools = {"c": {"plugin": test_plugin("crash"), "workers": 1,
                        "spool_wait": 4}}
         with Daemon(pools, {"spool_dir": spool}) as d:
-            s = d.connect()
-            s.settimeout(60 * SLOWDOWN)
-            s.sendall(b'{"op":"submit","pool":"c"}\n')
-            self.assertTrue(read_reply(s)["ok"])
-
-            def send():
-                try:
-                    s.sendall(lines(["%0100d" % i for i in range(8000)]))
-                except OSError:
-                    pass        # the daemon ended the stream first
-            sender = threading.Thread(target=send)
-            sender.start()
+            # (the daemon may end the stream before all are sent)
+            s, sender = self.submit_in_thread(d, 8000, ended_early=True)
             warning = read_reply(s, timeout=60)
             self.assertEqual(warning["warning"]["stage"], "spool", warning)
             [pid] = d.worker_pids()
