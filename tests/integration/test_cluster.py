@@ -98,6 +98,7 @@ class Cluster(unittest.TestCase):
         for seq in (7, 5000, 12345, 19999):
             items[seq - 1] = b"not json %d\n" % seq
         items[15000 - 1] = b"[" + b"1," * 40000 + b"1]\n"
+        items.append(b"20001")      # no newline before the end
         body = b"".join(items)
         pool = {"plugin": "sum", "workers": 1, "cluster": True}
         settings = {"max_item_bytes": 65536}
@@ -116,8 +117,9 @@ class Cluster(unittest.TestCase):
             self.assertEqual(sorted(replies[0]["instances"]), ["a", "b"],
                              replies[0])
             got = rejections(replies)
-            self.assertEqual(sorted(got), [7, 5000, 12345, 15000, 19999],
-                             got)
+            self.assertEqual(sorted(got), [7, 5000, 12345, 15000, 19999,
+                                           20001], got)
+            self.assertIn("truncated", got[20001])
             self.assertEqual(got, rejections(lreplies))
             for k in ("items", "consumed", "rejected", "unconsumed",
                       "completion"):
