@@ -25,7 +25,7 @@ static const struct header_op {
 	{ "result", { "op", "stream", NULL }, "op, stream" },
 };
 #define HEADER_NOPS	(sizeof header_ops / sizeof header_ops[0])
-#define HEADER_KNOWN	"submit, status, pools, reload, hello, result"
+#define HEADER_KNOWN	"submit, status, pools, reload, metrics, hello, result"
 
 static const char *
 header_type(const json_t *v)
@@ -45,7 +45,7 @@ header_type(const json_t *v)
 /*
  * Parse `len` bytes (no newline) as a header.  Returns the object, owned
  * by the caller, or NULL with the reason in `why`.  Its "op" is then one
- * of submit, status, pools, reload, and it holds only that op's keys.
+ * of header_ops[], and it holds only that op's keys.
  */
 json_t *
 header_parse(const char *line, size_t len, char *why, size_t whylen)
@@ -82,8 +82,8 @@ header_parse(const char *line, size_t len, char *why, size_t whylen)
 	}
 	v = json_object_get(h, "op");
 	if (!json_is_string(v)) {
-		snprintf(why, whylen, "the header needs \"op\": \"submit\", "
-		    "\"status\", \"pools\" or \"reload\"");
+		snprintf(why, whylen, "the header needs \"op\": one of "
+		    HEADER_KNOWN);
 		goto bad;
 	}
 	for (op = header_ops; op < header_ops + HEADER_NOPS; op++)

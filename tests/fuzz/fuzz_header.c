@@ -59,9 +59,15 @@ check_header(const uint8_t *data, size_t size)
 		s = json_object_get(h, "pool");
 		FUZZ_CHECK(s == NULL || json_is_string(s));
 		FUZZ_CHECK(json_object_size(h) <= 2);
+	} else if (strcmp(op, "result") == 0) {
+		s = json_object_get(h, "stream");
+		FUZZ_CHECK(json_is_integer(s) && json_integer_value(s) >= 1);
+		FUZZ_CHECK(json_object_size(h) == 2);
 	} else {
 		FUZZ_CHECK(strcmp(op, "pools") == 0 ||
-		    strcmp(op, "reload") == 0);
+		    strcmp(op, "reload") == 0 ||
+		    strcmp(op, "metrics") == 0 ||
+		    strcmp(op, "hello") == 0);
 		FUZZ_CHECK(json_object_size(h) == 1);
 	}
 	json_decref(h);

@@ -76,7 +76,7 @@ class BadHeaders(unittest.TestCase):
              'no pool named "nope" (pools: sum)'),
             (b'not json\n', "the header is not a JSON object"),
             (b'[1,2]\n', "the header is not a JSON object"),
-            (b'{"pool":"sum"}\n', 'needs "op": "submit"'),
+            (b'{"pool":"sum"}\n', 'needs "op": one of submit'),
             (b'{"op":"fly","pool":"sum"}\n', 'unknown op "fly"'),
             (b'{"op":"submit"}\n', 'needs "pool"'),
             (b'{"op":"submit","pool":"sum","color":1}\n',

@@ -12,6 +12,9 @@
 
 #include "consumersd.h"
 
+/* Every op a header may name, in the order refusals list them. */
+#define OPS	"submit, status, pools, reload, metrics, hello, result"
+
 /* Parse `len` bytes of `text`; the caller owns the result. */
 static json_t *
 parse_n(const char *text, size_t len, char *why, size_t whylen)
@@ -168,19 +171,18 @@ END_TEST
 
 START_TEST(test_op)
 {
-	const char *need = "the header needs \"op\": \"submit\", "
-	    "\"status\", \"pools\" or \"reload\"";
+	const char *need = "the header needs \"op\": one of " OPS;
 
 	refused("{\"pool\":\"p\"}", need);
 	refused("{\"op\":1,\"pool\":\"p\"}", need);
 	refused("{\"op\":null,\"pool\":\"p\"}", need);
 	refused("{\"op\":\"fly\",\"pool\":\"p\"}",
-	    "unknown op \"fly\" (known: submit, status, pools, reload, hello, result)");
+	    "unknown op \"fly\" (known: " OPS ")");
 	refused("{\"op\":\"Submit\",\"pool\":\"p\"}",
-	    "unknown op \"Submit\" (known: submit, status, pools, reload, hello, result)");
+	    "unknown op \"Submit\" (known: " OPS ")");
 	/* op comes first: an unknown key after a bad op names the op. */
 	refused("{\"op\":\"fly\",\"color\":1}",
-	    "unknown op \"fly\" (known: submit, status, pools, reload, hello, result)");
+	    "unknown op \"fly\" (known: " OPS ")");
 }
 END_TEST
 
@@ -273,7 +275,7 @@ START_TEST(test_names_cut_cleanly)
 	strcpy(op + 99, "\xc3\xa9zzz");
 	snprintf(text, sizeof text, "{\"op\":\"%s\",\"pool\":\"p\"}", op);
 	snprintf(expect, sizeof expect, "unknown op \"%.99s?\" (known: "
-	    "submit, status, pools, reload, hello, result)", op);
+	    OPS ")", op);
 	refused(text, expect);
 	ck_assert_ptr_null(header_parse(text, strlen(text), why, sizeof why));
 	v = json_string(why);		/* valid UTF-8, or this is NULL */
@@ -311,6 +313,44 @@ START_TEST(test_deep_nesting)
 	ck_assert_str_eq(why, "the header is not a JSON object: maximum "
 	    "parsing depth reached near '[' at column 2083");
 	free(text);
+}
+END_TEST
+
+/* The one-word ops, and result's stream id. */
+START_TEST(test_other_ops)
+{
+	const char *ops[] = { "pools", "reload", "metrics", "hello" };
+	char text[64], expect[128];
+	json_t *h;
+
+	for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+		snprintf(text, sizeof text, "{\"op\":\"%s\"}", ops[i]);
+		h = accepted(text);
+		ck_assert_int_eq(json_object_size(h), 1);
+		json_decref(h);
+		snprintf(text, sizeof text, "{\"op\":\"%s\",\"pool\":\"p\"}",
+		    ops[i]);
+		snprintf(expect, sizeof expect, "unknown key \"pool\" in a "
+		    "\"%s\" header (known: op)", ops[i]);
+		refused(text, expect);
+	}
+	h = accepted("{\"op\":\"result\",\"stream\":42}");
+	ck_assert_int_eq(json_integer_value(json_object_get(h, "stream")), 42);
+	json_decref(h);
+	refused("{\"op\":\"result\"}", "a \"result\" header needs "
+	    "\"stream\": a cluster stream's id, a positive integer");
+	refused("{\"op\":\"result\",\"stream\":0}", "a \"result\" header "
+	    "needs \"stream\": a cluster stream's id, a positive integer");
+	refused("{\"op\":\"result\",\"stream\":\"7\"}", "a \"result\" "
+	    "header needs \"stream\": a cluster stream's id, a positive "
+	    "integer");
+	refused("{\"op\":\"result\",\"stream\":7,\"pool\":\"p\"}",
+	    "unknown key \"pool\" in a \"result\" header (known: op, "
+	    "stream)");
+	/* stream is result's alone. */
+	refused("{\"op\":\"submit\",\"pool\":\"p\",\"stream\":7}",
+	    "unknown key \"stream\" in the header (known: op, pool, workers, "
+	    "params, args, kwargs)");
 }
 END_TEST
 
@@ -352,7 +392,7 @@ START_TEST(test_pools)
 	refused("{\"op\":\"pools\",\"color\":1}", "unknown key "
 	    "\"color\" in a \"pools\" header (known: op)");
 	refused("{\"op\":\"Pools\"}",
-	    "unknown op \"Pools\" (known: submit, status, pools, reload, hello, result)");
+	    "unknown op \"Pools\" (known: " OPS ")");
 }
 END_TEST
 
@@ -367,6 +407,7 @@ header_suite(void)
 	tcase_add_test(tc, test_every_key);
 	tcase_add_test(tc, test_status);
 	tcase_add_test(tc, test_pools);
+	tcase_add_test(tc, test_other_ops);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("bad");
